@@ -1,0 +1,1 @@
+"""Experiment machinery: data, studies, dispatch, evaluation and tracking."""

@@ -1,0 +1,110 @@
+"""Token datasets and tokenizers behind one interface.
+
+A dataset is a set of token grids (N, L) (the grid shape H x W, T x H x W, ... is metadata),
+optional class labels, and a tokenizer that maps tokens back to images. Datasets that are
+not already discrete plug in a learned tokenizer through the same ``Tokenizer`` protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+SPLITS = ("train", "heldout")
+
+
+class Tokenizer(Protocol):
+    """encode: images (N, C, H, W) float in [0, 1] -> tokens (N, L); decode: the inverse."""
+
+    vocab_size: int
+    grid: tuple[int, ...]
+
+    def encode(self, images: Tensor) -> Tensor: ...
+
+    def decode(self, tokens: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class PixelTokenizer:
+    """Grey levels as tokens: level i of ``levels`` <-> intensity i / (levels - 1)."""
+
+    levels: int
+    grid: tuple[int, int]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.levels
+
+    def encode(self, images: Tensor) -> Tensor:
+        q = torch.round(images.clamp(0, 1) * (self.levels - 1)).long()  # (N, 1, H, W)
+        return q.reshape(q.shape[0], -1)
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        tokens = tokens.clamp(0, self.levels - 1)  # a stray [MASK] decodes as white, visibly
+        return (tokens.float() / (self.levels - 1)).reshape(tokens.shape[0], 1, *self.grid)
+
+
+@dataclass(frozen=True)
+class TokenDataset:
+    """tokens (N, L) long, labels (N,) long or None."""
+
+    name: str
+    split: str
+    tokens: Tensor
+    labels: Tensor | None
+    num_classes: int
+    tokenizer: Tokenizer
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return self.tokenizer.grid
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def seq_len(self) -> int:
+        return math.prod(self.grid)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def images(self) -> Tensor:
+        """The dataset decoded to images (N, C, H, W) in [0, 1]."""
+        return self.tokenizer.decode(self.tokens)
+
+
+def split_indices(n: int, num_heldout: int, seed: int) -> dict[str, np.ndarray]:
+    """A fixed, seeded permutation cut into train and held-out parts."""
+    order = np.random.default_rng(seed).permutation(n)
+    return {"heldout": np.sort(order[:num_heldout]), "train": np.sort(order[num_heldout:])}
+
+
+@DATASETS.register("digits")
+def digits(split: str = "train", *, seed: int = 0, num_heldout: int = 297) -> TokenDataset:
+    """UCI handwritten digits shipped by scikit-learn: 8 x 8 pixels, grey levels 0..16 as tokens.
+
+    1,797 images, 10 classes; a fixed split (seed 0) keeps 297 held out, 1,500 for training.
+    """
+    from sklearn.datasets import load_digits
+
+    if split not in SPLITS:
+        raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
+    bunch = load_digits()
+    idx = split_indices(len(bunch.target), num_heldout, seed)[split]
+    tokens = torch.as_tensor(bunch.data[idx], dtype=torch.long)  # (N, 64), values 0..16
+    labels = torch.as_tensor(bunch.target[idx], dtype=torch.long)
+    return TokenDataset("digits", split, tokens, labels, 10, PixelTokenizer(levels=17, grid=(8, 8)))
+
+
+def load_dataset(name: str, split: str = "train", **options) -> TokenDataset:
+    return DATASETS[name](split, **options)

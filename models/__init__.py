@@ -1,0 +1,1 @@
+"""Discrete Interpolants as a PyTorch library: schedulers, path, losses, backbone, samplers, trainer."""

@@ -1,0 +1,202 @@
+"""A DiT-style transformer over a token grid: logits for every position.
+
+Input x_t (B, L) with ids in [0, K] (K = [MASK]); output logits (B, L, V), V = K + 1.
+Conditioning enters by adaLN-Zero from c = class embedding (+ timestep embedding for ETM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TIMESTEP_MODES = ("explicit", "implicit")
+
+# (depth, width, heads): DiT's presets; "tiny"/"small" are for CPU tests and embedded data.
+SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (4, 128, 4),
+    "small": (6, 256, 4),
+    "DiT-S": (12, 384, 6),
+    "DiT-B": (12, 768, 12),
+    "DiT-L": (24, 1024, 16),
+    "DiT-XL": (28, 1152, 16),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build the network; checkpoints carry it.
+
+    vocab_size: K data codes ([MASK] is id K). grid: token grid shape, (L,), (H, W) or (T, H, W).
+    num_classes: 0 for unconditional; id num_classes is the null class (CFG).
+    timestep: "explicit" (ETM, t embedded) or "implicit" (ITM, no t).
+    time_scale: t is embedded as t * time_scale; 1000 matches the sinusoidal frequencies
+        (the reference feeds raw t, i.e. time_scale = 1, which leaves little time signal).
+    """
+
+    vocab_size: int
+    grid: tuple[int, ...]
+    num_classes: int = 0
+    timestep: str = "implicit"
+    size: str = "tiny"
+    depth: int | None = None
+    width: int | None = None
+    heads: int | None = None
+    mlp_ratio: float = 4.0
+    time_scale: float = 1000.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if self.timestep not in TIMESTEP_MODES:
+            raise ValueError(f"model.timestep: unknown {self.timestep!r}; expected one of {TIMESTEP_MODES}")
+        if self.size not in SIZE_PRESETS:
+            raise ValueError(f"model.size: unknown {self.size!r}; expected one of {sorted(SIZE_PRESETS)}")
+        if self.vocab_size < 2 or not self.grid or min(self.grid) < 1:
+            raise ValueError(f"model: need vocab_size >= 2 and a non-empty grid, got {self.vocab_size}, {self.grid}")
+        if self.dims[1] % self.dims[2]:
+            raise ValueError(f"model: width {self.dims[1]} is not divisible by heads {self.dims[2]}")
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        depth, width, heads = SIZE_PRESETS[self.size]
+        return (self.depth or depth, self.width or width, self.heads or heads)
+
+    @property
+    def seq_len(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**d)
+
+    def with_(self, **changes) -> ModelConfig:
+        return replace(self, **changes)
+
+
+def sincos_1d(positions: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features of positions (N,) -> (N, dim), dim even."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    angles = positions.double()[:, None] * freqs[None]  # (N, dim/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_grid(grid: tuple[int, ...], dim: int) -> Tensor:
+    """Fixed positional features for a grid of any rank: (prod(grid), dim).
+
+    Each axis gets an equal even share of the channels; leftover channels are zero.
+    """
+    per_axis = 2 * (dim // (2 * len(grid)))
+    coords = torch.stack(torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij"), dim=-1)
+    coords = coords.reshape(-1, len(grid))  # (L, A)
+    parts = [sincos_1d(coords[:, a], per_axis) for a in range(len(grid))]
+    out = torch.zeros(coords.shape[0], dim)
+    out[:, : per_axis * len(grid)] = torch.cat(parts, dim=1)
+    return out
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B,) -> sinusoidal features of t * scale -> MLP -> (B, D)."""
+
+    def __init__(self, width: int, scale: float, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.scale, self.freq_dim = scale, freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = (t.float() * self.scale)[:, None] * freqs[None]  # (B, half)
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero modulation from c."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        B, L, D = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)  # (B, D) each
+        h = modulate(self.norm1(x), shift1, scale1)
+        q, k, v = self.qkv(h).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, L, hs)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D)
+        x = x + gate1[:, None] * self.proj(attn)
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class DiscreteDiT(nn.Module):
+    """net(x_t (B, L), t (B,) or None, y (B,) or None) -> logits (B, L, K + 1)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        depth, width, heads = config.dims
+        # N(0, 1) token embeddings are on the scale of the sin/cos positions: with the usual
+        # 0.02 init the positions drown the tokens and the model learns only marginals.
+        self.token_embed = nn.Embedding(config.vocab_size + 1, width)
+        self.register_buffer("pos_embed", sincos_grid(config.grid, width), persistent=False)  # (L, D)
+        self.class_embed = nn.Embedding(config.num_classes + 1, width)
+        nn.init.normal_(self.class_embed.weight, std=0.02)
+        self.time_embed = TimestepEmbedder(width, config.time_scale) if config.timestep == "explicit" else None
+        self.blocks = nn.ModuleList(Block(width, heads, config.mlp_ratio) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.head = nn.Linear(width, config.vocab_size + 1)
+        for layer in (self.ada_out[1], self.head):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x_t: Tensor, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
+        B, L = x_t.shape
+        if L != self.config.seq_len:
+            raise ValueError(f"got {L} tokens per sample, the model's grid {self.config.grid} has {self.config.seq_len}")
+        if y is None:
+            y = torch.full((B,), self.config.null_class, dtype=torch.long, device=x_t.device)
+        c = self.class_embed(y)  # (B, D)
+        if self.time_embed is not None:
+            if t is None:
+                raise ValueError("an explicit-timestep model needs t")
+            c = c + self.time_embed(t)
+        h = self.token_embed(x_t) + self.pos_embed[None]  # (B, L, D)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.ada_out(c).chunk(2, dim=1)
+        return self.head(modulate(self.norm_out(h), shift, scale))  # (B, L, V)
+
+
+def build_model(config: ModelConfig) -> DiscreteDiT:
+    return DiscreteDiT(config)
+
+
+__all__ = ["SIZE_PRESETS", "TIMESTEP_MODES", "DiscreteDiT", "ModelConfig", "build_model"]

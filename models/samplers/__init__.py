@@ -1,0 +1,15 @@
+"""Samplers behind one interface; ``SAMPLERS`` maps config names to classes."""
+
+from models.registry import Registry
+from models.samplers.base import Denoiser, NFECount, Sampler, SampleResult
+from models.samplers.euler import EulerSampler
+from models.samplers.maskgit import RANDOMIZATIONS, UNMASK_SCHEDULES, MaskGITSampler, maskgit_counts
+
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+SAMPLERS.register("euler")(EulerSampler)
+SAMPLERS.register("maskgit")(MaskGITSampler)
+
+__all__ = [
+    "SAMPLERS", "RANDOMIZATIONS", "UNMASK_SCHEDULES", "Denoiser", "EulerSampler", "MaskGITSampler",
+    "NFECount", "SampleResult", "Sampler", "maskgit_counts",
+]

@@ -1,0 +1,1 @@
+"""Comparison reports generated from the MLflow store and run folders."""
