@@ -89,25 +89,25 @@ class ModelConfig:
         return replace(self, **changes)
 
 
-def sincos_1d(positions: Tensor, dim: int) -> Tensor:
-    """Sinusoidal features of positions (N,) -> (N, dim), dim even."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
-    angles = positions.double()[:, None] * freqs[None]  # (N, dim/2)
-    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
-
-
 def sincos_grid(grid: tuple[int, ...], dim: int) -> Tensor:
-    """Fixed positional features for a grid of any rank: (prod(grid), dim).
+    """Fixed positional features for a grid of any rank: (prod(grid), dim), unit variance per channel.
 
-    Each axis gets an equal even share of the channels; leftover channels are zero.
+    Each axis gets an equal even share of the channels (leftover channels are zero), with
+    wavelengths spaced geometrically from 2 to 4 g for an axis of length g. Fitting the
+    wavelengths to the grid matters on small grids: with the usual 10000 base most channels
+    are constant over 8 positions, attention cannot find neighbours, and the model learns only
+    per-position marginals (measured on digits: context gap 0.004 vs 0.17 nats).
     """
     per_axis = 2 * (dim // (2 * len(grid)))
     coords = torch.stack(torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij"), dim=-1)
-    coords = coords.reshape(-1, len(grid))  # (L, A)
-    parts = [sincos_1d(coords[:, a], per_axis) for a in range(len(grid))]
-    out = torch.zeros(coords.shape[0], dim)
-    out[:, : per_axis * len(grid)] = torch.cat(parts, dim=1)
-    return out
+    coords = coords.reshape(-1, len(grid)).double()  # (L, A)
+    out = torch.zeros(coords.shape[0], dim, dtype=torch.float64)
+    half = per_axis // 2
+    for a, g in enumerate(grid):
+        wavelengths = 2.0 * (2.0 * g) ** (torch.arange(half, dtype=torch.float64) / max(half - 1, 1))
+        angles = 2 * math.pi * coords[:, a : a + 1] / wavelengths[None]  # (L, half)
+        out[:, a * per_axis : (a + 1) * per_axis] = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return (out * math.sqrt(2.0)).float()
 
 
 class TimestepEmbedder(nn.Module):

@@ -55,6 +55,7 @@ def top_p_filter(logits: Tensor, p: float | None) -> Tensor:
     probs = sorted_logits.softmax(dim=-1)
     # Drop a token when the mass strictly before it already reaches p (the top token always stays).
     drop_sorted = (probs.cumsum(dim=-1) - probs) >= p
+    drop_sorted[..., 0] = False  # p <= 0 would otherwise drop every token
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 

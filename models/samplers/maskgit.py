@@ -54,6 +54,8 @@ def maskgit_counts(schedule: str, num_steps: int, num_tokens: int) -> list[int]:
     if not 1 <= num_steps <= num_tokens:
         raise ValueError(f"num_steps must be in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
     weights = UNMASK_SCHEDULES[schedule](torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64))
+    if num_steps == 1:  # the only step is the last: it takes everything (its weight may be 0 at r = 1)
+        return [num_tokens]
     counts = [max(1, int(w)) for w in (weights / weights.sum() * num_tokens).tolist()]
     counts[-1] += num_tokens - sum(counts)
     # The minimum of 1 can overdraw N; take the excess back from the largest steps.

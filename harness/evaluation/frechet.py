@@ -1,0 +1,85 @@
+"""Gaussian statistics of features and the Frechet distance between two Gaussians.
+
+    d^2(N(mu_1, S_1), N(mu_2, S_2)) = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})
+
+FID is this distance between Inception (or domain-network) features of samples and of the
+reference set; FVD is the same distance on video features. All arithmetic is float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+DEFAULT_EPS = 1e-6
+_IMAG_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class GaussianStats:
+    """mu (D,) and sigma (D, D) in float64, estimated from n feature vectors."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+
+
+def gaussian_stats(features: Tensor | np.ndarray) -> GaussianStats:
+    """Sample mean and unbiased covariance (divides by n - 1) of features (N, D)."""
+    x = features.detach().cpu().double().numpy() if isinstance(features, Tensor) else np.asarray(features)
+    x = x.astype(np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"features must be (N, D) with N >= 2; got shape {x.shape}")
+    return GaussianStats(mu=x.mean(axis=0), sigma=np.cov(x, rowvar=False).reshape(x.shape[1], -1), n=x.shape[0])
+
+
+def _sqrtm_trace(sigma_1: np.ndarray, sigma_2: np.ndarray) -> float | None:
+    """Tr((S_1 S_2)^{1/2}), or None when the matrix root is not finite or clearly complex."""
+    covmean = scipy.linalg.sqrtm(sigma_1 @ sigma_2)
+    if not np.isfinite(covmean).all():
+        return None
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=_IMAG_TOL):
+            return None
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def frechet_distance(stats_1: GaussianStats, stats_2: GaussianStats, eps: float = DEFAULT_EPS) -> float:
+    """||mu_1 - mu_2||^2 + Tr(S_1) + Tr(S_2) - 2 Tr((S_1 S_2)^{1/2}).
+
+    When S_1 S_2 is singular (dead ReLU units give zero-variance features) its root can be
+    non-finite; then eps * I is added to both covariances, as clean-fid does.
+    """
+    mu_1, mu_2 = stats_1.mu, stats_2.mu
+    if mu_1.shape != mu_2.shape:
+        raise ValueError(f"feature sizes differ: {mu_1.shape} vs {mu_2.shape}")
+    sigma_1, sigma_2 = stats_1.sigma, stats_2.sigma
+    tr_covmean = _sqrtm_trace(sigma_1, sigma_2)
+    if tr_covmean is None:
+        offset = np.eye(sigma_1.shape[0]) * eps
+        sigma_1, sigma_2 = sigma_1 + offset, sigma_2 + offset
+        tr_covmean = _sqrtm_trace(sigma_1, sigma_2)
+        if tr_covmean is None:
+            raise FloatingPointError("Frechet distance: no finite real matrix root even with eps * I added")
+    diff = mu_1 - mu_2
+    return float(diff @ diff + np.trace(sigma_1) + np.trace(sigma_2) - 2.0 * tr_covmean)
+
+
+def frechet_distance_from_features(features_1: Tensor, features_2: Tensor, eps: float = DEFAULT_EPS) -> float:
+    """Frechet distance between the Gaussians fitted to features_1 (N1, D) and features_2 (N2, D)."""
+    return frechet_distance(gaussian_stats(features_1), gaussian_stats(features_2), eps)
+
+
+def stats_to_tensors(stats: GaussianStats) -> dict[str, Tensor]:
+    """Tensors for a cache file: mu (D,), sigma (D, D) float64, n."""
+    return {"mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma), "n": torch.tensor(stats.n)}
+
+
+def stats_from_tensors(d: dict[str, Tensor]) -> GaussianStats:
+    """Inverse of :func:`stats_to_tensors`."""
+    return GaussianStats(mu=d["mu"].numpy(), sigma=d["sigma"].numpy(), n=int(d["n"]))

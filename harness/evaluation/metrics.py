@@ -1,0 +1,155 @@
+"""Metric keys, the metric registry, and each metric as a function of features.
+
+Stages: features (extractors.py) -> statistics (frechet.py, reference.py) -> metric (here).
+Every metric declares its key, whether higher is better, what it consumes (features of both
+sets, logits of the generated set, or segmentation masks), which extractor kinds it applies to,
+who computes it, and its settings, which enter the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy
+import torch
+import torch_fidelity
+from torch import Tensor
+
+from harness.evaluation.extractors import IMAGE, VIDEO, Features
+from harness.evaluation.frechet import DEFAULT_EPS, frechet_distance, gaussian_stats
+from harness.evaluation.reference import ReferenceStats
+from models.registry import Registry
+
+FID = "fid"
+FVD = "fvd"
+KID = "kid_mean"
+IS = "is_mean"
+PRECISION = "precision"
+RECALL = "recall"
+MIOU = "miou"
+
+FEATURES, LOGITS, MASKS = "features", "logits", "masks"
+UNMASK_LIBRARY = "unmask-evaluation 1"
+TORCH_FIDELITY_LIBRARY = f"torch-fidelity {torch_fidelity.__version__}"
+KID_SUBSETS, KID_SUBSET_SIZE, RNG_SEED = 100, 1000, 2020
+PRC_NEIGHBORHOOD, IS_SPLITS = 3, 10
+
+Options = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """key; higher_is_better; needs: FEATURES | LOGITS | MASKS; kinds: extractor input kinds it
+    applies to; library: who computes it; compute(generated, reference, options) -> float;
+    options(n_generated, n_reference) -> the settings used (recorded in the protocol)."""
+
+    key: str
+    higher_is_better: bool
+    needs: str
+    kinds: tuple[str, ...]
+    library: str
+    compute: Callable[..., float]
+    options: Callable[[int, int], dict[str, Any]]
+
+    def __call__(self, generated: Features, reference: ReferenceStats, options: Options | None = None) -> float:
+        settings = self.options(len(generated), reference.num) if options is None else options
+        return float(self.compute(generated, reference, settings))
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register(metric: Metric) -> Metric:
+    METRICS.register(metric.key)(metric)
+    return metric
+
+
+def inception_score(probs: Tensor, splits: int = IS_SPLITS, shuffle_seed: int | None = RNG_SEED) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) per split, as torch-fidelity computes it; returns (mean, std).
+
+    probs (N, K) rows sum to 1. Rows are shuffled with RandomState(shuffle_seed) (None: no
+    shuffle) and cut into ``splits`` contiguous chunks; p(y) is the chunk mean; 0 log 0 = 0.
+    """
+    N = probs.shape[0]
+    p = probs.double()
+    if shuffle_seed is not None:
+        p = p[torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(N))]
+    scores = []
+    for i in range(splits):
+        chunk = p[i * N // splits : (i + 1) * N // splits]  # (n_i, K)
+        marginal = chunk.mean(dim=0, keepdim=True)  # (1, K)
+        kl = (torch.xlogy(chunk, chunk) - torch.xlogy(chunk, marginal)).sum(dim=1)  # (n_i,)
+        scores.append(kl.mean().exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _frechet(generated: Features, reference: ReferenceStats, options: Options) -> float:
+    return frechet_distance(gaussian_stats(generated.features), reference.stats, eps=options["eps"])
+
+
+def _kid(generated: Features, reference: ReferenceStats, options: Options) -> float:
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+
+    out = kid_features_to_metric(
+        generated.features.double(), reference.features.double(), kid_subsets=options["subsets"],
+        kid_subset_size=options["subset_size"], rng_seed=options["seed"], verbose=False,
+    )  # fmt: skip
+    return out[KEY_METRIC_KID_MEAN]
+
+
+def _precision_recall(generated: Features, reference: ReferenceStats, options: Options) -> dict[str, float]:
+    """Improved precision / recall (Kynkaanniemi et al., 2019), k-NN balls, via torch-fidelity."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    # torch-fidelity's convention: input 1 is generated, input 2 is real.
+    return prc_features_to_metric(
+        generated.features.float(), reference.features.float(), prc_neighborhood=options["neighborhood"],
+        prc_batch_size=10000, save_cpu_ram=False, verbose=False,
+    )  # fmt: skip
+
+
+def _inception_score(generated: Features, reference: ReferenceStats, options: Options) -> float:
+    if generated.logits is None:
+        raise ValueError("the Inception Score needs class logits; use a classifier extractor")
+    probs = generated.logits.double().softmax(dim=1)  # (N, K)
+    return inception_score(probs, splits=options["splits"], shuffle_seed=options["seed"])[0]
+
+
+def _frechet_options(n_gen: int, n_ref: int) -> dict[str, Any]:
+    return {"eps": DEFAULT_EPS, "cov": "unbiased", "sqrtm": f"scipy {scipy.__version__}"}
+
+
+def _kid_options(n_gen: int, n_ref: int) -> dict[str, Any]:
+    size = min(KID_SUBSET_SIZE, n_gen, n_ref)
+    return {"subsets": KID_SUBSETS, "subset_size": size, "kernel": "poly3", "seed": RNG_SEED}
+
+
+def _prc_options(n_gen: int, n_ref: int) -> dict[str, Any]:
+    return {"neighborhood": PRC_NEIGHBORHOOD}
+
+
+def _is_options(n_gen: int, n_ref: int) -> dict[str, Any]:
+    return {"splits": min(IS_SPLITS, n_gen), "seed": RNG_SEED}
+
+
+def _miou_options(n_gen: int, n_ref: int) -> dict[str, Any]:
+    return {}
+
+
+def _not_a_feature_metric(*args: Any) -> float:
+    raise TypeError("mIoU scores segmentation masks: call harness.evaluation.segmentation.miou_result")
+
+
+BOTH = (IMAGE, VIDEO)
+register(Metric(FID, False, FEATURES, (IMAGE,), UNMASK_LIBRARY, _frechet, _frechet_options))
+register(Metric(FVD, False, FEATURES, (VIDEO,), UNMASK_LIBRARY, _frechet, _frechet_options))
+register(Metric(KID, False, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _kid, _kid_options))
+register(Metric(PRECISION, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY,
+                lambda g, r, o: _precision_recall(g, r, o)[PRECISION], _prc_options))  # fmt: skip
+register(Metric(RECALL, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY,
+                lambda g, r, o: _precision_recall(g, r, o)[RECALL], _prc_options))  # fmt: skip
+register(Metric(IS, True, LOGITS, BOTH, UNMASK_LIBRARY, _inception_score, _is_options))
+register(Metric(MIOU, True, MASKS, (), UNMASK_LIBRARY, _not_a_feature_metric, _miou_options))
