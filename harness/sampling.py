@@ -46,8 +46,16 @@ def balanced_labels(num_samples: int, num_classes: int) -> Tensor | None:
 
 
 @torch.no_grad()
-def generate(net: DiscreteDiT, sampler: Sampler, *, num_samples: int, batch_size: int = 256,
-             cfg_scale: float = 1.0, seed: int = 0, device: str | torch.device = "cpu") -> SampleSet:
+def generate(
+    net: DiscreteDiT,
+    sampler: Sampler,
+    *,
+    num_samples: int,
+    batch_size: int = 256,
+    cfg_scale: float = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> SampleSet:
     """Exactly ``num_samples`` samples, deterministic for ``seed``; NFE is per batch (the same for all)."""
     cfg = net.config
     labels = balanced_labels(num_samples, cfg.num_classes)
@@ -58,8 +66,15 @@ def generate(net: DiscreteDiT, sampler: Sampler, *, num_samples: int, batch_size
     for start in range(0, num_samples, batch_size):
         stop = min(start + batch_size, num_samples)
         y = labels[start:stop].to(device) if labels is not None else None
-        result = sampler.sample(denoiser, batch_size=stop - start, seq_len=cfg.seq_len, mask_id=cfg.mask_id,
-                                y=y, generator=generator, device=device)
+        result = sampler.sample(
+            denoiser,
+            batch_size=stop - start,
+            seq_len=cfg.seq_len,
+            mask_id=cfg.mask_id,
+            y=y,
+            generator=generator,
+            device=device,
+        )
         chunks.append(result.tokens.cpu())
         nfe, nfe_unbatched = result.nfe, result.nfe_unbatched
     seconds = time.perf_counter() - started
@@ -76,7 +91,7 @@ def save_image_grid(images: Tensor, path: str | Path, *, nrow: int = 10, scale: 
     for i in range(N):
         r, c = divmod(i, ncol)
         top, left = pad + r * (H + pad), pad + c * (W + pad)
-        canvas[:, top:top + H, left:left + W] = images[i]
+        canvas[:, top : top + H, left : left + W] = images[i]
     array = (canvas.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).squeeze(-1).numpy()
     image = Image.fromarray(array).resize((canvas.shape[2] * scale, canvas.shape[1] * scale), Image.NEAREST)
     path = Path(path)

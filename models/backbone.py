@@ -17,8 +17,9 @@ TIMESTEP_MODES = ("explicit", "implicit")
 
 # (depth, width, heads): DiT's presets; "tiny"/"small" are for CPU tests and embedded data.
 SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (4, 128, 4),
-    "small": (6, 256, 4),
+    "tiny": (2, 64, 4),
+    "small": (4, 128, 4),
+    "medium": (6, 256, 8),
     "DiT-S": (12, 384, 6),
     "DiT-B": (12, 768, 12),
     "DiT-L": (24, 1024, 16),
@@ -55,7 +56,9 @@ class ModelConfig:
         if self.size not in SIZE_PRESETS:
             raise ValueError(f"model.size: unknown {self.size!r}; expected one of {sorted(SIZE_PRESETS)}")
         if self.vocab_size < 2 or not self.grid or min(self.grid) < 1:
-            raise ValueError(f"model: need vocab_size >= 2 and a non-empty grid, got {self.vocab_size}, {self.grid}")
+            raise ValueError(
+                f"model: need vocab_size >= 2 and a non-empty grid, got {self.vocab_size}, {self.grid}"
+            )
         if self.dims[1] % self.dims[2]:
             raise ValueError(f"model: width {self.dims[1]} is not divisible by heads {self.dims[2]}")
 
@@ -83,10 +86,19 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        check_keys("model", d, cls)
         return cls(**d)
 
     def with_(self, **changes) -> ModelConfig:
         return replace(self, **changes)
+
+
+def check_keys(section: str, d: dict, cls: type) -> None:
+    """Unknown keys are an error that names them and the allowed ones."""
+    allowed = sorted(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(f"{section}: unknown key(s) {unknown}; allowed keys are {allowed}")
 
 
 def sincos_grid(grid: tuple[int, ...], dim: int) -> Tensor:
@@ -120,7 +132,9 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        )
         angles = (t.float() * self.scale)[:, None] * freqs[None]  # (B, half)
         return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
 
@@ -140,7 +154,9 @@ class Block(nn.Module):
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
@@ -149,7 +165,9 @@ class Block(nn.Module):
         B, L, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)  # (B, D) each
         h = modulate(self.norm1(x), shift1, scale1)
-        q, k, v = self.qkv(h).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, L, hs)
+        q, k, v = (
+            self.qkv(h).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        )  # (B, nh, L, hs)
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D)
         x = x + gate1[:, None] * self.proj(attn)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
@@ -168,7 +186,9 @@ class DiscreteDiT(nn.Module):
         self.register_buffer("pos_embed", sincos_grid(config.grid, width), persistent=False)  # (L, D)
         self.class_embed = nn.Embedding(config.num_classes + 1, width)
         nn.init.normal_(self.class_embed.weight, std=0.02)
-        self.time_embed = TimestepEmbedder(width, config.time_scale) if config.timestep == "explicit" else None
+        self.time_embed = (
+            TimestepEmbedder(width, config.time_scale) if config.timestep == "explicit" else None
+        )
         self.blocks = nn.ModuleList(Block(width, heads, config.mlp_ratio) for _ in range(depth))
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
@@ -180,7 +200,9 @@ class DiscreteDiT(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         B, L = x_t.shape
         if L != self.config.seq_len:
-            raise ValueError(f"got {L} tokens per sample, the model's grid {self.config.grid} has {self.config.seq_len}")
+            raise ValueError(
+                f"got {L} tokens per sample; the model's grid {self.config.grid} has {self.config.seq_len}"
+            )
         if y is None:
             y = torch.full((B,), self.config.null_class, dtype=torch.long, device=x_t.device)
         c = self.class_embed(y)  # (B, D)

@@ -49,16 +49,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file: {err}") from err
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}; expected keys {list(REQUIRED_KEYS)}")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} lacks {missing}; expected keys {list(REQUIRED_KEYS)}"
+        )
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format_version {state['format_version']}, expected {FORMAT_VERSION}"
+            f"checkpoint {str(path)!r} has format_version {state['format_version']}, "
+            f"expected {FORMAT_VERSION}"
         )
     return state
 
 
-def model_from_checkpoint(path: str | Path, *, use_ema: bool = True,
-                          map_location: str | torch.device = "cpu") -> tuple[DiscreteDiT, dict]:
+def model_from_checkpoint(
+    path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"
+) -> tuple[DiscreteDiT, dict]:
     """Rebuilds the network from the checkpoint alone; returns (model in eval mode, state)."""
     state = load_checkpoint(path, map_location)
     model = DiscreteDiT(ModelConfig.from_dict(state["model_config"]))

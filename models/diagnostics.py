@@ -24,8 +24,16 @@ def unigram_entropy(tokens: Tensor, vocab_size: int) -> float:
 
 
 @torch.no_grad()
-def heldout_masked_ce(net: nn.Module, x_1: Tensor, y: Tensor | None, scheduler: KappaScheduler,
-                      mask_id: int, *, seed: int = 0, repeats: int = 4) -> float:
+def heldout_masked_ce(
+    net: nn.Module,
+    x_1: Tensor,
+    y: Tensor | None,
+    scheduler: KappaScheduler,
+    mask_id: int,
+    *,
+    seed: int = 0,
+    repeats: int = 4,
+) -> float:
     """Masked CE (nats per masked token) on held-out data, t ~ U(0, 1), fixed seed."""
     g = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
@@ -39,8 +47,9 @@ def heldout_masked_ce(net: nn.Module, x_1: Tensor, y: Tensor | None, scheduler: 
 
 
 @torch.no_grad()
-def context_check(net: nn.Module, x_1: Tensor, y: Tensor | None, scheduler: KappaScheduler,
-                  mask_id: int, *, seed: int = 0) -> dict[str, float]:
+def context_check(
+    net: nn.Module, x_1: Tensor, y: Tensor | None, scheduler: KappaScheduler, mask_id: int, *, seed: int = 0
+) -> dict[str, float]:
     """CE of one random position per sample when only it is masked vs when all are masked.
 
     Times follow the unmasked fraction: t = kappa^-1((L - 1) / L) and t = 0.

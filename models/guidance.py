@@ -69,8 +69,14 @@ def exclude_class(logits: Tensor, class_id: int | None) -> Tensor:
     return logits
 
 
-def process_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None, mask_id: int | None = None) -> Tensor:
+def process_logits(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    mask_id: int | None = None,
+) -> Tensor:
     """The sampling distribution's logits: exclude [MASK], divide by T, then top-k, then top-p."""
     logits = exclude_class(logits.float(), mask_id)
     logits = apply_temperature(logits, temperature)

@@ -22,8 +22,7 @@ def _token_ce(logits: Tensor, x_1: Tensor) -> Tensor:
 
 
 @LOSSES.register("masked_ce")
-def masked_ce(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor,
-              scheduler: KappaScheduler) -> Tensor:
+def masked_ce(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor, scheduler: KappaScheduler) -> Tensor:
     """Paper default: sum of CE over masked positions / number of masked tokens in the batch."""
     ce = _token_ce(logits, x_1)  # (B, L)
     m = masked.float()
@@ -31,8 +30,7 @@ def masked_ce(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor,
 
 
 @LOSSES.register("elbo")
-def elbo(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor,
-         scheduler: KappaScheduler) -> Tensor:
+def elbo(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor, scheduler: KappaScheduler) -> Tensor:
     """MDLM negative ELBO per token: mean over all B L positions of w(t) 1[masked] CE.
 
     w(t) = kappa'(t) / (1 - kappa(t)). Averaging over all positions (not over the masked
@@ -45,8 +43,7 @@ def elbo(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor,
 
 
 @LOSSES.register("all_token_ce")
-def all_token_ce(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor,
-                 scheduler: KappaScheduler) -> Tensor:
+def all_token_ce(logits: Tensor, x_1: Tensor, masked: Tensor, t: Tensor, scheduler: KappaScheduler) -> Tensor:
     """Mean CE over all positions, masked or not."""
     return _token_ce(logits, x_1).mean()
 

@@ -13,8 +13,13 @@ from torch import Tensor
 from models.schedulers import KappaScheduler
 
 
-def sample_t(batch_size: int, *, eps: float = 1e-3, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> Tensor:
+def sample_t(
+    batch_size: int,
+    *,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
     """Training times t = eps + (1 - eps) U(0, 1), shape (B,)."""
     u = torch.rand(batch_size, generator=generator, device=device)
     return eps + (1.0 - eps) * u
@@ -44,8 +49,13 @@ def modality_t(t_per_modality: Tensor, lengths: list[int]) -> Tensor:
     return torch.repeat_interleave(t_per_modality, repeats, dim=1)  # (B, L)
 
 
-def sample_x_t(x_1: Tensor, t: Tensor, scheduler: KappaScheduler, mask_id: int | Tensor,
-               generator: torch.Generator | None = None) -> Tensor:
+def sample_x_t(
+    x_1: Tensor,
+    t: Tensor,
+    scheduler: KappaScheduler,
+    mask_id: int | Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """x_t^i = x_1^i with probability kappa(t), else [MASK]; independently per token.
 
     x_1: (B, L) long; t: (B,) or (B, L); mask_id: an int, or (L,) ids (one per position,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from models.backbone import DiscreteDiT, ModelConfig
+from models.backbone import DiscreteDiT, ModelConfig, check_keys
 from models.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
 from models.losses import LOSSES, masked_positions
 from models.path import maskgit_corrupt, sample_t, sample_x_t
@@ -71,6 +71,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        check_keys("train", d, cls)
         return cls(**d)
 
 
@@ -93,19 +94,27 @@ class TrainState:
     step: int = 0
 
 
-def init_state(model_config: ModelConfig, config: TrainConfig, device: str | torch.device = "cpu") -> TrainState:
+def init_state(
+    model_config: ModelConfig, config: TrainConfig, device: str | torch.device = "cpu"
+) -> TrainState:
     torch.manual_seed(config.seed)  # parameter init only; training draws from the generator
     model = DiscreteDiT(model_config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     fused = torch.device(device).type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay, fused=fused or None)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.lr,
+        betas=config.betas,
+        weight_decay=config.weight_decay,
+        fused=fused or None,
+    )
     generator = torch.Generator().manual_seed(config.seed)
     return TrainState(model, ema, optimizer, generator)
 
 
-def corrupt(x_1: Tensor, config: TrainConfig, scheduler: KappaScheduler, mask_id: int,
-            generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def corrupt(
+    x_1: Tensor, config: TrainConfig, scheduler: KappaScheduler, mask_id: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Returns (x_t, t) for one batch under the configured corruption."""
     t = sample_t(x_1.shape[0], eps=config.t_eps, generator=generator)
     if config.corruption == "maskgit":
@@ -113,8 +122,14 @@ def corrupt(x_1: Tensor, config: TrainConfig, scheduler: KappaScheduler, mask_id
     return sample_x_t(x_1, t, scheduler, mask_id, generator=generator), t
 
 
-def train_step(state: TrainState, tokens: Tensor, labels: Tensor | None, config: TrainConfig,
-               scheduler: KappaScheduler, device: str | torch.device) -> float:
+def train_step(
+    state: TrainState,
+    tokens: Tensor,
+    labels: Tensor | None,
+    config: TrainConfig,
+    scheduler: KappaScheduler,
+    device: str | torch.device,
+) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss."""
     model, cfg, g = state.model, state.model.config, state.generator
     for group in state.optimizer.param_groups:
@@ -150,17 +165,20 @@ def train_step(state: TrainState, tokens: Tensor, labels: Tensor | None, config:
 
 
 def save_state(path: str | Path, state: TrainState, config: TrainConfig, extra: dict | None = None) -> None:
-    atomic_save({
-        "format_version": FORMAT_VERSION,
-        "model_config": state.model.config.to_dict(),
-        "train_config": config.to_dict(),
-        "model": state.model.state_dict(),
-        "ema": state.ema.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "generator": state.generator.get_state(),
-        "step": state.step,
-        "extra": extra or {},
-    }, path)
+    atomic_save(
+        {
+            "format_version": FORMAT_VERSION,
+            "model_config": state.model.config.to_dict(),
+            "train_config": config.to_dict(),
+            "model": state.model.state_dict(),
+            "ema": state.ema.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "generator": state.generator.get_state(),
+            "step": state.step,
+            "extra": extra or {},
+        },
+        path,
+    )
 
 
 def restore_state(path: str | Path, config: TrainConfig, device: str | torch.device = "cpu") -> TrainState:
@@ -174,9 +192,17 @@ def restore_state(path: str | Path, config: TrainConfig, device: str | torch.dev
     return state
 
 
-def train(model_config: ModelConfig, config: TrainConfig, tokens: Tensor, labels: Tensor | None = None, *,
-          checkpoint_path: str | Path | None = None, device: str | torch.device = "cpu",
-          log: Callable[[int, dict], None] | None = None, log_every: int = 50) -> TrainState:
+def train(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    tokens: Tensor,
+    labels: Tensor | None = None,
+    *,
+    checkpoint_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    log: Callable[[int, dict], None] | None = None,
+    log_every: int = 50,
+) -> TrainState:
     """Trains to ``config.steps``, resuming from ``checkpoint_path`` if it exists.
 
     tokens: (N, L) long training set; labels: (N,) long or None. Saves the final state (and
@@ -185,7 +211,9 @@ def train(model_config: ModelConfig, config: TrainConfig, tokens: Tensor, labels
     if labels is not None and model_config.num_classes == 0:
         labels = None
     resume = checkpoint_path is not None and Path(checkpoint_path).is_file()
-    state = restore_state(checkpoint_path, config, device) if resume else init_state(model_config, config, device)
+    state = (
+        restore_state(checkpoint_path, config, device) if resume else init_state(model_config, config, device)
+    )
     scheduler = config.build_scheduler()
     state.model.train()
     started, window = time.perf_counter(), []
@@ -193,8 +221,14 @@ def train(model_config: ModelConfig, config: TrainConfig, tokens: Tensor, labels
         window.append(train_step(state, tokens, labels, config, scheduler, device))
         done = state.step == config.steps
         if log is not None and (state.step % log_every == 0 or done):
-            log(state.step, {"train/loss": sum(window) / len(window), "train/lr": lr_at(state.step - 1, config),
-                             "train/seconds": time.perf_counter() - started})
+            log(
+                state.step,
+                {
+                    "train/loss": sum(window) / len(window),
+                    "train/lr": lr_at(state.step - 1, config),
+                    "train/seconds": time.perf_counter() - started,
+                },
+            )
             window = []
         periodic = config.checkpoint_every and state.step % config.checkpoint_every == 0
         if checkpoint_path is not None and (periodic or done):

@@ -10,6 +10,14 @@ SAMPLERS.register("euler")(EulerSampler)
 SAMPLERS.register("maskgit")(MaskGITSampler)
 
 __all__ = [
-    "SAMPLERS", "RANDOMIZATIONS", "UNMASK_SCHEDULES", "Denoiser", "EulerSampler", "MaskGITSampler",
-    "NFECount", "SampleResult", "Sampler", "maskgit_counts",
+    "SAMPLERS",
+    "RANDOMIZATIONS",
+    "UNMASK_SCHEDULES",
+    "Denoiser",
+    "EulerSampler",
+    "MaskGITSampler",
+    "NFECount",
+    "SampleResult",
+    "Sampler",
+    "maskgit_counts",
 ]

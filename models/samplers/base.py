@@ -33,8 +33,14 @@ class Denoiser:
     (the reference code's way). Returns guided raw logits, before temperature.
     """
 
-    def __init__(self, net: nn.Module, *, cfg_scale: float = 1.0, null_class: int | None = None,
-                 cfg_batched: bool = True) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        cfg_scale: float = 1.0,
+        null_class: int | None = None,
+        cfg_batched: bool = True,
+    ) -> None:
         if cfg_scale != 1.0 and null_class is None:
             raise ValueError("cfg_scale != 1 needs the network's null class (num_classes)")
         self.net = net
@@ -86,14 +92,24 @@ class Sampler(ABC):
     """
 
     @abstractmethod
-    def sample(self, denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_id: int,
-               y: Tensor | None = None, x_init: Tensor | None = None,
-               generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-               return_trajectory: bool = False) -> SampleResult: ...
+    def sample(
+        self,
+        denoiser: Denoiser,
+        *,
+        batch_size: int,
+        seq_len: int,
+        mask_id: int,
+        y: Tensor | None = None,
+        x_init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        return_trajectory: bool = False,
+    ) -> SampleResult: ...
 
     @staticmethod
-    def initial_tokens(batch_size: int, seq_len: int, mask_id: int, x_init: Tensor | None,
-                       device: torch.device | str) -> Tensor:
+    def initial_tokens(
+        batch_size: int, seq_len: int, mask_id: int, x_init: Tensor | None, device: torch.device | str
+    ) -> Tensor:
         if x_init is None:
             return torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
         if tuple(x_init.shape) != (batch_size, seq_len):

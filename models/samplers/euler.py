@@ -57,10 +57,19 @@ class EulerSampler(Sampler):
         return torch.linspace(0.0, 1.0, n + 1, device=device)
 
     @torch.no_grad()
-    def sample(self, denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_id: int,
-               y: Tensor | None = None, x_init: Tensor | None = None,
-               generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-               return_trajectory: bool = False) -> SampleResult:
+    def sample(
+        self,
+        denoiser: Denoiser,
+        *,
+        batch_size: int,
+        seq_len: int,
+        mask_id: int,
+        y: Tensor | None = None,
+        x_init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        return_trajectory: bool = False,
+    ) -> SampleResult:
         x = self.initial_tokens(batch_size, seq_len, mask_id, x_init, device)  # (B, L)
         generated = x == mask_id  # positions this sampler may write
         start = (denoiser.count.calls, denoiser.count.unbatched)
@@ -71,8 +80,13 @@ class EulerSampler(Sampler):
         logits = None
         for k in range(num_calls):
             t = grid[k].expand(batch_size)  # (B,)
-            logits = process_logits(denoiser(x, t, y), temperature=self.temperature, top_k=self.top_k,
-                                    top_p=self.top_p, mask_id=mask_id if self.exclude_mask else None)
+            logits = process_logits(
+                denoiser(x, t, y),
+                temperature=self.temperature,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                mask_id=mask_id if self.exclude_mask else None,
+            )
             last = k == num_calls - 1 and not self.reference_grid
             masked = x == mask_id  # (B, L)
             if last:
@@ -88,7 +102,9 @@ class EulerSampler(Sampler):
             if self.remask_scale > 0 and not last:
                 h = grid[k + 1] - grid[k]
                 p_remask = (self.remask_scale * h).clamp(max=1.0)
-                remask = generated & ~masked & (torch.rand(x.shape, generator=generator, device=device) < p_remask)
+                remask = (
+                    generated & ~masked & (torch.rand(x.shape, generator=generator, device=device) < p_remask)
+                )
                 x = torch.where(remask, torch.full_like(x, mask_id), x)
             if trajectory is not None:
                 trajectory.append(x.cpu())
@@ -96,5 +112,9 @@ class EulerSampler(Sampler):
             left = x == mask_id
             fill = logits.argmax(dim=-1) if self.argmax_fill else torch.zeros_like(x)
             x = torch.where(left, fill, x)
-        return SampleResult(tokens=x, nfe=denoiser.count.calls - start[0],
-                            nfe_unbatched=denoiser.count.unbatched - start[1], trajectory=trajectory)
+        return SampleResult(
+            tokens=x,
+            nfe=denoiser.count.calls - start[0],
+            nfe_unbatched=denoiser.count.unbatched - start[1],
+            trajectory=trajectory,
+        )

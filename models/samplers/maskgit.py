@@ -136,10 +136,19 @@ class MaskGITSampler(Sampler):
         return invert_kappa(self.scheduler, unmasked_fraction)
 
     @torch.no_grad()
-    def sample(self, denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_id: int,
-               y: Tensor | None = None, x_init: Tensor | None = None,
-               generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-               return_trajectory: bool = False) -> SampleResult:
+    def sample(
+        self,
+        denoiser: Denoiser,
+        *,
+        batch_size: int,
+        seq_len: int,
+        mask_id: int,
+        y: Tensor | None = None,
+        x_init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        return_trajectory: bool = False,
+    ) -> SampleResult:
         x = self.initial_tokens(batch_size, seq_len, mask_id, x_init, device)  # (B, L)
         num_masked = (x == mask_id).sum(dim=1)
         if (num_masked != num_masked[0]).any():
@@ -149,9 +158,13 @@ class MaskGITSampler(Sampler):
         start = (denoiser.count.calls, denoiser.count.unbatched)
         trajectory = [x.cpu()] if return_trajectory else None
         for k, count in enumerate(counts):
-            logits = process_logits(denoiser(x, self._time(x, mask_id), y), temperature=self.temperature,
-                                    top_k=self.top_k, top_p=self.top_p,
-                                    mask_id=mask_id if self.exclude_mask else None)
+            logits = process_logits(
+                denoiser(x, self._time(x, mask_id), y),
+                temperature=self.temperature,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                mask_id=mask_id if self.exclude_mask else None,
+            )
             log_probs = logits.log_softmax(dim=-1)  # (B, L, V)
             proposal = categorical(log_probs.exp(), generator)  # (B, L)
             strength = anneal(k, self.num_steps)
@@ -168,5 +181,9 @@ class MaskGITSampler(Sampler):
             x = torch.where(commit, proposal, x)
             if trajectory is not None:
                 trajectory.append(x.cpu())
-        return SampleResult(tokens=x, nfe=denoiser.count.calls - start[0],
-                            nfe_unbatched=denoiser.count.unbatched - start[1], trajectory=trajectory)
+        return SampleResult(
+            tokens=x,
+            nfe=denoiser.count.calls - start[0],
+            nfe_unbatched=denoiser.count.unbatched - start[1],
+            trajectory=trajectory,
+        )

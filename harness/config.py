@@ -1,0 +1,213 @@
+"""The typed trial config: every default of a trial, validated, split into training and sampling parts.
+
+A trial is ``seed + data + model + train`` (what determines a checkpoint) plus
+``sampler + eval`` (what only affects sampling and evaluation). Unknown keys are errors
+that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.datasets import DATASETS
+from models.backbone import SIZE_PRESETS
+from models.losses import LOSSES
+from models.samplers import RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDULES
+from models.schedulers import SCHEDULERS
+
+
+class ConfigError(ValueError):
+    """Invalid study or trial configuration; the message names the field, the value and what was expected."""
+
+
+def _known(name: str, registry, field: str) -> str:
+    if name not in registry:
+        close = difflib.get_close_matches(str(name), list(registry), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown {field} {name!r}; expected one of {sorted(registry)}{hint}")
+    return name
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: str = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    _name = field_validator("name")(lambda v: _known(v, DATASETS, "dataset"))
+
+
+class ModelSection(Section):
+    timestep: Literal["explicit", "implicit"] = "implicit"
+    size: str = "tiny"
+    depth: int | None = Field(default=None, ge=1)
+    width: int | None = Field(default=None, ge=8)
+    heads: int | None = Field(default=None, ge=1)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    time_scale: float = Field(default=1000.0, gt=0)
+
+    _size = field_validator("size")(lambda v: _known(v, SIZE_PRESETS, "model size"))
+
+
+class TrainSection(Section):
+    steps: int = Field(default=1500, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = Field(default=100, ge=0)
+    lr_decay: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = Field(default=1.0, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, le=1)
+    class_dropout: float = Field(default=0.1, ge=0, le=1)
+    scheduler: str = "linear"
+    scheduler_params: dict[str, float] = Field(default_factory=dict)
+    loss: str = "masked_ce"
+    corruption: Literal["interpolant", "maskgit"] = "interpolant"
+    t_eps: float = Field(default=1e-3, ge=0, lt=1)
+    bf16: bool = False
+    compile: bool = False
+    checkpoint_every: int = Field(default=500, ge=0)
+
+    _scheduler = field_validator("scheduler")(lambda v: _known(v, SCHEDULERS, "scheduler"))
+    _loss = field_validator("loss")(lambda v: _known(v, LOSSES, "loss weighting"))
+
+
+class EulerOptions(Section):
+    argmax_fill: bool = False
+    remask_scale: float = Field(default=0.0, ge=0)
+    reference_grid: bool = False
+
+
+class MaskGITOptions(Section):
+    schedule: str = "cosine"
+    randomization: str = "linear"
+    gumbel_scale: float = Field(default=4.5, ge=0)
+    reference_time: bool = False
+
+    _schedule = field_validator("schedule")(lambda v: _known(v, UNMASK_SCHEDULES, "MaskGIT schedule"))
+    _random = field_validator("randomization")(lambda v: _known(v, RANDOMIZATIONS, "MaskGIT randomization"))
+
+
+class SamplerSection(Section):
+    name: str = "euler"
+    num_steps: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    cfg_scale: float = 1.0
+    exclude_mask: bool = True
+    euler: EulerOptions = Field(default_factory=EulerOptions)
+    maskgit: MaskGITOptions = Field(default_factory=MaskGITOptions)
+
+    _name = field_validator("name")(lambda v: _known(v, SAMPLERS, "sampler"))
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen sampler class."""
+        common = {
+            "num_steps": self.num_steps,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "exclude_mask": self.exclude_mask,
+        }
+        family = {"euler": self.euler, "maskgit": self.maskgit}[self.name]
+        return {**common, **family.model_dump()}
+
+
+class EvalSection(Section):
+    num_samples: int = Field(default=500, ge=2)
+    batch_size: int = Field(default=250, ge=1)
+    metrics: list[str] = Field(default_factory=lambda: ["fid"])
+    extractor: str | None = None
+    sample_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+class TrialConfig(Section):
+    """One trial, resolved: every field has a value."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    sampler: SamplerSection = Field(default_factory=SamplerSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    TRAINING_KEYS: ClassVar[tuple[str, ...]] = ("seed", "data", "model", "train")
+
+    def training_part(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in self.TRAINING_KEYS}
+
+    def training_hash(self) -> str:
+        return config_hash(self.training_part())
+
+    def trial_hash(self) -> str:
+        return config_hash(self.model_dump(mode="json"))
+
+
+def config_hash(d: dict[str, Any]) -> str:
+    """A short, stable content hash of a JSON-able dict."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def valid_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the config, leaves and sections."""
+    keys = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += valid_keys(sub, f"{key}.")
+    return keys
+
+
+def check_key(key: str) -> None:
+    """Raises ConfigError for an unknown dotted key, suggesting the closest valid one."""
+    keys = valid_keys()
+    if key in keys or key.startswith(("data.options.", "train.scheduler_params.")):
+        return
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """d["a"]["b"] = value for key "a.b", creating sections as needed."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        d = d.setdefault(part, {})
+    d[leaf] = value
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def build_trial(d: dict[str, Any], where: str = "config") -> TrialConfig:
+    """Validates a nested dict into a TrialConfig; errors name every bad field and value."""
+    for key in flatten(d):
+        check_key(key)
+    try:
+        return TrialConfig.model_validate(d)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+            lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}")
+        raise ConfigError(f"invalid {where}:\n" + "\n".join(lines)) from None

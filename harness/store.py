@@ -1,0 +1,115 @@
+"""Content-addressed checkpoint store: one folder per distinct training config.
+
+    <root>/<training_hash>/config.json      the training part of the trial config
+    <root>/<training_hash>/checkpoint.pt    latest state (periodic, then final)
+    <root>/<training_hash>/curve.jsonl      training curve, one line per logged step
+    <root>/<training_hash>/done.json        written last: the training finished
+    <root>/<training_hash>/samples/<settings>/seed_<k>/samples.npz
+
+Trials that need the same checkpoint wait on a file lock instead of training twice; a
+training interrupted at any point continues from its last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.config import TrialConfig
+from harness.datasets import TokenDataset, load_dataset
+from harness.ledger import atomic_write_text
+from models.backbone import ModelConfig
+from models.trainer import TrainConfig, train
+
+
+def model_config_for(trial: TrialConfig, data: TokenDataset) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=data.vocab_size, grid=data.grid, num_classes=data.num_classes, **trial.model.model_dump()
+    )
+
+
+def train_config_for(trial: TrialConfig) -> TrainConfig:
+    return TrainConfig(seed=trial.seed, **trial.train.model_dump())
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class CheckpointStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, training_hash: str) -> Path:
+        return self.root / training_hash
+
+    def checkpoint(self, training_hash: str) -> Path:
+        return self.folder(training_hash) / "checkpoint.pt"
+
+    def is_done(self, training_hash: str) -> bool:
+        return (self.folder(training_hash) / "done.json").is_file()
+
+    def curve(self, training_hash: str) -> list[tuple[int, dict]]:
+        """The training curve, one entry per step (a step redone after a resume keeps its last value)."""
+        path = self.folder(training_hash) / "curve.jsonl"
+        if not path.is_file():
+            return []
+        by_step = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                by_step[entry["step"]] = entry["metrics"]
+        return sorted(by_step.items())
+
+    def ensure(self, trial: TrialConfig, device: str = "cpu", progress: bool = False) -> Path:
+        """The finished checkpoint of the trial's training config, training it if needed."""
+        h = trial.training_hash()
+        folder = self.folder(h)
+        if self.is_done(h):
+            return self.checkpoint(h)
+        with file_lock(folder / "lock"):
+            if self.is_done(h):  # another trial trained it while we waited
+                return self.checkpoint(h)
+            atomic_write_text(
+                folder / "config.json", json.dumps(trial.training_part(), indent=2, sort_keys=True)
+            )
+            data = load_dataset(trial.data.name, "train", **trial.data.options)
+            started = time.perf_counter()
+            with (folder / "curve.jsonl").open("a") as curve:
+
+                def log(step: int, metrics: dict) -> None:
+                    curve.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+                    curve.flush()
+                    if progress:
+                        print(
+                            f"    [{h[:8]}] step {step}/{trial.train.steps} loss {metrics['train/loss']:.3f}",
+                            flush=True,
+                        )
+
+                train(
+                    model_config_for(trial, data),
+                    train_config_for(trial),
+                    data.tokens,
+                    data.labels,
+                    checkpoint_path=self.checkpoint(h),
+                    device=device,
+                    log=log,
+                    log_every=max(1, trial.train.steps // 20),
+                )
+            atomic_write_text(folder / "done.json", json.dumps({"seconds": time.perf_counter() - started}))
+        return self.checkpoint(h)
+
+    def training_seconds(self, training_hash: str) -> float:
+        path = self.folder(training_hash) / "done.json"
+        return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0

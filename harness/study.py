@@ -1,0 +1,216 @@
+"""Study files: a base config, fixed overrides, named variants and a search space over dotted keys.
+
+name: quickstart
+base: base.yaml                      # relative to the study file
+overrides: {train.steps: 800}
+variants:                            # named bundles of overrides, crossed with the space
+  interpolant: {}
+  maskgit: {train.corruption: maskgit, sampler.name: maskgit}
+space:
+  model.timestep: [explicit, implicit]            # a list is a grid
+  sampler.temperature: {uniform: [0.5, 1.5]}      # also loguniform, randint, choice, grid
+metric: fid                           # direction from the evaluator's registry unless mode is given
+search: {algorithm: grid}             # grid | random | optuna (with num_trials)
+seeds: [0]                            # training seeds, an axis of its own
+resources: {cpu: 1, gpu: 0}
+concurrency: 2
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.config import ConfigError, TrialConfig, build_trial, check_key, set_dotted
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+class SearchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_trials: int = Field(default=8, ge=1)
+    seed: int = 0
+
+
+class SchedulerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0)
+
+
+class StudySpec(BaseModel):
+    """A validated study file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    base: str = "base.yaml"
+    description: str = ""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    space: dict[str, Any] = Field(default_factory=dict)
+    metric: str = "fid"
+    mode: Literal["min", "max"] | None = None
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    concurrency: int = Field(default=2, ge=1)
+    max_failures: int = Field(default=1, ge=0)
+    base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Reads and validates a study file and its base; raises ConfigError before any work starts."""
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"  {'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"invalid study file {path}:\n" + "\n".join(lines)) from None
+    spec = spec.model_copy(update={"base_config": read_yaml(path.parent / spec.base)})
+    validate_study(spec)
+    return spec
+
+
+def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
+    """(distribution, parameters) of one space entry; a bare list is a grid."""
+    if isinstance(value, list):
+        return "grid", value
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, params),) = value.items()
+        if kind not in DISTRIBUTIONS:
+            raise ConfigError(
+                f"space.{key}: unknown distribution {kind!r}; expected one of {list(DISTRIBUTIONS)}"
+            )
+        if not isinstance(params, list) or not params:
+            raise ConfigError(f"space.{key}.{kind}: expected a non-empty list, got {params!r}")
+        if kind in ("uniform", "loguniform", "randint") and len(params) != 2:
+            raise ConfigError(f"space.{key}.{kind}: expected [low, high], got {params!r}")
+        return kind, params
+    raise ConfigError(f"space.{key}: expected a list (grid) or one of {list(DISTRIBUTIONS)}, got {value!r}")
+
+
+def _probe_values(kind: str, params: list[Any]) -> list[Any]:
+    """Values that stand for a distribution when validating types."""
+    if kind in ("grid", "choice"):
+        return params
+    if kind == "randint":
+        return [int(params[0]), int(params[1]) - 1]
+    return [float(params[0]), float(params[1])]
+
+
+def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, seed: int) -> TrialConfig:
+    """base <- overrides <- variant <- space assignment <- seed, validated."""
+    d: dict[str, Any] = yaml.safe_load(yaml.safe_dump(spec.base_config))  # deep copy
+    for layer in (spec.overrides, spec.variants.get(variant, {}) if variant else {}, assignment):
+        for key, value in layer.items():
+            set_dotted(d, key, value)
+    d["seed"] = seed
+    return build_trial(d, where=f"trial (variant {variant}, {assignment})" if assignment else "trial")
+
+
+def validate_study(spec: StudySpec) -> None:
+    """Checks keys, distributions, types and the metric before anything starts."""
+    for key in [*spec.overrides, *spec.space, *(k for v in spec.variants.values() for k in v)]:
+        check_key(key)
+    if spec.search.algorithm == "grid":
+        bad = [k for k, v in spec.space.items() if _axis_values(k, v)[0] not in ("grid", "choice")]
+        if bad:
+            raise ConfigError(
+                f"search.algorithm grid needs grid/choice axes; {bad} are continuous: use random or optuna"
+            )
+    probes = {k: _probe_values(*_axis_values(k, v)) for k, v in spec.space.items()}
+    variants = list(spec.variants) or [None]
+    resolve(spec, {}, variants[0], spec.seeds[0])
+    for variant in variants:
+        for key, values in probes.items():
+            for value in values:
+                resolve(spec, {key: value}, variant, spec.seeds[0])
+    if not spec.space and not spec.variants and len(spec.seeds) == 1 and spec.search.algorithm != "grid":
+        raise ConfigError("space is empty: nothing to search")
+    from harness.evaluation import METRICS  # the evaluator's registry says what it produces
+
+    produced = set(METRICS) | {"nfe", "seconds_per_sample", "heldout_masked_ce"}
+    if spec.metric not in produced:
+        raise ConfigError(
+            f"metric {spec.metric!r} is not produced by the evaluator; expected one of {sorted(produced)}"
+        )
+
+
+def metric_mode(spec: StudySpec) -> str:
+    if spec.mode is not None:
+        return spec.mode
+    from harness.evaluation import METRICS
+
+    if spec.metric in METRICS:
+        return "max" if METRICS[spec.metric].higher_is_better else "min"
+    return "min"
+
+
+def expand_grid(spec: StudySpec) -> list[TrialConfig]:
+    """Every trial of a grid study: variants x space grid x seeds, duplicates removed."""
+    keys = list(spec.space)
+    axes = [_axis_values(k, spec.space[k])[1] for k in keys]
+    trials: dict[str, TrialConfig] = {}
+    for variant in list(spec.variants) or [None]:
+        for values in itertools.product(*axes):
+            for seed in spec.seeds:
+                trial = resolve(spec, dict(zip(keys, values, strict=True)), variant, seed)
+                trials.setdefault(trial.trial_hash(), trial)
+    return list(trials.values())
+
+
+def sample_random(spec: StudySpec) -> list[TrialConfig]:
+    """``search.num_trials`` trials drawn from the space (seeded), for dry runs and random search."""
+    rng = random.Random(spec.search.seed)
+    variants = list(spec.variants) or [None]
+    trials = []
+    for i in range(spec.search.num_trials):
+        assignment = {}
+        for key, value in spec.space.items():
+            kind, params = _axis_values(key, value)
+            if kind in ("grid", "choice"):
+                assignment[key] = rng.choice(params)
+            elif kind == "uniform":
+                assignment[key] = rng.uniform(*params)
+            elif kind == "loguniform":
+                assignment[key] = math.exp(rng.uniform(math.log(params[0]), math.log(params[1])))
+            else:
+                assignment[key] = rng.randrange(int(params[0]), int(params[1]))
+        trials.append(resolve(spec, assignment, variants[i % len(variants)], spec.seeds[i % len(spec.seeds)]))
+    return trials
+
+
+def apply_assignment(spec: StudySpec, assignment: dict[str, Any]) -> TrialConfig:
+    """A trial from a searcher's assignment (dotted keys plus optional 'variant' and 'seed')."""
+    assignment = dict(assignment)
+    variant = assignment.pop("variant", None)
+    seed = assignment.pop("seed", spec.seeds[0])
+    return resolve(spec, assignment, variant, seed)

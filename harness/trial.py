@@ -1,0 +1,155 @@
+"""The trial: a plain function of its config (Ray Tune calls it; tests call it directly).
+
+checkpoint (trained once per training config) -> samples on disk (one folder per sampling
+setting, one file per sample seed) -> evaluation -> a ledger record.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from harness.config import TrialConfig
+from harness.datasets import load_dataset
+from harness.evaluation import Evaluator, load_samples, sample_dir_name, save_samples
+from harness.ledger import Ledger, TrialRecord
+from harness.sampling import build_sampler, generate, save_image_grid
+from harness.store import CheckpointStore, train_config_for
+from models.checkpoint import model_from_checkpoint
+from models.diagnostics import heldout_masked_ce
+
+
+def sampling_settings(trial: TrialConfig) -> dict:
+    """Every setting that changes the samples (besides the checkpoint and the seed)."""
+    s = trial.sampler
+    settings = {"sampler": s.name, "cfg_scale": s.cfg_scale, "n": trial.eval.num_samples, **s.options()}
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device: str = "cpu") -> Path:
+    """Samples for one seed, written before they are scored; reused when already on disk."""
+    h = trial.training_hash()
+    folder = store.folder(h) / "samples" / sample_dir_name(sampling_settings(trial)) / f"seed_{seed}"
+    if (folder / "samples.npz").is_file():
+        return folder
+    net, _ = model_from_checkpoint(store.checkpoint(h), map_location=device)
+    data = load_dataset(trial.data.name, "train", **trial.data.options)
+    sampler = build_sampler(
+        trial.sampler.name, train_config_for(trial).build_scheduler(), **trial.sampler.options()
+    )
+    result = generate(
+        net,
+        sampler,
+        num_samples=trial.eval.num_samples,
+        batch_size=trial.eval.batch_size,
+        cfg_scale=trial.sampler.cfg_scale,
+        seed=seed,
+        device=device,
+    )
+    meta = {
+        "sample_seed": seed,
+        "nfe": result.nfe,
+        "nfe_unbatched": result.nfe_unbatched,
+        "seconds_per_sample": result.seconds_per_sample,
+        "training_hash": h,
+        **sampling_settings(trial),
+    }
+    save_samples(folder, result.tokens, data.tokenizer.decode(result.tokens), result.labels, meta)
+    return folder
+
+
+def evaluate_trial(
+    trial: TrialConfig, folders: list[Path], cache_dir: Path | None
+) -> tuple[dict, dict, dict]:
+    """(metrics, intervals, protocols) over the trial's sample seeds."""
+    evaluator = Evaluator(
+        trial.data.name, extractor=trial.eval.extractor, metrics=trial.eval.metrics, cache_dir=cache_dir
+    )
+    sets = [load_samples(f) for f in folders]
+    seeds = [int(s.meta["sample_seed"]) for s in sets]
+    if len(sets) == 1:
+        results = evaluator.evaluate(sets[0].images, seeds[0])
+    else:
+        results = evaluator.evaluate_seeds([s.images for s in sets], seeds)
+    metrics = {r.name: float(r.value) for r in results}
+    intervals = {r.name: [float(r.ci_low), float(r.ci_high)] for r in results if r.ci_low is not None}
+    protocols = {r.name: {**r.protocol.to_dict(), "key": r.protocol.protocol_key()} for r in results}
+    meta = sets[0].meta
+    metrics.update(
+        nfe=float(meta["nfe"]),
+        nfe_unbatched=float(meta["nfe_unbatched"]),
+        seconds_per_sample=sum(float(s.meta["seconds_per_sample"]) for s in sets) / len(sets),
+    )
+    return metrics, intervals, protocols
+
+
+def run_trial(
+    trial: TrialConfig,
+    *,
+    store_root: Path,
+    study_dir: Path,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> TrialRecord:
+    """Runs one trial end to end and writes its ledger record (finished or failed)."""
+    started = time.perf_counter()
+    store, ledger = CheckpointStore(store_root), Ledger(study_dir)
+    base = {
+        "trial_hash": trial.trial_hash(),
+        "training_hash": trial.training_hash(),
+        "config": trial.model_dump(mode="json"),
+    }
+    try:
+        store.ensure(trial, device=device, progress=progress)
+        folders = [sample_to_disk(trial, store, seed, device) for seed in trial.eval.sample_seeds]
+        metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir)
+        metrics["heldout_masked_ce"] = heldout_ce(trial, store, device)
+        grid = save_image_grid(load_samples(folders[0]).images[:100], folders[0] / "grid.png")
+        record = TrialRecord(
+            **base,
+            status="finished",
+            metrics=metrics,
+            intervals=intervals,
+            protocols=protocols,
+            training_curve=store.curve(trial.training_hash()),
+            artifacts={"samples_png": str(grid), "samples_dir": str(folders[0].parent)},
+            seconds=time.perf_counter() - started,
+        )
+    except Exception as err:  # a failed trial keeps its error and does not stop the study
+        record = TrialRecord(
+            **base,
+            status="failed",
+            error="".join(traceback.format_exception_only(err)).strip()
+            + "\n"
+            + traceback.format_exc(limit=-3),
+            seconds=time.perf_counter() - started,
+        )
+    ledger.write(record)
+    return ledger.get(record.trial_hash) or record
+
+
+def heldout_ce(trial: TrialConfig, store: CheckpointStore, device: str) -> float:
+    """Held-out masked CE of the checkpoint (nats per masked token), cached in the store."""
+    path = store.folder(trial.training_hash()) / "heldout_ce.txt"
+    if path.is_file():
+        return float(path.read_text())
+    net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
+    heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
+    value = heldout_masked_ce(
+        net,
+        heldout.tokens.to(device),
+        None if heldout.labels is None else heldout.labels.to(device),
+        train_config_for(trial).build_scheduler(),
+        net.config.mask_id,
+    )
+    path.write_text(repr(value))
+    return value
+
+
+def set_threads(cpus: float) -> None:
+    """CPU trials use as many torch threads as their cpu share (at least one)."""
+    torch.set_num_threads(max(1, int(cpus)))
