@@ -1,23 +1,129 @@
 #!/usr/bin/env python
-"""unmask command line: parse, build, call."""
+"""unmask: run design-space studies of masked discrete generative models.
+
+  run_study.py validate STUDY.yaml              check a study; nothing starts, nothing is written
+  run_study.py run STUDY.yaml [--dry-run]       run it (or print its trial plan and cost)
+  run_study.py resume STUDY                     finish an interrupted study (a file, folder or name)
+  run_study.py report STUDY                     rewrite the study's report from its ledger
+  run_study.py quickstart                       the embedded quickstart study (make study)
+
+Exit code 2 on invalid input, with nothing started.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+DEFAULT_RUNS = Path("runs")
+QUICKSTART = Path(__file__).resolve().parent / "search_spaces" / "quickstart.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_study.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("validate", "run", "resume", "report", "quickstart"):
+        p = sub.add_parser(name)
+        if name != "quickstart":
+            p.add_argument("study", help="a study YAML file (or, for resume/report, its folder or name)")
+        p.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS, help="studies, checkpoints, MLflow store")
+        if name in ("run", "resume", "quickstart"):
+            p.add_argument("--dry-run", action="store_true", help="print the trial plan and cost; run nothing")
+            p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or "
+                           "sqlite:///<runs-root>/mlflow.db)")
+            p.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or local)")
+            p.add_argument("--verbose", action="store_true", help="Ray Tune's own progress output")
+    return parser
+
+
+def _git_commit() -> str:
+    head = Path(__file__).resolve().parent / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (head.parent / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "ray", "mlflow", "torch-fidelity", "clean-fid", "unmask"):
+        try:
+            out[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            out[f"version.{package}"] = "missing"
+    return out
+
+
+def _report(study_dir: Path, spec) -> Path:
+    from harness.study import metric_mode
+    from reports.markdown import write_markdown_report
+
+    return write_markdown_report(study_dir, spec.description or spec.name, spec.metric, metric_mode(spec))
+
+
+def _run(args) -> int:
+    from harness.plan import measured_flops_per_second
+    from harness.runner import execute, prepare
+    from harness.tracking import Tracker, resolve_tracking_uri
+
+    target = QUICKSTART if args.command == "quickstart" else args.study
+    run = prepare(target, args.runs_root)
+    print(f"study {run.spec.name!r}: {run.plan.describe(measured_flops_per_second())}", flush=True)
+    if args.dry_run:
+        return 0
+    uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
+    tracker = Tracker(uri, run.spec.name)
+    from harness.ledger import Ledger
+
+    ledger = Ledger(run.study_dir)
+    tracker.start_invocation(run.spec.model_dump(mode="json"), {"git_commit": _git_commit(), **_versions()})
+    status = "FAILED"
+    try:
+        records = execute(run, address=args.address, verbose=args.verbose,
+                          on_complete=lambda: tracker.sync(ledger.records()))
+        tracker.sync(ledger.records())
+        report = _report(run.study_dir, run.spec)
+        tracker.log_parent_artifact(report)
+        status = "FINISHED"
+    finally:
+        tracker.end_invocation(status)
+    finished = sum(r.status == "finished" for r in records)
+    print(f"{finished}/{len(records)} trials finished")
+    print(f"report: {report}")
+    print(f"MLflow store: {uri}  (view: mlflow ui --backend-store-uri {uri})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="run_study.py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    quick = sub.add_parser("quickstart", help="train and sample one model on the embedded digits")
-    quick.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.command == "quickstart":
-        from harness.quickstart import main as quickstart
+    args = _parser().parse_args(argv)
+    from harness.config import ConfigError
+    from models.checkpoint import CheckpointError
 
-        quickstart(args.out)
-    return 0
+    try:
+        if args.command == "validate":
+            from harness.runner import prepare
+
+            run = prepare(args.study, args.runs_root)
+            print(f"valid: study {run.spec.name!r}, {len(run.plan.trainings)} training(s), "
+                  f"{len(run.plan.trials)} trial(s)")
+            return 0
+        if args.command == "report":
+            from harness.runner import prepare
+
+            run = prepare(args.study, args.runs_root)
+            print(f"report: {_report(run.study_dir, run.spec)}")
+            return 0
+        return _run(args)
+    except (ConfigError, CheckpointError, KeyError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -127,9 +127,13 @@ def _probe_values(kind: str, params: list[Any]) -> list[Any]:
 
 
 def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, seed: int) -> TrialConfig:
-    """base <- overrides <- variant <- space assignment <- seed, validated."""
+    """base <- overrides <- space assignment <- variant <- seed, validated.
+
+    A variant's pins win over the space, so axes that do not apply to a variant (the kappa
+    scheduler of the MaskGIT recipe, say) collapse into one trial instead of multiplying.
+    """
     d: dict[str, Any] = yaml.safe_load(yaml.safe_dump(spec.base_config))  # deep copy
-    for layer in (spec.overrides, spec.variants.get(variant, {}) if variant else {}, assignment):
+    for layer in (spec.overrides, assignment, spec.variants.get(variant, {}) if variant else {}):
         for key, value in layer.items():
             set_dotted(d, key, value)
     d["seed"] = seed

@@ -1,0 +1,83 @@
+"""The trial plan of a study, and what it will cost, before anything runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.config import TrialConfig
+from harness.datasets import load_dataset
+from harness.ledger import Ledger
+from harness.store import CheckpointStore, model_config_for
+from harness.study import StudySpec, expand_grid, sample_random
+from models.backbone import DiscreteDiT
+
+
+@dataclass(frozen=True)
+class Plan:
+    trials: list[TrialConfig]
+    trainings: list[TrialConfig]  # one per distinct training config
+    pending_trials: list[TrialConfig]
+    pending_trainings: list[TrialConfig]
+    train_flops: float
+    sample_flops: float
+
+    def describe(self, flops_per_second: float) -> str:
+        def hours(flops: float) -> str:
+            seconds = flops / flops_per_second
+            return f"{seconds / 3600:.2f} h" if seconds > 5400 else f"{seconds / 60:.1f} min"
+
+        return (
+            f"{len(self.trainings)} training(s) ({len(self.trainings) - len(self.pending_trainings)} in the store), "
+            f"{len(self.trials)} sampling/eval trial(s) ({len(self.trials) - len(self.pending_trials)} finished)\n"
+            f"estimated compute: training {self.train_flops / 1e12:.1f} TFLOP ({hours(self.train_flops)}), "
+            f"sampling {self.sample_flops / 1e12:.2f} TFLOP ({hours(self.sample_flops)}) "
+            f"at {flops_per_second / 1e9:.0f} GFLOP/s"
+        )
+
+
+def parameter_count(trial: TrialConfig, seq_len_vocab: tuple[tuple[int, ...], int, int]) -> int:
+    """Parameters of the trial's network, built on the meta device (no memory, no time)."""
+    grid, vocab, classes = seq_len_vocab
+    from models.backbone import ModelConfig
+
+    config = ModelConfig(vocab_size=vocab, grid=grid, num_classes=classes, **trial.model.model_dump())
+    with torch.device("meta"):
+        return sum(p.numel() for p in DiscreteDiT(config).parameters())
+
+
+def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
+    trials = expand_grid(spec) if spec.search.algorithm == "grid" else sample_random(spec)
+    trainings = list({t.training_hash(): t for t in trials}.values())
+    finished = Ledger(study_dir).finished()
+    pending = [t for t in trials if t.trial_hash() not in finished]
+    pending_trainings = [t for t in trainings if not store.is_done(t.training_hash())]
+    shapes = {}
+    train_flops = sample_flops = 0.0
+    for t in trials:
+        if t.data.name not in shapes:
+            data = load_dataset(t.data.name, "train", **t.data.options)
+            shapes[t.data.name] = (data.grid, data.vocab_size, data.num_classes)
+        grid, vocab, classes = shapes[t.data.name]
+        params = parameter_count(t, shapes[t.data.name])
+        tokens = float(torch.tensor(grid).prod())
+        if t in pending_trainings:
+            train_flops += 6 * params * tokens * t.train.batch_size * t.train.grad_accum * t.train.steps
+        if t in pending:
+            guided = 2 if t.sampler.cfg_scale != 1 else 1
+            calls = t.sampler.num_steps * guided * t.eval.num_samples * len(t.eval.sample_seeds)
+            sample_flops += 2 * params * tokens * calls
+    return Plan(trials, trainings, pending, pending_trainings, train_flops, sample_flops)
+
+
+def measured_flops_per_second(size: int = 512, repeats: int = 5) -> float:
+    """This machine's achieved float32 matmul throughput (a ceiling for the estimate)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)

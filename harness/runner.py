@@ -1,0 +1,90 @@
+"""Runs a study: validate, plan, dispatch through Ray Tune, record every trial in the ledger."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness.config import ConfigError
+from harness.dispatch import RayDispatcher, TrialContext
+from harness.ledger import Ledger, TrialRecord, atomic_write_text
+from harness.plan import Plan, make_plan
+from harness.store import CheckpointStore
+from harness.study import StudySpec, load_study
+
+STUDY_FILE = "study.yaml"  # the resolved study (its base embedded), written at the first run
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    spec: StudySpec
+    study_dir: Path
+    store: CheckpointStore
+    cache_dir: Path
+    plan: Plan
+
+
+def study_path(target: str | Path, runs_root: Path) -> Path:
+    """A study file, a study folder, or the name of a study under runs_root."""
+    target = Path(target)
+    for candidate in (target, target / STUDY_FILE, runs_root / target / STUDY_FILE):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no study file at {str(target)!r} (nor a study folder with {STUDY_FILE} under {runs_root})")
+
+
+def prepare(target: str | Path, runs_root: Path) -> StudyRun:
+    """Validates the study and plans its trials; writes nothing."""
+    spec = load_study(study_path(target, runs_root))
+    study_dir = runs_root / spec.name
+    store = CheckpointStore(runs_root / "checkpoints")
+    return StudyRun(spec, study_dir, store, runs_root / "cache", make_plan(spec, study_dir, store))
+
+
+def check_resources(spec: StudySpec, available: dict[str, float]) -> None:
+    """A request larger than the cluster would wait forever: refuse it up front."""
+    for name, asked in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
+        have = available.get(name.upper(), 0.0)
+        if asked > have:
+            raise ConfigError(f"resources.{name} = {asked} but the cluster has {have} {name.upper()}(s)")
+
+
+def local_resources() -> dict[str, float]:
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def save_study_file(run: StudyRun) -> None:
+    path = run.study_dir / STUDY_FILE
+    if not path.is_file():
+        data = run.spec.model_dump(mode="json")
+        base = data.pop("base_config")
+        atomic_write_text(run.study_dir / "base.yaml", yaml.safe_dump(base, sort_keys=False))
+        data["base"] = "base.yaml"
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def execute(run: StudyRun, *, address: str | None = None, on_complete=None, verbose: bool = False,
+            num_cpus: int | None = None) -> list[TrialRecord]:
+    """Runs every pending training and trial; returns all ledger records of the study's trials."""
+    if not address:
+        check_resources(run.spec, local_resources())
+    run.study_dir.mkdir(parents=True, exist_ok=True)
+    save_study_file(run)
+    ctx = TrialContext(str(run.store.root.resolve()), str(run.study_dir.resolve()), str(run.cache_dir.resolve()),
+                       run.spec.resources.cpu, run.spec.resources.gpu)
+    plan = run.plan
+    if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":
+        with RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose) as ray:
+            if address:
+                check_resources(run.spec, ray.cluster_resources())
+            if run.spec.search.algorithm == "grid":
+                ray.run_grid(run.spec, plan.pending_trainings, plan.pending_trials, ctx, on_complete)
+            else:
+                ray.run_search(run.spec, ctx, on_complete)
+    wanted = {t.trial_hash() for t in plan.trials}
+    return [r for r in Ledger(run.study_dir).records() if r.trial_hash in wanted or run.spec.search.algorithm != "grid"]
