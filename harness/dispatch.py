@@ -151,6 +151,9 @@ class RayDispatcher:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         import ray
 
+        self.owned = not ray.is_initialized()  # a Ray started by the caller (tests) is reused, not stopped
+        if not self.owned:
+            return self
         if self.address:
             ray.init(address=self.address, log_to_driver=self.verbose)
         else:
@@ -161,7 +164,8 @@ class RayDispatcher:
     def __exit__(self, *exc: object) -> None:
         import ray
 
-        ray.shutdown()
+        if self.owned:
+            ray.shutdown()
 
     def cluster_resources(self) -> dict[str, float]:
         import ray

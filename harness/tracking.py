@@ -248,16 +248,17 @@ class Tracker:
         existing: dict[str, list[Run]] = {}
         for run in _trial_runs(self.client, self.experiment_id):
             existing.setdefault(run.data.tags[TAG_TRIAL_HASH], []).append(run)
-        created = 0
+        logged_now: set[str] = set()
         for record in records:
             runs = existing.get(record.trial_hash, [])
-            if _is_logged(record, [r for r in runs if r.info.status in ("FINISHED", "FAILED")]):
+            terminated = [r for r in runs if r.info.status in ("FINISHED", "FAILED")]
+            if record.trial_hash in logged_now or _is_logged(record, terminated):
                 continue
             for stale in (r for r in runs if r.info.status == "RUNNING"):
                 self.client.set_terminated(stale.info.run_id, status="KILLED")
             self._log_trial(record, parent_run_id, base_dir)
-            created += 1
-        return created
+            logged_now.add(record.trial_hash)
+        return len(logged_now)
 
     def _require_parent(self) -> str:
         if self.parent_run_id is None:

@@ -63,10 +63,13 @@ def test_ema_tracks_but_lags_the_model(digits):
     data, _ = digits
     model_config, config = _configs()
     state = train(model_config, config, data.tokens, data.labels)
-    differs = any(not torch.equal(a, b) for a, b in zip(state.model.parameters(), state.ema.parameters()))
+    differs = any(
+        not torch.equal(a, b) for a, b in zip(state.model.parameters(), state.ema.parameters(), strict=True)
+    )
     assert differs
-    no_ema = train(model_config, TrainConfig.from_dict({**config.to_dict(), "ema_decay": 0.0}),
-                   data.tokens, data.labels)
+    no_ema = train(
+        model_config, TrainConfig.from_dict({**config.to_dict(), "ema_decay": 0.0}), data.tokens, data.labels
+    )
     for a, b in zip(no_ema.model.parameters(), no_ema.ema.parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -106,8 +109,16 @@ def test_tiny_model_learns_digits_and_uses_context(digits):
     clearly better when its neighbours are given than when everything is masked."""
     data, heldout = digits
     torch.manual_seed(0)
-    model_config = ModelConfig(vocab_size=17, grid=(8, 8), num_classes=10, timestep="implicit",
-                               size="tiny", depth=2, width=64, heads=4)
+    model_config = ModelConfig(
+        vocab_size=17,
+        grid=(8, 8),
+        num_classes=10,
+        timestep="implicit",
+        size="tiny",
+        depth=2,
+        width=64,
+        heads=4,
+    )
     config = TrainConfig(steps=400, batch_size=64, lr=2e-3, warmup_steps=20)
     state = train(model_config, config, data.tokens, data.labels)
     scheduler = config.build_scheduler()

@@ -102,7 +102,12 @@ def train_and_save(spec: DomainSpec, x_train: Tensor, y_train: Tensor, path: Pat
         "weights_sha256": sha256_tensors(model.state_dict()),
     }
     config = {**asdict(spec.model), "input_size": list(spec.model.input_size)}
-    checkpoint = {"format": CACHE_FORMAT, "config": config, "state_dict": model.state_dict(), "meta": metadata}
+    checkpoint = {
+        "format": CACHE_FORMAT,
+        "config": config,
+        "state_dict": model.state_dict(),
+        "meta": metadata,
+    }
     save_torch(checkpoint, path)
     return checkpoint
 
@@ -119,7 +124,9 @@ def domain_extractor(
         x_train, y_train = spec.load_split("train")
         path = cache_path(spec, x_train, y_train, cache_dir)
         checkpoint = load_torch(path) if path.is_file() else train_and_save(spec, x_train, y_train, path)
-    config = DomainCNNConfig(**{**checkpoint["config"], "input_size": tuple(checkpoint["config"]["input_size"])})
+    config = DomainCNNConfig(
+        **{**checkpoint["config"], "input_size": tuple(checkpoint["config"]["input_size"])}
+    )
     if config != spec.model:
         raise ValueError(f"{spec.extractor}: checkpoint config {config} differs from the spec's {spec.model}")
     model = DomainCNN(config)
@@ -128,9 +135,11 @@ def domain_extractor(
 
 
 def register_domain_extractor(spec: DomainSpec) -> DomainSpec:
-    """Add ``spec.extractor`` to the extractor registry (constructed lazily: training happens on first use)."""
+    """Register ``spec.extractor``; it is built (and trained, on a cache miss) when first requested."""
 
-    def build(*, weights_path: str | Path | None = None, cache_dir: str | Path | None = None) -> DomainExtractor:
+    def build(
+        *, weights_path: str | Path | None = None, cache_dir: str | Path | None = None
+    ) -> DomainExtractor:
         return domain_extractor(spec, cache_dir=cache_dir, weights_path=weights_path)
 
     build.__doc__ = f"Domain CNN for {spec.dataset!r}, trained on its training split and cached."

@@ -49,7 +49,7 @@ class TrainConfig:
 
 
 class DomainCNN(nn.Module):
-    """conv-relu, maxpool/2, conv-relu, conv-relu, adaptive avg pool, linear-relu (features), linear (logits)."""
+    """conv-relu, maxpool/2, conv-relu, conv-relu, avg pool, linear-relu = features, linear = logits."""
 
     def __init__(self, config: DomainCNNConfig) -> None:
         super().__init__()
@@ -59,11 +59,16 @@ class DomainCNN(nn.Module):
         adaptive = nn.AdaptiveAvgPool2d if config.spatial_dims == 2 else nn.AdaptiveAvgPool3d
         w = config.width
         self.body = nn.Sequential(
-            conv(config.in_channels, w, 3, padding=1), nn.ReLU(), pool(2),
-            conv(w, 2 * w, 3, padding=1), nn.ReLU(),
-            conv(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
-            adaptive(config.pooled_size), nn.Flatten(),
-        )  # fmt: skip
+            conv(config.in_channels, w, 3, padding=1),
+            nn.ReLU(),
+            pool(2),
+            conv(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            conv(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            adaptive(config.pooled_size),
+            nn.Flatten(),
+        )
         flat = 2 * w * config.pooled_size**config.spatial_dims
         self.features = nn.Sequential(nn.Linear(flat, config.feature_dim), nn.ReLU())
         self.head = nn.Linear(config.feature_dim, config.num_classes)

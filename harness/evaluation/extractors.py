@@ -89,7 +89,9 @@ def check_input(extractor: FeatureExtractor, x: Tensor) -> None:
     """Images must be 4-D and videos 5-D, both float in [0, 1]."""
     ndim = 4 if extractor.input_kind == IMAGE else 5
     if x.ndim != ndim:
-        raise ValueError(f"{extractor.name} takes {extractor.input_kind}s with {ndim} dims; got {tuple(x.shape)}")
+        raise ValueError(
+            f"{extractor.name} takes {extractor.input_kind}s with {ndim} dims; got {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"{extractor.name} takes float samples in [0, 1]; got {x.dtype}")
 

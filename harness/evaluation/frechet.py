@@ -8,6 +8,7 @@ reference set; FVD is the same distance on video features. All arithmetic is flo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +35,19 @@ def gaussian_stats(features: Tensor | np.ndarray) -> GaussianStats:
     x = x.astype(np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"features must be (N, D) with N >= 2; got shape {x.shape}")
-    return GaussianStats(mu=x.mean(axis=0), sigma=np.cov(x, rowvar=False).reshape(x.shape[1], -1), n=x.shape[0])
+    return GaussianStats(
+        mu=x.mean(axis=0), sigma=np.cov(x, rowvar=False).reshape(x.shape[1], -1), n=x.shape[0]
+    )
 
 
 def _sqrtm_trace(sigma_1: np.ndarray, sigma_2: np.ndarray) -> float | None:
-    """Tr((S_1 S_2)^{1/2}), or None when the matrix root is not finite or clearly complex."""
-    covmean = scipy.linalg.sqrtm(sigma_1 @ sigma_2)
+    """Tr((S_1 S_2)^{1/2}), or None when S_1 S_2 is singular or its root is not finite or clearly complex."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+        try:
+            covmean = scipy.linalg.sqrtm(sigma_1 @ sigma_2)
+        except scipy.linalg.LinAlgWarning:  # "Matrix is singular": the root may be inaccurate
+            return None
     if not np.isfinite(covmean).all():
         return None
     if np.iscomplexobj(covmean):
@@ -52,8 +60,9 @@ def _sqrtm_trace(sigma_1: np.ndarray, sigma_2: np.ndarray) -> float | None:
 def frechet_distance(stats_1: GaussianStats, stats_2: GaussianStats, eps: float = DEFAULT_EPS) -> float:
     """||mu_1 - mu_2||^2 + Tr(S_1) + Tr(S_2) - 2 Tr((S_1 S_2)^{1/2}).
 
-    When S_1 S_2 is singular (dead ReLU units give zero-variance features) its root can be
-    non-finite; then eps * I is added to both covariances, as clean-fid does.
+    When S_1 S_2 is singular (dead ReLU units give zero-variance features) its root is
+    inaccurate or non-finite; then eps * I is added to both covariances (clean-fid adds it only
+    for a non-finite root; both agree whenever S_1 S_2 is well conditioned).
     """
     mu_1, mu_2 = stats_1.mu, stats_2.mu
     if mu_1.shape != mu_2.shape:
@@ -64,8 +73,9 @@ def frechet_distance(stats_1: GaussianStats, stats_2: GaussianStats, eps: float 
         offset = np.eye(sigma_1.shape[0]) * eps
         sigma_1, sigma_2 = sigma_1 + offset, sigma_2 + offset
         tr_covmean = _sqrtm_trace(sigma_1, sigma_2)
-        if tr_covmean is None:
-            raise FloatingPointError("Frechet distance: no finite real matrix root even with eps * I added")
+        if tr_covmean is None:  # eps is negligible at this feature scale: use Tr(A^1/2) = sum sqrt(eig(A))
+            eigenvalues = np.linalg.eigvals(sigma_1 @ sigma_2).astype(np.complex128)
+            tr_covmean = float(np.sqrt(eigenvalues).real.sum())
     diff = mu_1 - mu_2
     return float(diff @ diff + np.trace(sigma_1) + np.trace(sigma_2) - 2.0 * tr_covmean)
 
@@ -77,7 +87,11 @@ def frechet_distance_from_features(features_1: Tensor, features_2: Tensor, eps: 
 
 def stats_to_tensors(stats: GaussianStats) -> dict[str, Tensor]:
     """Tensors for a cache file: mu (D,), sigma (D, D) float64, n."""
-    return {"mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma), "n": torch.tensor(stats.n)}
+    return {
+        "mu": torch.from_numpy(stats.mu),
+        "sigma": torch.from_numpy(stats.sigma),
+        "n": torch.tensor(stats.n),
+    }
 
 
 def stats_from_tensors(d: dict[str, Tensor]) -> GaussianStats:

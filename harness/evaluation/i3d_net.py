@@ -57,10 +57,16 @@ class Unit3D(nn.Module):
     """conv3d (SAME) -> optional BN without scale: (x - mean) / sqrt(var + eps) + bias -> optional ReLU."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, kernel: tuple[int, int, int] = (1, 1, 1),
-        stride: tuple[int, int, int] = (1, 1, 1), *, batch_norm: bool = True, relu: bool = True,
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: tuple[int, int, int] = (1, 1, 1),
+        stride: tuple[int, int, int] = (1, 1, 1),
+        *,
+        batch_norm: bool = True,
+        relu: bool = True,
         conv_bias: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.kernel, self.stride, self.relu = kernel, stride, relu
         self.conv = nn.Conv3d(in_ch, out_ch, kernel, stride, bias=conv_bias)
@@ -131,5 +137,7 @@ class InceptionI3d(nn.Module):
         x = F.avg_pool3d(x, (2, 7, 7), stride=1)  # (B, 1024, T', 1, 1) at 224 x 224
         logits = self.layers["Logits"]["Conv3d_0c_1x1"](x)  # (B, num_classes, T', 1, 1)
         if logits.shape[3:] != (1, 1):
-            raise ValueError(f"I3D expects 224 x 224 frames; the head saw {tuple(x.shape[3:])} instead of 1 x 1")
+            raise ValueError(
+                f"I3D expects 224 x 224 frames; the head saw {tuple(x.shape[3:])} instead of 1 x 1"
+            )
         return logits.flatten(3).squeeze(3).mean(dim=2), pool  # (B, num_classes), (B, 1024)

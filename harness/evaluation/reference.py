@@ -24,7 +24,7 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True, eq=False)
 class ReferenceSet:
-    """name (e.g. ``"digits/train"``), dataset (for its default extractor), data (N, C, [T,] H, W) in [0, 1]."""
+    """name (``"digits/train"``), dataset (for its default extractor), data (N, C, [T,] H, W) in [0, 1]."""
 
     name: str
     dataset: str
@@ -39,7 +39,9 @@ class ReferenceSet:
         return self.data.shape[0]
 
 
-def dataset_reference(dataset: str, split: str = "train", num: int | None = None, seed: int = 0) -> ReferenceSet:
+def dataset_reference(
+    dataset: str, split: str = "train", num: int | None = None, seed: int = 0
+) -> ReferenceSet:
     """The images of a registered dataset split; ``num`` keeps a seeded random subset of that size."""
     from harness.datasets import load_dataset
 
@@ -83,7 +85,10 @@ def reference_key(reference: ReferenceSet, extractor: FeatureExtractor) -> str:
 
 
 def reference_stats(
-    reference: ReferenceSet, extractor: FeatureExtractor, cache_dir: str | Path | None = None, batch_size: int = 64
+    reference: ReferenceSet,
+    extractor: FeatureExtractor,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
 ) -> ReferenceStats:
     """Load the reference statistics from the cache, or extract features, fit the Gaussian and cache them."""
     key = reference_key(reference, extractor)
@@ -93,6 +98,14 @@ def reference_stats(
         return ReferenceStats(stored["features"], stats_from_tensors(stored["stats"]), key)
     features = extract_features(extractor, reference.data, batch_size).features  # (N, D)
     stats = gaussian_stats(features)
-    save_torch({"format": CACHE_FORMAT, "features": features, "stats": stats_to_tensors(stats),
-                "reference": reference.name, "extractor": extractor.name}, path)  # fmt: skip
+    save_torch(
+        {
+            "format": CACHE_FORMAT,
+            "features": features,
+            "stats": stats_to_tensors(stats),
+            "reference": reference.name,
+            "extractor": extractor.name,
+        },
+        path,
+    )
     return ReferenceStats(features, stats, key)

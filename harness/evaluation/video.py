@@ -13,6 +13,7 @@ from torch import Tensor
 
 from harness.evaluation.domain import DomainSpec, register_domain_extractor
 from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
+from harness.evaluation.reference import ReferenceSet
 
 # (dy, dx) per frame: still, up, down, left, right.
 MOTIONS: tuple[tuple[int, int], ...] = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
@@ -26,7 +27,9 @@ def _start(room: int, velocity: Tensor, steps: int, generator: torch.Generator) 
     """Random start offsets (N,) that keep a path of ``steps`` moves of ``velocity`` inside [0, room]."""
     low = torch.where(velocity < 0, steps, 0)
     high = torch.where(velocity > 0, room - steps, room)
-    return low + (torch.rand(velocity.shape, generator=generator) * (high - low + 1)).long().clamp(max=high - low)
+    return low + (torch.rand(velocity.shape, generator=generator) * (high - low + 1)).long().clamp(
+        max=high - low
+    )
 
 
 def moving_digit_clips(
@@ -69,13 +72,21 @@ def moving_digits_split(split: str) -> tuple[Tensor, Tensor]:
     return torch.cat(clips), torch.cat(classes)
 
 
+def moving_digits_reference(split: str = "train") -> ReferenceSet:
+    """The moving-digit clips of a split as an FVD reference set (N, 1, T, S, S)."""
+    return ReferenceSet(f"moving-digits/{split}", "moving-digits", moving_digits_split(split)[0])
+
+
 MOVING_DIGITS_CNN3D = register_domain_extractor(
     DomainSpec(
         extractor="moving-digits-cnn3d",
         dataset="moving-digits",
         load_split=moving_digits_split,
         model=DomainCNNConfig(
-            in_channels=1, num_classes=10 * len(MOTIONS), input_size=(NUM_FRAMES, CANVAS, CANVAS), width=8,
+            in_channels=1,
+            num_classes=10 * len(MOTIONS),
+            input_size=(NUM_FRAMES, CANVAS, CANVAS),
+            width=8,
             pooled_size=3,
         ),
         train=TrainConfig(epochs=10, batch_size=32, lr=3e-3),
