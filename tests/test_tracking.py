@@ -1,0 +1,192 @@
+"""MLflow tracking: every ledger record becomes exactly one child run, across resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from harness.ledger import TrialRecord
+from harness.tracking import (
+    TAG_ATTEMPTS,
+    TAG_ERROR,
+    TAG_TRIAL_HASH,
+    Tracker,
+    experiment_name,
+    resolve_tracking_uri,
+    study_runs,
+)
+
+CONFIG = {
+    "seed": 0,
+    "data": {"name": "digits", "grid": [8, 8]},
+    "model": {"timestep": "explicit", "width": 32},
+    "train": {"steps": 12, "corruption": "uniform"},
+    "sampler": {"name": "euler", "num_steps": 8},
+    "eval": {"num_samples": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store per module (creating its tables costs seconds); each test its own study."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments()  # create the tables once
+    return uri
+
+
+def _record(trial_hash: str, status: str = "finished", **changes) -> TrialRecord:
+    fields = {
+        "trial_hash": trial_hash,
+        "training_hash": f"train-{trial_hash}",
+        "status": status,
+        "config": CONFIG,
+        "metrics": {"fid": 12.5, "nfe": 8.0} if status == "finished" else {},
+        "protocols": {"fid": {"key": "inception-2048/digits", "extractor": "inception", "N": 64}},
+        "intervals": {"fid": [11.0, 14.0]} if status == "finished" else {},
+        "training_curve": [[0, {"loss": 2.5}], [6, {"loss": 1.5}], [12, {"loss": 1.0, "lr": 0.001}]],
+        "seconds": 3.25,
+        "error": "RuntimeError: boom\nTraceback line" if status == "failed" else None,
+    }
+    fields.update(changes)
+    return TrialRecord(**fields)
+
+
+def _trial_runs(uri: str, study: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name(study))
+    return list(client.search_runs([experiment.experiment_id], f"tags.`{TAG_TRIAL_HASH}` IS NOT NULL"))
+
+
+def test_sync_logs_each_record_once_across_resumes(store):
+    records = [_record("aaa"), _record("bbb", status="failed")]
+    tracker = Tracker(store, "once")
+    tracker.start_invocation({"name": "once"}, {"git.commit": "abc123"})
+    assert tracker.sync(records) == 2
+    assert tracker.sync(records) == 0
+    tracker.end_invocation()
+
+    resumed = Tracker(store, "once")  # a killed driver, resumed: new process, new parent
+    resumed.start_invocation({"name": "once"}, {"git.commit": "abc123"})
+    assert resumed.sync(records) == 0
+    assert resumed.sync([*records, _record("ccc"), _record("ccc")]) == 1
+    resumed.end_invocation()
+    hashes = sorted(run.data.tags[TAG_TRIAL_HASH] for run in _trial_runs(store, "once"))
+    assert hashes == ["aaa", "bbb", "ccc"]
+
+
+def test_child_run_holds_params_metrics_curve_tags_and_artifacts(store, tmp_path):
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"\x89PNG fake")
+    record = _record("full", artifacts={"samples_png": str(grid), "missing": str(tmp_path / "nope.png")})
+    tracker = Tracker(store, "contents")
+    parent_id = tracker.start_invocation({"name": "contents", "trials": 1}, {"lib.torch": "2.14.1"})
+    assert tracker.sync([record]) == 1
+    (run,) = _trial_runs(store, "contents")
+    client = MlflowClient(tracking_uri=store)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.timestep"] == "explicit"
+    assert run.data.params["data.grid"] == "[8, 8]"
+    assert run.data.params["seed"] == "0"
+    assert run.data.metrics == pytest.approx(
+        {
+            "fid": 12.5,
+            "nfe": 8.0,
+            "fid_ci_low": 11.0,
+            "fid_ci_high": 14.0,
+            "train/loss": 1.0,
+            "train/lr": 1e-3,
+        }
+    )
+    curve = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in curve) == [(0, 2.5), (6, 1.5), (12, 1.0)]
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == parent_id
+    assert (tags["unmask.training_hash"], tags["unmask.status"], tags[TAG_ATTEMPTS]) == (
+        "train-full",
+        "finished",
+        "1",
+    )
+    run_dir = Path(client.download_artifacts(run.info.run_id, "", dst_path=str(tmp_path / "dl")))
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()) == [
+        "config.yaml",
+        "protocol.json",
+        "samples_png/grid.png",
+    ]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == CONFIG
+    assert json.loads((run_dir / "protocol.json").read_text()) == record.protocols
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["lib.torch"] == "2.14.1"
+    assert [f.path for f in client.list_artifacts(parent_id)] == ["study_config.yaml"]
+
+
+def test_failed_record_gives_failed_run_and_a_retry_is_logged_once(store):
+    tracker = Tracker(store, "failures")
+    tracker.start_invocation({}, {})
+    assert tracker.sync([_record("ddd", status="failed", error="x" * 20000)]) == 1
+    (run,) = _trial_runs(store, "failures")
+    assert run.info.status == "FAILED"
+    assert run.data.tags[TAG_ERROR].startswith("xxx") and len(run.data.tags[TAG_ERROR]) < 8000
+    retried = _record("ddd", attempts=2)
+    assert tracker.sync([retried]) == 1
+    assert tracker.sync([retried]) == 0
+    frame = study_runs(store, "failures")
+    assert len(frame) == 1 and frame.loc[0, "status"] == "FINISHED"
+    assert len(study_runs(store, "failures", latest_only=False)) == 2
+
+
+def test_run_left_running_by_a_killed_sync_is_killed_and_relogged(store):
+    tracker = Tracker(store, "stale")
+    client = MlflowClient(tracking_uri=store)
+    stale = client.create_run(tracker.experiment_id, tags={TAG_TRIAL_HASH: "eee"})
+    tracker.start_invocation({}, {})
+    assert tracker.sync([_record("eee")]) == 1
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert tracker.sync([_record("eee")]) == 0
+    assert len(study_runs(store, "stale")) == 1
+
+
+def test_long_param_values_are_cut_to_the_mlflow_limit(store):
+    tracker = Tracker(store, "long")
+    tracker.start_invocation({}, {})
+    assert tracker.sync([_record("fff", config={**CONFIG, "data": {"note": "y" * 10000}})]) == 1
+    (run,) = _trial_runs(store, "long")
+    assert run.data.params["data.note"] == "y" * 6000
+
+
+def test_sync_needs_an_open_invocation_and_parent_artifacts_are_logged(store, tmp_path):
+    tracker = Tracker(store, "parent")
+    with pytest.raises(RuntimeError, match="start_invocation"):
+        tracker.sync([_record("ggg")])
+    parent_id = tracker.start_invocation({}, {})
+    report = tmp_path / "report.md"
+    report.write_text("# report\n")
+    tracker.log_parent_artifact(report)
+    tracker.end_invocation("FAILED")
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_run(parent_id).info.status == "FAILED"
+    assert {f.path for f in client.list_artifacts(parent_id)} == {"study_config.yaml", "report.md"}
+
+
+def test_study_runs_one_row_per_trial(store):
+    tracker = Tracker(store, "frame")
+    tracker.start_invocation({}, {})
+    tracker.sync([_record("h1"), _record("h2", metrics={"fid": 3.0}), _record("h3", status="failed")])
+    frame = study_runs(store, "frame")
+    assert sorted(frame["tags.unmask.trial_hash"]) == ["h1", "h2", "h3"]
+    assert {"params.sampler.name", "metrics.fid", "tags.unmask.status"} <= set(frame.columns)
+    assert study_runs(store, "no-such-study").empty
+
+
+def test_resolve_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri(None, tmp_path) == "sqlite:///from-env.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    runs_root = tmp_path / "runs"
+    assert resolve_tracking_uri(None, runs_root) == f"sqlite:///{runs_root.resolve()}/mlflow.db"
+    assert runs_root.is_dir()
