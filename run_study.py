@@ -21,19 +21,29 @@ QUICKSTART = Path(__file__).resolve().parent / "search_spaces" / "quickstart.yam
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_study.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="run_study.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("validate", "run", "resume", "report", "quickstart"):
         p = sub.add_parser(name)
         if name != "quickstart":
             p.add_argument("study", help="a study YAML file (or, for resume/report, its folder or name)")
-        p.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS, help="studies, checkpoints, MLflow store")
+        p.add_argument(
+            "--runs-root", type=Path, default=DEFAULT_RUNS, help="studies, checkpoints, MLflow store"
+        )
         if name in ("run", "resume", "quickstart"):
-            p.add_argument("--dry-run", action="store_true", help="print the trial plan and cost; run nothing")
-            p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: MLFLOW_TRACKING_URI or "
-                           "sqlite:///<runs-root>/mlflow.db)")
-            p.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or local)")
+            p.add_argument(
+                "--dry-run", action="store_true", help="print the trial plan and cost; run nothing"
+            )
+            p.add_argument(
+                "--tracking-uri",
+                default=None,
+                help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///<runs-root>/mlflow.db)",
+            )
+            p.add_argument(
+                "--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or local)"
+            )
             p.add_argument("--verbose", action="store_true", help="Ray Tune's own progress output")
     return parser
 
@@ -86,8 +96,12 @@ def _run(args) -> int:
     tracker.start_invocation(run.spec.model_dump(mode="json"), {"git_commit": _git_commit(), **_versions()})
     status = "FAILED"
     try:
-        records = execute(run, address=args.address, verbose=args.verbose,
-                          on_complete=lambda: tracker.sync(ledger.records()))
+        records = execute(
+            run,
+            address=args.address,
+            verbose=args.verbose,
+            on_complete=lambda: tracker.sync(ledger.records()),
+        )
         tracker.sync(ledger.records())
         report = _report(run.study_dir, run.spec)
         tracker.log_parent_artifact(report)
@@ -111,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             from harness.runner import prepare
 
             run = prepare(args.study, args.runs_root)
-            print(f"valid: study {run.spec.name!r}, {len(run.plan.trainings)} training(s), "
-                  f"{len(run.plan.trials)} trial(s)")
+            print(
+                f"valid: study {run.spec.name!r}, {len(run.plan.trainings)} training(s), "
+                f"{len(run.plan.trials)} trial(s)"
+            )
             return 0
         if args.command == "report":
             from harness.runner import prepare

@@ -30,7 +30,7 @@ RAY_ENV = {
 }
 
 
-class TrialFailed(RuntimeError):
+class TrialFailedError(RuntimeError):
     """Raised inside a Tune trial so that Tune's FailureConfig retries it."""
 
 
@@ -62,8 +62,12 @@ def _train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
     set_threads(ctx.cpu)
     trial = TrialConfig.model_validate(config["trial"])
-    CheckpointStore(ctx.store_root).ensure(trial, device=_device(ctx))
-    tune.report({"done": 1})
+
+    def on_log(step: int, metrics: dict) -> None:
+        tune.report({"step": step, "steps": trial.train.steps, "loss": metrics["train/loss"]})
+
+    CheckpointStore(ctx.store_root).ensure(trial, device=_device(ctx), on_log=on_log)
+    tune.report({"step": trial.train.steps, "steps": trial.train.steps, "done": 1})
 
 
 def _finish(trial: TrialConfig, ctx: TrialContext) -> None:
@@ -71,10 +75,15 @@ def _finish(trial: TrialConfig, ctx: TrialContext) -> None:
     if existing is not None and existing.status == "finished":
         _report(existing)
         return
-    record = run_trial(trial, store_root=Path(ctx.store_root), study_dir=Path(ctx.study_dir),
-                       cache_dir=Path(ctx.cache_dir) if ctx.cache_dir else None, device=_device(ctx))
+    record = run_trial(
+        trial,
+        store_root=Path(ctx.store_root),
+        study_dir=Path(ctx.study_dir),
+        cache_dir=Path(ctx.cache_dir) if ctx.cache_dir else None,
+        device=_device(ctx),
+    )
     if record.status != "finished":
-        raise TrialFailed(record.error)
+        raise TrialFailedError(record.error)
     _report(record)
 
 
@@ -125,8 +134,25 @@ class _Progress:
             def on_trial_error(self, iteration, trials, trial, **info):
                 outer.tick(trial, "FAILED")
 
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                outer.training_progress(trial, result)
+
         self.total, self.done, self.label, self.on_complete = total, 0, label, on_complete
+        self.quarters: dict[str, int] = {}
         self.callback = Hook()
+
+    def training_progress(self, trial, result: dict) -> None:
+        """Prints a training's progress at each quarter of its steps."""
+        step, steps = result.get("step"), result.get("steps")
+        if step is None or not steps or result.get("done"):
+            return
+        quarter = 4 * step // steps
+        if quarter > self.quarters.get(trial.trial_id, 0):
+            self.quarters[trial.trial_id] = quarter
+            print(
+                f"  [{self.label} {trial.trial_id[-5:]}] step {step}/{steps} loss {result['loss']:.3f}",
+                flush=True,
+            )
 
     def tick(self, trial, status: str) -> None:
         self.done += 1
@@ -140,7 +166,9 @@ class _Progress:
 class RayDispatcher:
     """Starts (or joins) Ray for the duration of a ``with`` block and runs Tune experiments."""
 
-    def __init__(self, *, address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self, *, address: str | None = None, num_cpus: int | None = None, verbose: bool = False
+    ) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.num_cpus, self.verbose = num_cpus, verbose
 
@@ -157,8 +185,12 @@ class RayDispatcher:
         if self.address:
             ray.init(address=self.address, log_to_driver=self.verbose)
         else:
-            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=self.verbose,
-                     _node_ip_address="127.0.0.1")
+            ray.init(
+                num_cpus=self.num_cpus,
+                include_dashboard=False,
+                log_to_driver=self.verbose,
+                _node_ip_address="127.0.0.1",
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -172,39 +204,81 @@ class RayDispatcher:
 
         return dict(ray.cluster_resources())
 
-    def _tune(self, trainable, param_space: dict, *, name: str, spec: StudySpec, ctx: TrialContext,
-              num_samples: int, progress: _Progress, search_alg=None, scheduler=None) -> None:
+    def _tune(
+        self,
+        trainable,
+        param_space: dict,
+        *,
+        name: str,
+        spec: StudySpec,
+        ctx: TrialContext,
+        num_samples: int,
+        progress: _Progress,
+        search_alg=None,
+        scheduler=None,
+    ) -> None:
         from ray import tune
 
         resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=spec.concurrency,
-                                        search_alg=search_alg, scheduler=scheduler, reuse_actors=True,
-                                        trial_dirname_creator=lambda t: f"{name}_{t.trial_id}"),
-            run_config=tune.RunConfig(name=name, storage_path=str((Path(ctx.study_dir) / "ray").resolve()),
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                      verbose=1 if self.verbose else 0, callbacks=[progress.callback]),
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples,
+                max_concurrent_trials=spec.concurrency,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                reuse_actors=True,
+                trial_dirname_creator=lambda t: f"{name}_{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str((Path(ctx.study_dir) / "ray").resolve()),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                verbose=1 if self.verbose else 0,
+                callbacks=[progress.callback],
+            ),
         )
         tuner.fit()
 
-    def run_grid(self, spec: StudySpec, trainings: list[TrialConfig], trials: list[TrialConfig],
-                 ctx: TrialContext, on_complete: Callable[[], None] | None = None) -> None:
+    def run_grid(
+        self,
+        spec: StudySpec,
+        trainings: list[TrialConfig],
+        trials: list[TrialConfig],
+        ctx: TrialContext,
+        on_complete: Callable[[], None] | None = None,
+    ) -> None:
         from ray import tune
 
         if trainings:
             progress = _Progress(len(trainings), "train", None)
             space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trainings])}
-            self._tune(tune.with_parameters(_train_trainable, ctx=ctx), space, name="train", spec=spec,
-                       ctx=ctx, num_samples=1, progress=progress)
+            self._tune(
+                tune.with_parameters(_train_trainable, ctx=ctx),
+                space,
+                name="train",
+                spec=spec,
+                ctx=ctx,
+                num_samples=1,
+                progress=progress,
+            )
         if trials:
             progress = _Progress(len(trials), "trial", on_complete)
             space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])}
-            self._tune(tune.with_parameters(_sample_trainable, ctx=ctx), space, name="sample", spec=spec,
-                       ctx=ctx, num_samples=1, progress=progress)
+            self._tune(
+                tune.with_parameters(_sample_trainable, ctx=ctx),
+                space,
+                name="sample",
+                spec=spec,
+                ctx=ctx,
+                num_samples=1,
+                progress=progress,
+            )
 
-    def run_search(self, spec: StudySpec, ctx: TrialContext, on_complete: Callable[[], None] | None = None) -> None:
+    def run_search(
+        self, spec: StudySpec, ctx: TrialContext, on_complete: Callable[[], None] | None = None
+    ) -> None:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -214,13 +288,27 @@ class RayDispatcher:
             import optuna
             from ray.tune.search.optuna import OptunaSearch
 
-            search_alg = OptunaSearch(metric=spec.metric, mode=mode,
-                                      sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
+            search_alg = OptunaSearch(
+                metric=spec.metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=spec.search.seed)
+            )
         scheduler = FIFOScheduler()
         if spec.scheduler.name == "asha":
-            scheduler = ASHAScheduler(metric=spec.metric, mode=mode, grace_period=spec.scheduler.grace_period,
-                                      reduction_factor=spec.scheduler.reduction_factor)
+            scheduler = ASHAScheduler(
+                metric=spec.metric,
+                mode=mode,
+                grace_period=spec.scheduler.grace_period,
+                reduction_factor=spec.scheduler.reduction_factor,
+            )
         progress = _Progress(spec.search.num_trials, "trial", on_complete)
         trainable = tune.with_parameters(_search_trainable, ctx=ctx, spec=spec)
-        self._tune(trainable, search_space(spec), name="search", spec=spec, ctx=ctx, num_samples=spec.search.num_trials,
-                   progress=progress, search_alg=search_alg, scheduler=scheduler)
+        self._tune(
+            trainable,
+            search_space(spec),
+            name="search",
+            spec=spec,
+            ctx=ctx,
+            num_samples=spec.search.num_trials,
+            progress=progress,
+            search_alg=search_alg,
+            scheduler=scheduler,
+        )

@@ -11,7 +11,7 @@ import torch
 from harness.config import TrialConfig
 from harness.datasets import load_dataset
 from harness.ledger import Ledger
-from harness.store import CheckpointStore, model_config_for
+from harness.store import CheckpointStore
 from harness.study import StudySpec, expand_grid, sample_random
 from models.backbone import DiscreteDiT
 
@@ -30,9 +30,11 @@ class Plan:
             seconds = flops / flops_per_second
             return f"{seconds / 3600:.2f} h" if seconds > 5400 else f"{seconds / 60:.1f} min"
 
+        stored = len(self.trainings) - len(self.pending_trainings)
+        finished = len(self.trials) - len(self.pending_trials)
         return (
-            f"{len(self.trainings)} training(s) ({len(self.trainings) - len(self.pending_trainings)} in the store), "
-            f"{len(self.trials)} sampling/eval trial(s) ({len(self.trials) - len(self.pending_trials)} finished)\n"
+            f"{len(self.trainings)} training(s) ({stored} in the store), "
+            f"{len(self.trials)} sampling/eval trial(s) ({finished} finished)\n"
             f"estimated compute: training {self.train_flops / 1e12:.1f} TFLOP ({hours(self.train_flops)}), "
             f"sampling {self.sample_flops / 1e12:.2f} TFLOP ({hours(self.sample_flops)}) "
             f"at {flops_per_second / 1e9:.0f} GFLOP/s"

@@ -33,7 +33,9 @@ def study_path(target: str | Path, runs_root: Path) -> Path:
     for candidate in (target, target / STUDY_FILE, runs_root / target / STUDY_FILE):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"no study file at {str(target)!r} (nor a study folder with {STUDY_FILE} under {runs_root})")
+    raise ConfigError(
+        f"no study file at {str(target)!r} (nor a study folder with {STUDY_FILE} under {runs_root})"
+    )
 
 
 def prepare(target: str | Path, runs_root: Path) -> StudyRun:
@@ -68,15 +70,26 @@ def save_study_file(run: StudyRun) -> None:
         atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def execute(run: StudyRun, *, address: str | None = None, on_complete=None, verbose: bool = False,
-            num_cpus: int | None = None) -> list[TrialRecord]:
+def execute(
+    run: StudyRun,
+    *,
+    address: str | None = None,
+    on_complete=None,
+    verbose: bool = False,
+    num_cpus: int | None = None,
+) -> list[TrialRecord]:
     """Runs every pending training and trial; returns all ledger records of the study's trials."""
     if not address:
         check_resources(run.spec, local_resources())
     run.study_dir.mkdir(parents=True, exist_ok=True)
     save_study_file(run)
-    ctx = TrialContext(str(run.store.root.resolve()), str(run.study_dir.resolve()), str(run.cache_dir.resolve()),
-                       run.spec.resources.cpu, run.spec.resources.gpu)
+    ctx = TrialContext(
+        str(run.store.root.resolve()),
+        str(run.study_dir.resolve()),
+        str(run.cache_dir.resolve()),
+        run.spec.resources.cpu,
+        run.spec.resources.gpu,
+    )
     plan = run.plan
     if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":
         with RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose) as ray:
@@ -87,4 +100,8 @@ def execute(run: StudyRun, *, address: str | None = None, on_complete=None, verb
             else:
                 ray.run_search(run.spec, ctx, on_complete)
     wanted = {t.trial_hash() for t in plan.trials}
-    return [r for r in Ledger(run.study_dir).records() if r.trial_hash in wanted or run.spec.search.algorithm != "grid"]
+    return [
+        r
+        for r in Ledger(run.study_dir).records()
+        if r.trial_hash in wanted or run.spec.search.algorithm != "grid"
+    ]

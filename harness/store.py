@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,8 +72,17 @@ class CheckpointStore:
                 by_step[entry["step"]] = entry["metrics"]
         return sorted(by_step.items())
 
-    def ensure(self, trial: TrialConfig, device: str = "cpu", progress: bool = False) -> Path:
-        """The finished checkpoint of the trial's training config, training it if needed."""
+    def ensure(
+        self,
+        trial: TrialConfig,
+        device: str = "cpu",
+        progress: bool = False,
+        on_log: Callable[[int, dict], None] | None = None,
+    ) -> Path:
+        """The finished checkpoint of the trial's training config, training it if needed.
+
+        ``on_log(step, metrics)`` is called at each logged step (about 20 per training).
+        """
         h = trial.training_hash()
         folder = self.folder(h)
         if self.is_done(h):
@@ -91,6 +100,8 @@ class CheckpointStore:
                 def log(step: int, metrics: dict) -> None:
                     curve.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
                     curve.flush()
+                    if on_log is not None:
+                        on_log(step, metrics)
                     if progress:
                         print(
                             f"    [{h[:8]}] step {step}/{trial.train.steps} loss {metrics['train/loss']:.3f}",
