@@ -92,6 +92,11 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     step: int = 0
+    forward: Callable | None = None  # torch.compile'd model when config.compile, else the model
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.model
 
 
 def init_state(
@@ -109,7 +114,8 @@ def init_state(
         fused=fused or None,
     )
     generator = torch.Generator().manual_seed(config.seed)
-    return TrainState(model, ema, optimizer, generator)
+    forward = torch.compile(model) if config.compile else model  # parameters shared with model
+    return TrainState(model, ema, optimizer, generator, forward=forward)
 
 
 def corrupt(
@@ -147,7 +153,7 @@ def train_step(
             y = y.to(device)
         x_1, x_t, t = x_1.to(device), x_t.to(device), t.to(device)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = model(x_t, t, y)  # (B, L, V)
+            logits = state.forward(x_t, t, y)  # (B, L, V)
         loss = LOSSES[config.loss](logits, x_1, masked_positions(x_t, cfg.mask_id), t, scheduler)
         (loss / config.grad_accum).backward()
         total += loss.item()
