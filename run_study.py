@@ -13,6 +13,7 @@ Exit code 2 on invalid input, with nothing started.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,10 @@ def _run(args) -> int:
     print(f"study {run.spec.name!r}: {run.plan.describe(measured_flops_per_second())}", flush=True)
     if args.dry_run:
         return 0
+    if not (args.address or os.environ.get("RAY_ADDRESS")):  # refused before MLflow or Ray start
+        from harness.runner import check_resources, local_resources
+
+        check_resources(run.spec, local_resources())
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
     tracker = Tracker(uri, run.spec.name)
     from harness.ledger import Ledger

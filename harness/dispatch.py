@@ -8,6 +8,7 @@ trial training its checkpoint if the store lacks it (trials sharing one wait on 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -179,19 +180,27 @@ class RayDispatcher:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         import ray
 
+        if not self.verbose:  # quiet logs: our own progress lines only
+            logging.getLogger("ray").setLevel(logging.WARNING)
+            logging.getLogger("ray.tune").setLevel(logging.WARNING)
         self.owned = not ray.is_initialized()  # a Ray started by the caller (tests) is reused, not stopped
         if not self.owned:
             return self
         if self.address:
-            ray.init(address=self.address, log_to_driver=self.verbose)
+            ray.init(address=self.address, log_to_driver=self.verbose, logging_level=self._level)
         else:
             ray.init(
                 num_cpus=self.num_cpus,
                 include_dashboard=False,
                 log_to_driver=self.verbose,
                 _node_ip_address="127.0.0.1",
+                logging_level=self._level,
             )
         return self
+
+    @property
+    def _level(self) -> int:
+        return logging.INFO if self.verbose else logging.WARNING
 
     def __exit__(self, *exc: object) -> None:
         import ray

@@ -18,6 +18,7 @@ concurrency: 2
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import random
@@ -85,6 +86,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _field_hint(loc: tuple) -> str:
+    """'; did you mean ...?' for an unknown study field, from the fields of its section."""
+    model: type[BaseModel] = StudySpec
+    for part in loc[:-1]:
+        info = model.model_fields.get(str(part))
+        if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
+            return ""
+        model = info.annotation
+    close = difflib.get_close_matches(str(loc[-1]), [f for f in model.model_fields if f != "base_config"], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def load_study(path: str | Path) -> StudySpec:
     """Reads and validates a study file and its base; raises ConfigError before any work starts."""
     path = Path(path)
@@ -92,7 +105,11 @@ def load_study(path: str | Path) -> StudySpec:
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
-        lines = [f"  {'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in err.errors()]
+        lines = [
+            f"  {'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}"
+            + (_field_hint(e["loc"]) if e["type"] == "extra_forbidden" else "")
+            for e in err.errors()
+        ]
         raise ConfigError(f"invalid study file {path}:\n" + "\n".join(lines)) from None
     spec = spec.model_copy(update={"base_config": read_yaml(path.parent / spec.base)})
     validate_study(spec)

@@ -40,42 +40,49 @@ def gaussian_stats(features: Tensor | np.ndarray) -> GaussianStats:
     )
 
 
-def _sqrtm_trace(sigma_1: np.ndarray, sigma_2: np.ndarray) -> float | None:
-    """Tr((S_1 S_2)^{1/2}), or None when S_1 S_2 is singular or its root is not finite or clearly complex."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
-        try:
-            covmean = scipy.linalg.sqrtm(sigma_1 @ sigma_2)
-        except scipy.linalg.LinAlgWarning:  # "Matrix is singular": the root may be inaccurate
-            return None
+def _sqrtm_trace(sigma_1: np.ndarray, sigma_2: np.ndarray) -> tuple[float | None, bool]:
+    """(Tr((S_1 S_2)^{1/2}) or None if the root is non-finite or clearly complex, whether it was singular)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma_1 @ sigma_2)
+    singular = any("singular" in str(w.message) for w in caught)
     if not np.isfinite(covmean).all():
-        return None
+        return None, singular
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=_IMAG_TOL):
-            return None
+            return None, singular
         covmean = covmean.real
-    return float(np.trace(covmean))
+    return float(np.trace(covmean)), singular
+
+
+def is_singular(stats: GaussianStats) -> bool:
+    """Certainly singular: fewer samples than dimensions, or a zero-variance (dead) feature."""
+    return stats.n <= stats.mu.shape[0] or bool(np.any(np.diagonal(stats.sigma) <= 0))
 
 
 def frechet_distance(stats_1: GaussianStats, stats_2: GaussianStats, eps: float = DEFAULT_EPS) -> float:
     """||mu_1 - mu_2||^2 + Tr(S_1) + Tr(S_2) - 2 Tr((S_1 S_2)^{1/2}).
 
-    When S_1 S_2 is singular (dead ReLU units give zero-variance features) its root is
-    inaccurate or non-finite; then eps * I is added to both covariances (clean-fid adds it only
-    for a non-finite root; both agree whenever S_1 S_2 is well conditioned).
+    When S_1 S_2 is singular (N <= D, or dead ReLU units giving zero-variance features) its
+    root is inaccurate or non-finite; then the distance between the regularised Gaussians
+    N(mu, S + eps I) is returned (so FD(x, x) stays 0). clean-fid offsets only the root, and only
+    when it is non-finite; both agree whenever S_1 S_2 is nonsingular. If even the regularised
+    root fails, Tr(A^{1/2}) = sum_i sqrt(lambda_i(A)) is used.
     """
     mu_1, mu_2 = stats_1.mu, stats_2.mu
     if mu_1.shape != mu_2.shape:
         raise ValueError(f"feature sizes differ: {mu_1.shape} vs {mu_2.shape}")
     sigma_1, sigma_2 = stats_1.sigma, stats_2.sigma
-    tr_covmean = _sqrtm_trace(sigma_1, sigma_2)
-    if tr_covmean is None:
+    tr_covmean, singular = None, is_singular(stats_1) or is_singular(stats_2)
+    if not singular:
+        tr_covmean, singular = _sqrtm_trace(sigma_1, sigma_2)
+    if tr_covmean is None or singular:
         offset = np.eye(sigma_1.shape[0]) * eps
         sigma_1, sigma_2 = sigma_1 + offset, sigma_2 + offset
-        tr_covmean = _sqrtm_trace(sigma_1, sigma_2)
-        if tr_covmean is None:  # eps is negligible at this feature scale: use Tr(A^1/2) = sum sqrt(eig(A))
-            eigenvalues = np.linalg.eigvals(sigma_1 @ sigma_2).astype(np.complex128)
-            tr_covmean = float(np.sqrt(eigenvalues).real.sum())
+        tr_covmean, _ = _sqrtm_trace(sigma_1, sigma_2)
+    if tr_covmean is None:
+        eigenvalues = np.linalg.eigvals(sigma_1 @ sigma_2).astype(np.complex128)
+        tr_covmean = float(np.sqrt(eigenvalues).real.sum())
     diff = mu_1 - mu_2
     return float(diff @ diff + np.trace(sigma_1) + np.trace(sigma_2) - 2.0 * tr_covmean)
 
