@@ -126,9 +126,23 @@ class SamplerSection(Section):
 class EvalSection(Section):
     num_samples: int = Field(default=500, ge=2)
     batch_size: int = Field(default=250, ge=1)
-    metrics: list[str] = Field(default_factory=lambda: ["fid"])
+    metrics: list[str] = Field(default_factory=lambda: ["fid", "kid_mean", "precision", "recall", "is_mean"])
     extractor: str | None = None
     sample_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, names: list[str]) -> list[str]:
+        from harness.evaluation import METRICS
+
+        return [_known(name, METRICS, "metric") for name in names]
+
+    @field_validator("extractor")
+    @classmethod
+    def _extractor(cls, name: str | None) -> str | None:
+        from harness.evaluation import EXTRACTORS
+
+        return name if name is None else _known(name, EXTRACTORS, "extractor")
 
 
 class TrialConfig(Section):

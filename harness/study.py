@@ -94,7 +94,9 @@ def _field_hint(loc: tuple) -> str:
         if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
             return ""
         model = info.annotation
-    close = difflib.get_close_matches(str(loc[-1]), [f for f in model.model_fields if f != "base_config"], n=1)
+    close = difflib.get_close_matches(
+        str(loc[-1]), [f for f in model.model_fields if f != "base_config"], n=1
+    )
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -169,7 +171,7 @@ def validate_study(spec: StudySpec) -> None:
             )
     probes = {k: _probe_values(*_axis_values(k, v)) for k, v in spec.space.items()}
     variants = list(spec.variants) or [None]
-    resolve(spec, {}, variants[0], spec.seeds[0])
+    first = resolve(spec, {}, variants[0], spec.seeds[0])
     for variant in variants:
         for key, values in probes.items():
             for value in values:
@@ -183,6 +185,8 @@ def validate_study(spec: StudySpec) -> None:
         raise ConfigError(
             f"metric {spec.metric!r} is not produced by the evaluator; expected one of {sorted(produced)}"
         )
+    if spec.metric in METRICS and spec.metric not in first.eval.metrics:
+        raise ConfigError(f"metric {spec.metric!r} is not in eval.metrics {first.eval.metrics}: add it there")
 
 
 def metric_mode(spec: StudySpec) -> str:

@@ -105,9 +105,12 @@ class CleanFidInception(nn.Module):
     its get_folder_features; clean-fid then needs no download.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, net: nn.Module | None = None) -> None:
+        """path: a TorchScript file (default: the shipped one); net: an already loaded network instead."""
         super().__init__()
-        self.net = load_torchscript(require_file(path, "your own copy") if path else shipped_inception_path())
+        if net is None:
+            net = load_torchscript(require_file(path, "your own copy") if path else shipped_inception_path())
+        self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net((x - 128.0) / 128.0).reshape(x.shape[0], -1)

@@ -123,6 +123,14 @@ def _precision_recall(generated: Features, reference: ReferenceStats, options: O
     )
 
 
+def _precision(generated: Features, reference: ReferenceStats, options: Options) -> float:
+    return _precision_recall(generated, reference, options)[PRECISION]
+
+
+def _recall(generated: Features, reference: ReferenceStats, options: Options) -> float:
+    return _precision_recall(generated, reference, options)[RECALL]
+
+
 def _inception_score(generated: Features, reference: ReferenceStats, options: Options) -> float:
     if generated.logits is None:
         raise ValueError("the Inception Score needs class logits; use a classifier extractor")
@@ -159,27 +167,7 @@ BOTH = (IMAGE, VIDEO)
 register(Metric(FID, False, FEATURES, (IMAGE,), UNMASK_LIBRARY, _frechet, _frechet_options))
 register(Metric(FVD, False, FEATURES, (VIDEO,), UNMASK_LIBRARY, _frechet, _frechet_options))
 register(Metric(KID, False, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _kid, _kid_options))
-register(
-    Metric(
-        PRECISION,
-        True,
-        FEATURES,
-        BOTH,
-        TORCH_FIDELITY_LIBRARY,
-        lambda g, r, o: _precision_recall(g, r, o)[PRECISION],
-        _prc_options,
-    )
-)
-register(
-    Metric(
-        RECALL,
-        True,
-        FEATURES,
-        BOTH,
-        TORCH_FIDELITY_LIBRARY,
-        lambda g, r, o: _precision_recall(g, r, o)[RECALL],
-        _prc_options,
-    )
-)
+register(Metric(PRECISION, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _precision, _prc_options))
+register(Metric(RECALL, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _recall, _prc_options))
 register(Metric(IS, True, LOGITS, (IMAGE,), UNMASK_LIBRARY, _inception_score, _is_options))
 register(Metric(MIOU, True, MASKS, (), UNMASK_LIBRARY, _not_a_feature_metric, _miou_options))

@@ -64,7 +64,10 @@ class Protocol:
 
 @dataclass(frozen=True)
 class MetricResult:
-    """One metric value with its protocol; ci_low / ci_high bound a 95% interval when known."""
+    """One metric value with its protocol; ci_low / ci_high bound a 95% interval when known.
+
+    per_set: the values behind the interval (one per sample set, or one per bootstrap resample).
+    """
 
     name: str
     value: float

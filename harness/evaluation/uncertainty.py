@@ -4,6 +4,12 @@ Over k sample sets with values v_1..v_k the interval is mean +- t_{0.975, k-1} *
 (Student t, s the sample standard deviation). The bootstrap resamples the N generated feature
 vectors with replacement B times, recomputes the metric and takes the 2.5% and 97.5%
 percentiles (the percentile interval).
+
+Caveat: set-level metrics (FID, FVD, KID, precision/recall) are biased by the number of
+distinct samples, and a resample with replacement holds only about 63% distinct ones, so their
+bootstrap distribution is shifted (FID upwards, recall downwards) and the percentile interval
+can exclude the full-set value. For those, prefer several independent sample sets (seeds);
+the bootstrap suits per-sample averages such as the Inception Score.
 """
 
 from __future__ import annotations
