@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.baselines import BASELINES
 from harness.datasets import DATASETS
 from models.backbone import SIZE_PRESETS
 from models.losses import LOSSES
@@ -108,10 +109,17 @@ class SamplerSection(Section):
     euler: EulerOptions = Field(default_factory=EulerOptions)
     maskgit: MaskGITOptions = Field(default_factory=MaskGITOptions)
 
-    _name = field_validator("name")(lambda v: _known(v, SAMPLERS, "sampler"))
+    _name = field_validator("name")(lambda v: _known(v, [*SAMPLERS, *BASELINES], "sampler"))
+
+    @property
+    def is_baseline(self) -> bool:
+        """A data baseline (no network): see harness.baselines."""
+        return self.name in BASELINES
 
     def options(self) -> dict[str, Any]:
-        """Keyword arguments of the chosen sampler class."""
+        """Keyword arguments of the chosen sampler class (none for a data baseline)."""
+        if self.is_baseline:
+            return {}
         common = {
             "num_steps": self.num_steps,
             "temperature": self.temperature,

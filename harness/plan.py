@@ -53,7 +53,7 @@ def parameter_count(trial: TrialConfig, seq_len_vocab: tuple[tuple[int, ...], in
 
 def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
     trials = expand_grid(spec) if spec.search.algorithm == "grid" else sample_random(spec)
-    trainings = list({t.training_hash(): t for t in trials}.values())
+    trainings = list({t.training_hash(): t for t in trials if not t.sampler.is_baseline}.values())
     finished = Ledger(study_dir).finished()
     pending = [t for t in trials if t.trial_hash() not in finished]
     pending_trainings = [t for t in trainings if not store.is_done(t.training_hash())]

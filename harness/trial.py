@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from harness.baselines import BASELINES
 from harness.config import TrialConfig
 from harness.datasets import load_dataset
 from harness.evaluation import Evaluator, load_samples, sample_dir_name, save_samples
 from harness.ledger import Ledger, TrialRecord
-from harness.sampling import build_sampler, generate, save_image_grid
+from harness.sampling import SampleSet, build_sampler, generate, save_image_grid
 from harness.store import CheckpointStore, train_config_for
 from models.checkpoint import model_from_checkpoint
 from models.diagnostics import heldout_masked_ce
@@ -29,18 +30,11 @@ def sampling_settings(trial: TrialConfig) -> dict:
     return {k: v for k, v in settings.items() if v is not None}
 
 
-def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device: str = "cpu") -> Path:
-    """Samples for one seed, written before they are scored; reused when already on disk."""
-    h = trial.training_hash()
-    folder = store.folder(h) / "samples" / sample_dir_name(sampling_settings(trial)) / f"seed_{seed}"
-    if (folder / "samples.npz").is_file():
-        return folder
-    net, _ = model_from_checkpoint(store.checkpoint(h), map_location=device)
-    data = load_dataset(trial.data.name, "train", **trial.data.options)
-    sampler = build_sampler(
-        trial.sampler.name, train_config_for(trial).build_scheduler(), **trial.sampler.options()
-    )
-    result = generate(
+def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str) -> SampleSet:
+    net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
+    scheduler = train_config_for(trial).build_scheduler()
+    sampler = build_sampler(trial.sampler.name, scheduler, **trial.sampler.options())
+    return generate(
         net,
         sampler,
         num_samples=trial.eval.num_samples,
@@ -49,6 +43,20 @@ def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device
         seed=seed,
         device=device,
     )
+
+
+def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device: str = "cpu") -> Path:
+    """Samples for one seed, written before they are scored; reused when already on disk."""
+    h = trial.training_hash()
+    folder = store.folder(h) / "samples" / sample_dir_name(sampling_settings(trial)) / f"seed_{seed}"
+    if (folder / "samples.npz").is_file():
+        return folder
+    data = load_dataset(trial.data.name, "train", **trial.data.options)
+    if trial.sampler.is_baseline:
+        heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
+        result = BASELINES[trial.sampler.name](data, heldout, trial.eval.num_samples, seed)
+    else:
+        result = _generate(trial, store, seed, device)
     meta = {
         "sample_seed": seed,
         "nfe": result.nfe,
@@ -104,10 +112,12 @@ def run_trial(
         "config": trial.model_dump(mode="json"),
     }
     try:
-        store.ensure(trial, device=device, progress=progress)
+        if not trial.sampler.is_baseline:
+            store.ensure(trial, device=device, progress=progress)
         folders = [sample_to_disk(trial, store, seed, device) for seed in trial.eval.sample_seeds]
         metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir)
-        metrics["heldout_masked_ce"] = heldout_ce(trial, store, device)
+        if not trial.sampler.is_baseline:
+            metrics["heldout_masked_ce"] = heldout_ce(trial, store, device)
         grid = save_image_grid(load_samples(folders[0]).images[:100], folders[0] / "grid.png")
         record = TrialRecord(
             **base,

@@ -1,0 +1,50 @@
+"""Reference "samplers" that need data, not a network: floors and ceilings for a benchmark.
+
+- ``class_marginals``: every position drawn independently from its per-class token
+  distribution on the training split (the trivial baseline: no token dependencies).
+- ``heldout_tokens``: held-out images' own tokens (decoded: the tokenizer's reconstructions,
+  the best a token model can reach).
+Both give class-balanced sets like ``harness.sampling.generate``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.datasets import TokenDataset
+from harness.sampling import SampleSet, balanced_labels
+from models.registry import Registry
+
+BASELINES: Registry = Registry("baseline sampler")
+
+
+@BASELINES.register("class_marginals")
+def class_marginals(train: TokenDataset, heldout: TokenDataset, num_samples: int, seed: int) -> SampleSet:
+    """x^i ~ p(x^i | class) independently per position i, from training counts (add-one smoothed)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = balanced_labels(num_samples, train.num_classes)
+    classes = labels if labels is not None else torch.zeros(num_samples, dtype=torch.long)
+    train_classes = train.labels if labels is not None else torch.zeros(len(train), dtype=torch.long)
+    V, L = train.vocab_size, train.seq_len
+    counts = torch.ones(max(1, train.num_classes), L, V)  # (C, L, V)
+    index = train_classes[:, None].expand(-1, L) * L * V + torch.arange(L) * V + train.tokens  # (N, L)
+    counts.view(-1).index_add_(0, index.flatten(), torch.ones(index.numel()))
+    probs = counts[classes]  # (S, L, V)
+    tokens = torch.multinomial(probs.view(-1, V), 1, generator=g).view(num_samples, L)
+    return SampleSet(tokens, labels, nfe=0, nfe_unbatched=0, seconds=0.0)
+
+
+@BASELINES.register("heldout_tokens")
+def heldout_tokens(train: TokenDataset, heldout: TokenDataset, num_samples: int, seed: int) -> SampleSet:
+    """A seeded, class-balanced draw (with replacement) of held-out images' tokens."""
+    g = torch.Generator().manual_seed(seed)
+    labels = balanced_labels(num_samples, heldout.num_classes)
+    if labels is None:
+        idx = torch.randint(0, len(heldout), (num_samples,), generator=g)
+    else:
+        idx = torch.empty(num_samples, dtype=torch.long)
+        for c in range(heldout.num_classes):
+            pool = (heldout.labels == c).nonzero().flatten()
+            rows = (labels == c).nonzero().flatten()
+            idx[rows] = pool[torch.randint(0, len(pool), (len(rows),), generator=g)]
+    return SampleSet(heldout.tokens[idx], labels, nfe=0, nfe_unbatched=0, seconds=0.0)
