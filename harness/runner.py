@@ -70,6 +70,22 @@ def save_study_file(run: StudyRun) -> None:
         atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def warm_evaluators(trials: list, cache_dir: Path) -> None:
+    """Builds each (dataset, extractor) pair's extractor and reference statistics once, in the
+    driver, so that parallel trials do not each train the same domain classifier."""
+    from harness.evaluation import Evaluator
+
+    seen = set()
+    for trial in trials:
+        key = (trial.data.name, trial.eval.extractor)
+        if key not in seen:
+            seen.add(key)
+            evaluator = Evaluator(
+                trial.data.name, extractor=trial.eval.extractor, metrics=[], cache_dir=cache_dir
+            )
+            _ = evaluator.reference_stats
+
+
 def execute(
     run: StudyRun,
     *,
@@ -91,6 +107,7 @@ def execute(
         run.spec.resources.gpu,
     )
     plan = run.plan
+    warm_evaluators(plan.pending_trials, run.cache_dir)
     if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":
         with RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose) as ray:
             if address:

@@ -39,6 +39,7 @@ from harness.evaluation.protocol import MetricResult, Protocol
 from harness.evaluation.reference import ReferenceSet, ReferenceStats, dataset_reference, reference_stats
 from harness.evaluation.samples import SampleSet, load_samples, sample_dir_name, save_samples
 from harness.evaluation.segmentation import mean_iou, miou_result, per_class_iou
+from harness.evaluation.video import moving_digit_clips, moving_digits_reference
 
 __all__ = [
     "DEFAULT_EXTRACTORS",
@@ -80,6 +81,8 @@ __all__ = [
     "load_samples",
     "mean_iou",
     "miou_result",
+    "moving_digit_clips",
+    "moving_digits_reference",
     "per_class_iou",
     "reference_stats",
     "register_domain_extractor",

@@ -118,7 +118,10 @@ class CleanFidInception(nn.Module):
 
 def _validated_state_dict_path(weights_path: str | Path | None) -> Path:
     """Check the torch-fidelity weights file exists and is a plain state dict of tensors."""
-    published = f"torch-fidelity's GitHub release v0.2.0 (pt_inception-2015-12-05) as {TORCH_FIDELITY_URL}"
+    published = (
+        f"torch-fidelity's GitHub release v0.2.0 (pt_inception-2015-12-05) as {TORCH_FIDELITY_URL}; "
+        "nothing is downloaded at run time: fetch it yourself and pass its path as weights_path"
+    )
     path = require_file(weights_path, published)
     # torch-fidelity itself loads with weights_only=False; loading it here first with
     # weights_only=True refuses any file that would need to run code to unpickle.
