@@ -1,0 +1,181 @@
+"""The Evaluator: samples -> features -> statistics -> metrics, each value with its protocol.
+
+    evaluator = Evaluator("digits")                       # digits/train, digits-cnn, default metrics
+    results = evaluator.evaluate(images, sample_seed=0)   # images (N, 1, 8, 8) in [0, 1]
+
+The reference statistics are cached on disk (see reference.py); the extractor is built once
+per Evaluator (a domain extractor is trained on first use and cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from harness.evaluation.extractors import (
+    FeatureExtractor,
+    Features,
+    build_extractor,
+    default_extractor_name,
+    extract_features,
+)
+from harness.evaluation.metrics import LOGITS, MASKS, METRICS, Metric
+from harness.evaluation.protocol import MetricResult, Protocol
+from harness.evaluation.reference import ReferenceSet, ReferenceStats, dataset_reference, reference_stats
+from harness.evaluation.samples import load_samples
+from harness.evaluation.uncertainty import bootstrap_interval, t_interval
+
+DTYPE = "features float32; statistics float64"
+
+
+def default_metrics(extractor: FeatureExtractor) -> list[str]:
+    """Every registered metric that applies to this extractor (IS only when it has logits)."""
+    return [
+        name
+        for name in METRICS.names()
+        if METRICS[name].needs != MASKS
+        and extractor.input_kind in METRICS[name].kinds
+        and (METRICS[name].needs != LOGITS or extractor.num_logits is not None)
+    ]
+
+
+def _check_metric(metric: Metric, extractor: FeatureExtractor) -> Metric:
+    if metric.needs == MASKS:
+        raise ValueError(f"{metric.key} scores segmentation masks; use segmentation.miou_result")
+    if extractor.input_kind not in metric.kinds:
+        raise ValueError(
+            f"{metric.key} applies to {metric.kinds} inputs; {extractor.name} takes {extractor.input_kind}s"
+        )
+    if metric.needs == LOGITS and extractor.num_logits is None:
+        raise ValueError(
+            f"{metric.key} needs class logits, which {extractor.name} lacks (try inception-v3-compat)"
+        )
+    return metric
+
+
+class Evaluator:
+    """Scores samples against one reference set with one extractor and a list of metrics.
+
+    reference: a dataset name (its ``split``, optionally a seeded subset of ``num_reference``)
+    or a ReferenceSet; extractor: a registry name, an instance, or None for the dataset's
+    default; metrics: metric keys (default: all that apply); weights_path: passed to the
+    extractor; cache_dir: default ``$UNMASK_CACHE`` or ``<repo>/.cache/unmask``.
+    """
+
+    def __init__(
+        self,
+        reference: str | ReferenceSet,
+        *,
+        split: str = "train",
+        extractor: str | FeatureExtractor | None = None,
+        metrics: Sequence[str] | None = None,
+        cache_dir: str | Path | None = None,
+        weights_path: str | Path | None = None,
+        num_reference: int | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        if isinstance(reference, str):
+            reference = dataset_reference(reference, split, num_reference)
+        self.reference = reference
+        if not isinstance(extractor, FeatureExtractor):
+            name = default_extractor_name(reference.dataset, extractor)
+            extractor = build_extractor(name, weights_path=weights_path, cache_dir=cache_dir)
+        self.extractor = extractor
+        names = default_metrics(extractor) if metrics is None else list(metrics)
+        self.metrics = [_check_metric(METRICS[name], extractor) for name in names]
+        self.cache_dir, self.batch_size = cache_dir, batch_size
+        self._reference_stats: ReferenceStats | None = None
+
+    @property
+    def reference_stats(self) -> ReferenceStats:
+        """Reference features and Gaussian, from the disk cache when present."""
+        if self._reference_stats is None:
+            self._reference_stats = reference_stats(
+                self.reference, self.extractor, self.cache_dir, self.batch_size
+            )
+        return self._reference_stats
+
+    def features(self, samples: Tensor) -> Features:
+        """Features of exactly the N given samples (N, C, [T,] H, W) in [0, 1]."""
+        if samples.shape[0] < 2:
+            raise ValueError(f"need at least 2 samples to score; got {samples.shape[0]}")
+        return extract_features(self.extractor, samples, self.batch_size)
+
+    def protocol(self, metric: Metric, num_samples: int, seeds: Sequence[int], uncertainty: str) -> Protocol:
+        """The protocol of ``metric`` on num_samples samples against this reference."""
+        ref = self.reference_stats
+        options = metric.options(num_samples, ref.num)
+        return Protocol(
+            metric=metric.key,
+            extractor=self.extractor.name,
+            extractor_sha256=self.extractor.weights_sha256,
+            reference=self.reference.name,
+            reference_sha256=self.reference.sha256,
+            num_reference=ref.num,
+            num_samples=num_samples,
+            resize_rule=self.extractor.resize_rule,
+            dtype=DTYPE,
+            library=metric.library,
+            options=tuple(sorted(options.items())),
+            sample_seeds=tuple(seeds),
+            uncertainty=uncertainty,
+        )
+
+    def evaluate(
+        self, samples: Tensor, sample_seed: int, *, bootstrap: int = 0, bootstrap_seed: int = 0
+    ) -> list[MetricResult]:
+        """Every metric on one sample set; with bootstrap = B > 1 each also gets a 95% percentile interval.
+
+        The value is always the full-set value. See uncertainty.py for why the bootstrap interval
+        of FID-like set metrics is shifted; ``evaluate_seeds`` is the sounder interval for them.
+        """
+        generated, ref = self.features(samples), self.reference_stats
+        results = []
+        for metric in self.metrics:
+            options = metric.options(len(generated), ref.num)
+            value = metric(generated, ref, options)
+            uncertainty, low, high, per_set = "none", None, None, ()
+            if bootstrap:
+                low, high, per_set = bootstrap_interval(
+                    lambda idx, m=metric, o=options: m(generated.select(idx), ref, o),
+                    len(generated),
+                    bootstrap,
+                    bootstrap_seed,
+                )
+                uncertainty = f"bootstrap B={bootstrap} seed={bootstrap_seed} percentile 95%"
+            protocol = self.protocol(metric, len(generated), (sample_seed,), uncertainty)
+            results.append(
+                MetricResult(metric.key, value, metric.higher_is_better, protocol, low, high, per_set)
+            )
+        return results
+
+    def evaluate_seeds(
+        self, sample_sets: Sequence[Tensor], sample_seeds: Sequence[int]
+    ) -> list[MetricResult]:
+        """Each metric's mean over k sample sets (one per seed) with a Student-t 95% interval."""
+        if len(sample_sets) != len(sample_seeds) or not sample_sets:
+            raise ValueError("give one sample seed per sample set, and at least one set")
+        if len({s.shape[0] for s in sample_sets}) != 1:
+            raise ValueError("every sample set must have the same N (N is part of the protocol)")
+        per_set = [
+            self.evaluate(samples, seed) for samples, seed in zip(sample_sets, sample_seeds, strict=True)
+        ]
+        results = []
+        for i, metric in enumerate(self.metrics):
+            values = tuple(run[i].value for run in per_set)
+            mean, low, high = t_interval(values)
+            uncertainty = f"student-t 95% over {len(values)} sample sets"
+            protocol = self.protocol(metric, sample_sets[0].shape[0], tuple(sample_seeds), uncertainty)
+            results.append(
+                MetricResult(metric.key, mean, metric.higher_is_better, protocol, low, high, values)
+            )
+        return results
+
+    def score_sample_dir(self, path: str | Path, *, bootstrap: int = 0) -> list[MetricResult]:
+        """Score samples saved by ``save_samples``; their meta must record ``sample_seed``."""
+        samples = load_samples(path)
+        if "sample_seed" not in samples.meta:
+            raise ValueError(f"{path}: the samples' meta has no 'sample_seed'; it is part of the protocol")
+        return self.evaluate(samples.images, int(samples.meta["sample_seed"]), bootstrap=bootstrap)
