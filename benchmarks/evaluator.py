@@ -12,20 +12,14 @@ root (scipy sqrtm, O(D^3)) costs seconds in both, which caps the total ratio for
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, and benchmarks/harness.py would then
-# shadow the harness package: drop the folder (the package is installed in the venv).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
 
-import torch  # noqa: E402
-
-from harness.datasets import load_dataset  # noqa: E402
-from harness.evaluation import FID, Evaluator, FeatureExtractor, ReferenceSet, build_extractor  # noqa: E402
-from harness.evaluation import extract_features as run_extractor  # noqa: E402
+from harness.datasets import load_dataset
+from harness.evaluation import FID, Evaluator, FeatureExtractor, ReferenceSet, build_extractor
+from harness.evaluation import extract_features as run_extractor
 
 
 def images_per_second(

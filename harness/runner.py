@@ -95,6 +95,7 @@ def execute(
     num_cpus: int | None = None,
 ) -> list[TrialRecord]:
     """Runs every pending training and trial; returns all ledger records of the study's trials."""
+    address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         check_resources(run.spec, local_resources())
     run.study_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from harness.baselines import BASELINES
 from harness.config import TrialConfig
 from harness.datasets import load_dataset
 from harness.evaluation import Evaluator, load_samples, sample_dir_name, save_samples
-from harness.ledger import Ledger, TrialRecord
+from harness.ledger import Ledger, TrialRecord, atomic_write_text
 from harness.sampling import SampleSet, build_sampler, generate, save_image_grid
 from harness.store import CheckpointStore, train_config_for
 from models.checkpoint import model_from_checkpoint
@@ -156,7 +156,7 @@ def heldout_ce(trial: TrialConfig, store: CheckpointStore, device: str) -> float
         train_config_for(trial).build_scheduler(),
         net.config.mask_id,
     )
-    path.write_text(repr(value))
+    atomic_write_text(path, repr(value))  # trials sharing the checkpoint may read it at any moment
     return value
 
 
