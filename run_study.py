@@ -80,10 +80,14 @@ def _report(study_dir: Path, spec) -> Path:
 
 
 def _run(args) -> int:
+    import logging
+
     from harness.plan import measured_flops_per_second
     from harness.runner import execute, prepare
     from harness.tracking import Tracker, resolve_tracking_uri
 
+    for noisy in ("mlflow", "alembic"):  # database set-up chatter; our progress lines say what matters
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     target = QUICKSTART if args.command == "quickstart" else args.study
     run = prepare(target, args.runs_root)
     print(f"study {run.spec.name!r}: {run.plan.describe(measured_flops_per_second())}", flush=True)
