@@ -7,11 +7,11 @@ the study folder is shared), so a result survives the driver being killed right 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.evaluation.cache import atomic_write
 
 STATUSES = ("finished", "failed")
 
@@ -47,17 +47,8 @@ class TrialRecord:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes text so that a reader sees the old file or the whole new one (tmp file + rename)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class Ledger:
