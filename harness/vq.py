@@ -1,0 +1,436 @@
+"""A learned VQ tokenizer: a small convolutional VQ-VAE behind the ``Tokenizer`` protocol.
+
+encoder: x (N, C, S, S) in [0, 1] -> z_e (N, D, g, g), g = S / 2^k (k stride-2 convolutions);
+quantiser: token_j = argmin_k ||z_e,j - e_k||^2 over a codebook e (K, D);
+decoder: z_q (N, D, g, g) -> x_hat (N, C, S, S) = sigmoid(...).
+
+Loss: ||x - x_hat||^2 + beta ||z_e - sg(z_q)||^2 with the straight-through gradient
+z_e + sg(z_q - z_e). The codebook is not learned by gradient: with n_k the number of
+vectors assigned to code k in a batch and s_k their sum, the EMA updates
+N_k <- gamma N_k + (1 - gamma) n_k, S_k <- gamma S_k + (1 - gamma) s_k, e_k = S_k / N_k
+(Laplace-smoothed), and a code whose N_k falls below ``dead_threshold`` is re-initialised
+to a random encoder output of the current batch.
+
+Trained weights are cached under ``<cache>/tokenizers/vq-<key>.pt``, key = hash(config,
+sha256 of the training images); the file carries its config, the weights, their sha256 and
+the reconstruction report, and is read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.checkpoint import atomic_save
+
+CACHE_ENV = "UNMASK_CACHE"
+CACHE_FORMAT = 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class TokenizerCacheError(RuntimeError):
+    """A cached tokenizer file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """grid: tokens per side (image_size / grid a power of two); codebook_size K; code_dim D;
+    channels: conv width; steps / batch_size / lr: Adam with cosine decay; commitment: beta;
+    ema_decay: gamma; dead_threshold: EMA count below which a code is re-initialised."""
+
+    image_size: int = 28
+    in_channels: int = 1
+    grid: int = 7
+    codebook_size: int = 64
+    code_dim: int = 32
+    channels: int = 48
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    commitment: float = 0.25
+    ema_decay: float = 0.99
+    dead_threshold: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ratio = self.image_size / self.grid
+        if ratio < 2 or ratio != int(ratio) or int(ratio) & (int(ratio) - 1):
+            raise ValueError(
+                f"VQConfig: image_size / grid must be a power of two >= 2; got {self.image_size}/{self.grid}"
+            )
+        if self.codebook_size < 2 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"VQConfig: codebook_size >= 2, steps >= 1, batch_size >= 1; got {self}")
+
+    @property
+    def num_downsamples(self) -> int:
+        return int(math.log2(self.image_size // self.grid))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> VQConfig:
+        """Unknown keys are an error that names them and the allowed ones."""
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"VQConfig: unknown keys {unknown}; allowed {sorted(allowed)}")
+        return cls(**values)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 1),
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.body(h)
+
+
+class EMACodebook(nn.Module):
+    """Codebook e (K, D) with EMA statistics N (K,), S (K, D) as buffers (saved, not learned)."""
+
+    def __init__(self, config: VQConfig) -> None:
+        super().__init__()
+        K, D = config.codebook_size, config.code_dim
+        self.decay, self.dead_threshold = config.ema_decay, config.dead_threshold
+        self.register_buffer("embedding", torch.zeros(K, D))
+        self.register_buffer("cluster_size", torch.zeros(K))
+        self.register_buffer("embed_sum", torch.zeros(K, D))
+
+    def nearest(self, z: Tensor) -> Tensor:
+        """z (M, D) -> indices (M,) of the nearest codes in squared Euclidean distance."""
+        e = self.embedding
+        dist = z.pow(2).sum(1, keepdim=True) - 2 * z @ e.T + e.pow(2).sum(1)  # (M, K)
+        return dist.argmin(dim=1)
+
+    @torch.no_grad()
+    def reset(
+        self, codes: Tensor, z: Tensor, generator: torch.Generator, weights: Tensor | None = None
+    ) -> None:
+        """Set codes (n,) to rows of z (M, D) drawn with probability proportional to weights (M,)
+        (uniform if None), with count ``dead_threshold``."""
+        weights = torch.ones(z.shape[0]) if weights is None else weights + 1e-12
+        pick = torch.multinomial(weights, codes.numel(), replacement=True, generator=generator)
+        self.embedding[codes] = z[pick]
+        self.cluster_size[codes] = self.dead_threshold
+        self.embed_sum[codes] = z[pick] * self.dead_threshold
+
+    @torch.no_grad()
+    def update(self, z: Tensor, idx: Tensor, generator: torch.Generator) -> None:
+        """One EMA step from z (M, D) assigned to idx (M,), then re-initialise dead codes.
+
+        A dead code moves to an encoder output drawn with probability proportional to its squared
+        quantisation error ||z - e_idx||^2 (k-means++ style): uniform draws land mostly on the
+        blank background and split it into near-identical codes.
+        """
+        K = self.embedding.shape[0]
+        error = (z - self.embedding[idx]).pow(2).sum(1)  # (M,), before this step's update
+        onehot = F.one_hot(idx, K).type_as(z)  # (M, K)
+        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(onehot.T @ z, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + 1e-5) / (n + K * 1e-5) * n  # Laplace smoothing, (K,)
+        self.embedding.copy_(self.embed_sum / smoothed[:, None])
+        dead = (self.cluster_size < self.dead_threshold).nonzero().flatten()
+        if dead.numel():
+            self.reset(dead, z, generator, weights=error)
+
+
+class VQVAE(nn.Module):
+    """The encoder, codebook and decoder of one VQConfig (see the module docstring).
+
+    Full resolution costs most on CPU, so the encoder first folds 2 x 2 pixel blocks into
+    channels (pixel_unshuffle: (C, S, S) -> (4C, S/2, S/2)) and the decoder ends by unfolding
+    them (pixel_shuffle); the k - 1 remaining halvings are stride-2 convolutions.
+    """
+
+    def __init__(self, config: VQConfig) -> None:
+        super().__init__()
+        self.config = config
+        C, D, C_in = config.channels, config.code_dim, config.in_channels
+        down: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(4 * C_in, C, 3, padding=1)]
+        for _ in range(config.num_downsamples - 1):
+            down += [nn.ReLU(), nn.Conv2d(C, C, 4, stride=2, padding=1)]
+        self.encoder = nn.Sequential(*down, ResBlock(C), ResBlock(C), nn.ReLU(), nn.Conv2d(C, D, 1))
+        up: list[nn.Module] = [nn.Conv2d(D, C, 3, padding=1), ResBlock(C), ResBlock(C)]
+        for _ in range(config.num_downsamples - 1):
+            up += [nn.ReLU(), nn.ConvTranspose2d(C, C, 4, stride=2, padding=1)]
+        up += [nn.ReLU(), nn.Conv2d(C, 4 * C_in, 3, padding=1), nn.PixelShuffle(2)]
+        self.decoder = nn.Sequential(*up)
+        self.codebook = EMACodebook(config)
+
+    def encode_latent(self, x: Tensor) -> Tensor:
+        """x (N, C, S, S) -> z_e (N, g, g, D), channels last."""
+        return self.encoder(x).permute(0, 2, 3, 1)
+
+    def quantise(self, z_e: Tensor) -> Tensor:
+        """z_e (N, g, g, D) -> tokens (N, g, g) long."""
+        return self.codebook.nearest(z_e.reshape(-1, z_e.shape[-1])).reshape(z_e.shape[:-1])
+
+    def decode_tokens(self, tokens: Tensor) -> Tensor:
+        """tokens (N, g, g) -> x_hat (N, C, S, S) in [0, 1]."""
+        return self.decode_latent(self.codebook.embedding[tokens])
+
+    def decode_latent(self, z_q: Tensor) -> Tensor:
+        """z_q (N, g, g, D) -> x_hat (N, C, S, S) in [0, 1]."""
+        return torch.sigmoid(self.decoder(z_q.permute(0, 3, 1, 2)))
+
+
+@contextlib.contextmanager
+def training_threads(num_threads: int | None) -> Iterator[int]:
+    """Use ``num_threads`` (None: the caller's count, capped at 2) while training; restore after.
+
+    Float reductions depend on the thread count, so the weights are reproducible at a fixed one.
+    """
+    previous = torch.get_num_threads()
+    threads = num_threads if num_threads is not None else min(previous, 2)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+def train_vqvae(images: Tensor, config: VQConfig) -> VQVAE:
+    """Fit a VQVAE to images (N, C, S, S) in [0, 1]; deterministic given config.seed and threads.
+
+    Init from torch.manual_seed(seed) in a forked RNG; batch order and dead-code resets from a
+    torch.Generator seeded alike; the codebook starts as random encoder outputs of batch one.
+    """
+    if tuple(images.shape[1:]) != (config.in_channels, config.image_size, config.image_size):
+        raise ValueError(f"train_vqvae: images {tuple(images.shape)} do not match {config}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = VQVAE(config).train()
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    order, cursor = torch.randperm(images.shape[0], generator=generator), 0
+    for step in range(config.steps):
+        if cursor + config.batch_size > order.numel():
+            order, cursor = torch.randperm(images.shape[0], generator=generator), 0
+        x = images[order[cursor : cursor + config.batch_size]].float()  # (B, C, S, S)
+        cursor += config.batch_size
+        z_e = model.encode_latent(x)  # (B, g, g, D)
+        flat = z_e.detach().reshape(-1, config.code_dim)  # (B g g, D)
+        if step == 0:
+            model.codebook.reset(torch.arange(config.codebook_size), flat, generator)
+        tokens = model.codebook.nearest(flat)  # (B g g,)
+        z_q = model.codebook.embedding[tokens].reshape(z_e.shape)  # a copy: the update below keeps it
+        model.codebook.update(flat, tokens, generator)
+        x_hat = model.decode_latent(z_e + (z_q - z_e).detach())  # straight-through
+        loss = F.mse_loss(x_hat, x) + config.commitment * F.mse_loss(z_e, z_q)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model.eval()
+
+
+class VQTokenizer:
+    """The Tokenizer protocol over a trained VQVAE: images (N, C, S, S) in [0, 1] <-> tokens (N, g*g)."""
+
+    def __init__(self, model: VQVAE, metadata: dict[str, Any], batch_size: int = 512) -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.vocab_size = model.config.codebook_size
+        self.grid = (model.config.grid, model.config.grid)
+        self.weights_sha256 = sha256_state(model.state_dict())
+        self.metadata = dict(metadata)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """images (N, C, S, S) float in [0, 1] -> tokens (N, L) long, L = g * g, row-major."""
+        out = [
+            self.model.quantise(self.model.encode_latent(images[i : i + self.batch_size].float()))
+            for i in range(0, images.shape[0], self.batch_size)
+        ]  # each (b, g, g)
+        return (
+            torch.cat(out).reshape(images.shape[0], -1)
+            if out
+            else torch.zeros(0, math.prod(self.grid)).long()
+        )
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor) -> Tensor:
+        """tokens (N, L) -> images (N, C, S, S) in [0, 1]; a stray [MASK] id is clamped into [0, K)."""
+        tokens = tokens.long().clamp(0, self.vocab_size - 1).reshape(-1, *self.grid)  # (N, g, g)
+        c, s = self.config.in_channels, self.config.image_size
+        out = [
+            self.model.decode_tokens(tokens[i : i + self.batch_size])
+            for i in range(0, len(tokens), self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0, c, s, s)
+
+
+@torch.no_grad()
+def reconstruction_report(tokenizer: VQTokenizer, images: Tensor) -> dict[str, float]:
+    """mse = mean (x - decode(encode(x)))^2 over images (N, C, S, S) in [0, 1]; codes_used = #{k : c_k > 0};
+    perplexity = exp(-sum_k p_k log p_k) with p_k the fraction of tokens equal to k."""
+    tokens = tokenizer.encode(images)  # (N, L)
+    mse = F.mse_loss(tokenizer.decode(tokens), images.float()).item()
+    p = torch.bincount(tokens.flatten(), minlength=tokenizer.vocab_size).double() / tokens.numel()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    return {"mse": mse, "codes_used": int((p > 0).sum()), "perplexity": math.exp(entropy)}
+
+
+def _entropy_bits(counts: Tensor) -> float:
+    """Plug-in entropy -sum p log2 p of a count vector."""
+    p = counts[counts > 0].double() / counts.sum()
+    return float(-(p * p.log2()).sum())
+
+
+# Neighbour sets a token is conditioned on, as (row, column) offsets; "conditional" is left + top.
+NEIGHBOURS: dict[str, tuple[tuple[int, int], ...]] = {
+    "left": ((0, -1),),
+    "top": ((-1, 0),),
+    "conditional": ((0, -1), (-1, 0)),
+}
+
+
+def context_entropy(
+    train: Tensor, heldout: Tensor, vocab_size: int, concentration: float = 4.0
+) -> dict[str, float]:
+    """How much a token's neighbours say about it, in bits per token.
+
+    train, heldout: tokens (N, H, W). Averaged over the positions i with a left and a top
+    neighbour (r, c >= 1), for each context u of NEIGHBOURS (left, top, left + top):
+    ``marginal`` / ``<u>``: plug-in H(X_i) and H(X_i | u) on train (biased low where contexts
+    are sparse: left + top has K^2 of them); ``heldout_marginal`` / ``heldout_<u>``: held-out
+    cross-entropy of p_i(x) = (n_i(x) + 1/K) / (N + 1) and of the Dirichlet-smoothed
+    p_i(x | u) = (n_i(u, x) + a p_i(x)) / (n_i(u) + a), a = concentration (an upper bound on
+    the true conditional entropy). mode_fraction: share of train tokens equal to the commonest code.
+    """
+    K, (N, H, W) = vocab_size, train.shape
+    sums: dict[str, float] = {}
+
+    def add(key: str, value: float) -> None:
+        sums[key] = sums.get(key, 0.0) + value
+
+    for r in range(1, H):
+        for c in range(1, W):
+            x, hx = train[:, r, c], heldout[:, r, c]  # (N,), (N_heldout,)
+            n_x = torch.bincount(x, minlength=K)
+            p_x = (n_x.double() + 1 / K) / (N + 1)  # (K,)
+            add("marginal_bits", _entropy_bits(n_x))
+            add("heldout_marginal_bits", -float(p_x[hx].log2().mean()))
+            for name, offsets in NEIGHBOURS.items():
+                ctx, hctx = torch.zeros_like(x), torch.zeros_like(hx)
+                for dr, dc in offsets:
+                    ctx, hctx = ctx * K + train[:, r + dr, c + dc], hctx * K + heldout[:, r + dr, c + dc]
+                num_ctx = K ** len(offsets)
+                n_ctx = torch.bincount(ctx, minlength=num_ctx)
+                n_joint = torch.bincount(ctx * K + x, minlength=num_ctx * K)
+                add(f"{name}_bits", _entropy_bits(n_joint) - _entropy_bits(n_ctx))
+                p = (n_joint[hctx * K + hx] + concentration * p_x[hx]) / (n_ctx[hctx] + concentration)
+                add(f"heldout_{name}_bits", -float(p.log2().mean()))
+    out = {key: total / ((H - 1) * (W - 1)) for key, total in sums.items()}
+    out["mode_fraction"] = float(torch.bincount(train.flatten(), minlength=K).max()) / train.numel()
+    return out
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``override``, else ``$UNMASK_CACHE``, else ``<repo>/.cache/unmask``."""
+    if override is not None:
+        return Path(override)
+    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache" / "unmask")
+
+
+def sha256_state(tensors: dict[str, Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of each tensor in sorted name order (as the evaluator's)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_path(config: VQConfig, data_sha256: str, cache: str | os.PathLike | None = None) -> Path:
+    """<cache>/tokenizers/vq-<key>.pt, key = sha256(format, config, training-data sha256)[:16]."""
+    text = json.dumps({"format": CACHE_FORMAT, "config": asdict(config), "data": data_sha256}, sort_keys=True)
+    return cache_dir(cache) / "tokenizers" / f"vq-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pt"
+
+
+def load_tokenizer(path: str | os.PathLike, expected: VQConfig | None = None) -> VQTokenizer:
+    """Rebuild a VQTokenizer from its checkpoint alone; unreadable or inconsistent files raise
+    TokenizerCacheError naming the file (delete it to retrain)."""
+    path = Path(path)
+    hint = "delete it to retrain"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = VQConfig.from_dict(state["config"])
+        model = VQVAE(config)
+        model.load_state_dict(state["state_dict"])
+        metadata = state["meta"]
+    except Exception as err:  # truncated zip, foreign pickle, missing keys, shape mismatch
+        raise TokenizerCacheError(
+            f"cached tokenizer {str(path)!r} is corrupt or unreadable ({err}); {hint}"
+        ) from err
+    tokenizer = VQTokenizer(model, metadata)
+    if expected is not None and config != expected:
+        raise TokenizerCacheError(
+            f"cached tokenizer {str(path)!r} has config {config}, expected {expected}; {hint}"
+        )
+    if tokenizer.weights_sha256 != metadata.get("weights_sha256"):
+        raise TokenizerCacheError(
+            f"cached tokenizer {str(path)!r}: weights do not match their sha256; {hint}"
+        )
+    return tokenizer
+
+
+def cached_tokenizer(
+    config: VQConfig,
+    train_images: Tensor,
+    heldout_images: Tensor,
+    cache: str | os.PathLike | None = None,
+    num_threads: int | None = None,
+) -> VQTokenizer:
+    """The tokenizer of ``config`` trained on train_images (N, C, S, S), from the cache or trained
+    now and cached with its config, weights sha256 and report (held-out reconstruction, train
+    seconds, context entropy of the train tokens scored on the held-out ones)."""
+    data_sha256 = sha256_state({"images": train_images.float()})
+    path = tokenizer_path(config, data_sha256, cache)
+    if path.exists():
+        return load_tokenizer(path, expected=config)
+    with training_threads(num_threads) as threads:
+        start = time.perf_counter()
+        model = train_vqvae(train_images, config)
+        seconds = time.perf_counter() - start
+        tokenizer = VQTokenizer(model, {})
+        report = reconstruction_report(tokenizer, heldout_images)
+        shape = (-1, config.grid, config.grid)
+        train_tokens = tokenizer.encode(train_images).reshape(shape)
+        heldout_tokens = tokenizer.encode(heldout_images).reshape(shape)
+    meta = {
+        "weights_sha256": tokenizer.weights_sha256,
+        "data_sha256": data_sha256,
+        "train_seconds": seconds,
+        "threads": threads,
+        "num_train": int(train_images.shape[0]),
+        "num_heldout": int(heldout_images.shape[0]),
+        **{f"heldout_{k}": v for k, v in report.items()},
+        **context_entropy(train_tokens, heldout_tokens, config.codebook_size),
+    }
+    atomic_save(
+        {"format": CACHE_FORMAT, "config": asdict(config), "state_dict": model.state_dict(), "meta": meta},
+        path,
+    )
+    return VQTokenizer(model, meta)
