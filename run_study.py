@@ -6,6 +6,7 @@
   run_study.py resume STUDY                     finish an interrupted study (a file, folder or name)
   run_study.py report STUDY                     rewrite the study's report from its ledger
   run_study.py quickstart                       the embedded quickstart study (make study)
+  run_study.py evaluate SAMPLES --dataset D     rescore samples saved on disk (no resampling)
 
 Exit code 2 on invalid input, with nothing started.
 """
@@ -46,7 +47,29 @@ def _parser() -> argparse.ArgumentParser:
                 "--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or local)"
             )
             p.add_argument("--verbose", action="store_true", help="Ray Tune's own progress output")
+    p = sub.add_parser("evaluate", help="score a samples folder (or .npz) written by a trial")
+    p.add_argument("samples", type=Path, help="a folder with samples.npz, or the file")
+    p.add_argument("--dataset", required=True, help="the reference dataset (its train split)")
+    p.add_argument("--extractor", default=None, help="feature extractor (default: the dataset's)")
+    p.add_argument("--metrics", nargs="+", default=None, help="metric keys (default: all that apply)")
+    p.add_argument("--weights", type=Path, default=None, help="weights file for extractors that need one")
+    p.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS, help="its cache/ holds extractors")
     return parser
+
+
+def _evaluate(args) -> int:
+    from harness.evaluation import Evaluator
+
+    evaluator = Evaluator(
+        args.dataset,
+        extractor=args.extractor,
+        metrics=args.metrics,
+        weights_path=args.weights,
+        cache_dir=args.runs_root / "cache",
+    )
+    for result in evaluator.score_sample_dir(args.samples):
+        print(f"{result.name} = {result.value:.4f}   [{result.protocol.protocol_key()}]")
+    return 0
 
 
 def _git_commit() -> str:
@@ -139,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(run.plan.trials)} trial(s)"
             )
             return 0
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "report":
             from harness.runner import prepare
 
@@ -146,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {_report(run.study_dir, run.spec)}")
             return 0
         return _run(args)
-    except (ConfigError, CheckpointError, KeyError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, KeyError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
