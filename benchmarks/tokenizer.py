@@ -7,17 +7,22 @@ Trains the default tokenizer on the animals train split (or loads it from the ca
   as held-out cross-entropies of smoothed train counts (and plug-in on train, biased low); the
   drop from H(X_i) ("gain") is what a masked model can gain from those neighbours;
 - training seconds (as recorded when it was trained), encode / decode images/s now.
-With --compare, the same for each candidate config (each trained once and cached), as a table.
+With --compare, the same for each candidate config (each trained once and cached), as a table;
+with --predictor also the held-out cross-entropy of a small MLP that predicts a token from its
+position and neighbours (left + top, or all four), which does not suffer from sparse counts.
 Timings are noisy on a shared machine: the load average is printed beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from harness.animals import animal_split, animal_tokenizer
 from harness.vq import VQTokenizer, context_entropy
@@ -28,6 +33,12 @@ CANDIDATES: dict[str, dict] = {
     "7x7 K=64": {"grid": 7, "codebook_size": 64},
     "7x7 K=128": {"grid": 7, "codebook_size": 128},
     "14x14 K=64": {"grid": 14, "codebook_size": 64},
+}
+# Neighbour offsets (row, column) a small predictor sees besides the position.
+PREDICTOR_CONTEXTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "position": (),
+    "left+top": ((0, -1), (-1, 0)),
+    "4-neighbours": ((0, -1), (-1, 0), (0, 1), (1, 0)),
 }
 COLUMNS = (
     ("heldout_mse", "mse", "{:.4f}"),
@@ -57,13 +68,64 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def figures(tokenizer: VQTokenizer) -> dict[str, float]:
+class NeighbourMLP(nn.Module):
+    """logits(x_i | position i, neighbours) = MLP(e_pos(i) + sum_j e_j(neighbour_j)); id K = off-grid."""
+
+    def __init__(self, vocab_size: int, num_neighbours: int, seq_len: int, width: int = 256) -> None:
+        super().__init__()
+        self.neighbours = nn.ModuleList(nn.Embedding(vocab_size + 1, width) for _ in range(num_neighbours))
+        self.position = nn.Embedding(seq_len, width)
+        self.head = nn.Sequential(nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, vocab_size))
+
+    def forward(self, context: Tensor, position: Tensor) -> Tensor:
+        """context (M, n) long, position (M,) long -> logits (M, K)."""
+        h = self.position(position)  # (M, width)
+        for j, embed in enumerate(self.neighbours):
+            h = h + embed(context[:, j])
+        return self.head(h)
+
+
+def neighbour_samples(tokens: Tensor, vocab_size: int, offsets) -> tuple[Tensor, Tensor, Tensor]:
+    """tokens (N, g, g) -> (context (N g g, n), position (N g g,), target (N g g,))."""
+    N, g, _ = tokens.shape
+    padded = F.pad(tokens, (1, 1, 1, 1), value=vocab_size)  # (N, g + 2, g + 2)
+    context = [padded[:, 1 + dr : 1 + dr + g, 1 + dc : 1 + dc + g].reshape(-1) for dr, dc in offsets]
+    context = torch.stack(context, 1) if context else torch.zeros(N * g * g, 0, dtype=torch.long)
+    return context, torch.arange(g * g).repeat(N), tokens.reshape(-1)
+
+
+def predictive_entropy(train: Tensor, heldout: Tensor, vocab_size: int, offsets, epochs: int = 3) -> float:
+    """Held-out cross-entropy in bits/token of a NeighbourMLP fit to the train tokens (N, g, g):
+    an upper bound on H(x_i | position, neighbours) that, unlike counting, does not degrade with K^n."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = NeighbourMLP(vocab_size, len(offsets), train.shape[1] * train.shape[2])
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    context, position, target = neighbour_samples(train, vocab_size, offsets)
+    for _ in range(epochs):
+        for idx in torch.randperm(target.numel(), generator=generator).split(2048):
+            loss = F.cross_entropy(model(context[idx], position[idx]), target[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    context, position, target = neighbour_samples(heldout, vocab_size, offsets)
+    with torch.no_grad():
+        nats = F.cross_entropy(model(context, position), target).item()
+    return nats / math.log(2)
+
+
+def figures(tokenizer: VQTokenizer, predictor: bool = False) -> dict[str, float]:
     """The stored report plus context entropy recomputed from the tokens of both splits."""
     grid = (-1, *tokenizer.grid)
     train = tokenizer.encode(animal_split("train")[0]).reshape(grid)  # (N, g, g)
     heldout = tokenizer.encode(animal_split("heldout")[0]).reshape(grid)
     out = {**tokenizer.metadata, **context_entropy(train, heldout, tokenizer.vocab_size)}
     out["gain"] = 1 - out["heldout_conditional_bits"] / out["heldout_marginal_bits"]
+    out["seq_len"] = math.prod(tokenizer.grid)
+    if predictor:
+        for name, offsets in PREDICTOR_CONTEXTS.items():
+            out[f"mlp {name}"] = predictive_entropy(train, heldout, tokenizer.vocab_size, offsets)
     return out
 
 
@@ -94,11 +156,23 @@ def report(name: str, tokenizer: VQTokenizer) -> None:
     print(f"encode {enc:.0f} images/s, decode {dec:.0f} images/s ({torch.get_num_threads()} threads)")
 
 
-def compare() -> None:
+def compare(predictor: bool) -> None:
     print(f"\n{'candidate':<12}" + "".join(f"{label:>9}" for _, label, _ in COLUMNS))
+    rows = {}
     for name, overrides in CANDIDATES.items():
-        meta = figures(animal_tokenizer(tokenizer=overrides))
+        rows[name] = meta = figures(animal_tokenizer(tokenizer=overrides), predictor)
         print(f"{name:<12}" + "".join(f"{fmt.format(meta[key]):>9}" for key, _, fmt in COLUMNS), flush=True)
+    if predictor:
+        print("\nheld-out bits/token of a neighbour MLP given the position and:")
+        print(
+            f"{'candidate':<12}{'tokens':>8}"
+            + "".join(f"{c:>14}" for c in PREDICTOR_CONTEXTS)
+            + f"{'gain':>8}"
+        )
+        for name, meta in rows.items():
+            base, full = meta["mlp position"], meta["mlp 4-neighbours"]
+            cells = "".join(f"{meta[f'mlp {c}']:>14.3f}" for c in PREDICTOR_CONTEXTS)
+            print(f"{name:<12}{meta['seq_len']:>8}{cells}{1 - full / base:>8.0%}")
 
 
 def main() -> None:
@@ -106,13 +180,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--compare", action="store_true", help="also train/load the candidate configs")
+    parser.add_argument(
+        "--predictor", action="store_true", help="also fit a neighbour MLP per candidate (minutes)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     report("default", animal_tokenizer())
     if args.compare:
-        compare()
+        compare(args.predictor)
     print(f"\nload average {os.getloadavg()[0]:.1f}")
 
 
