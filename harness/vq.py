@@ -1,6 +1,7 @@
 """A learned VQ tokenizer: a small convolutional VQ-VAE behind the ``Tokenizer`` protocol.
 
-encoder: x (N, C, S, S) in [0, 1] -> z_e (N, D, g, g), g = S / 2^k (k stride-2 convolutions);
+encoder: x (N, C, S, S) in [0, 1] -> z_e (N, D, g, g), g = S / 2^k (a 2 x 2 pixel unshuffle,
+then k - 1 stride-2 convolutions and residual blocks);
 quantiser: token_j = argmin_k ||z_e,j - e_k||^2 over a codebook e (K, D);
 decoder: z_q (N, D, g, g) -> x_hat (N, C, S, S) = sigmoid(...).
 
@@ -9,7 +10,7 @@ z_e + sg(z_q - z_e). The codebook is not learned by gradient: with n_k the numbe
 vectors assigned to code k in a batch and s_k their sum, the EMA updates
 N_k <- gamma N_k + (1 - gamma) n_k, S_k <- gamma S_k + (1 - gamma) s_k, e_k = S_k / N_k
 (Laplace-smoothed), and a code whose N_k falls below ``dead_threshold`` is re-initialised
-to a random encoder output of the current batch.
+to an encoder output of the current batch drawn in proportion to its quantisation error.
 
 Trained weights are cached under ``<cache>/tokenizers/vq-<key>.pt``, key = hash(config,
 sha256 of the training images); the file carries its config, the weights, their sha256 and
@@ -193,9 +194,12 @@ class VQVAE(nn.Module):
 
 @contextlib.contextmanager
 def training_threads(num_threads: int | None) -> Iterator[int]:
-    """Use ``num_threads`` (None: the caller's count, capped at 2) while training; restore after.
+    """Use ``num_threads`` while training and restore the caller's count after. None keeps a
+    count the caller set to 1 or 2 and caps a larger one (torch's default: all cores) at 2.
 
-    Float reductions depend on the thread count, so the weights are reproducible at a fixed one.
+    Float reductions depend on the thread count, so the weights are reproducible at a fixed one
+    (the count used is recorded in the cached metadata; it is not part of the cache key, so
+    workers running at another count reuse the cached tokenizer instead of retraining it).
     """
     previous = torch.get_num_threads()
     threads = num_threads if num_threads is not None else min(previous, 2)
@@ -207,7 +211,8 @@ def training_threads(num_threads: int | None) -> Iterator[int]:
 
 
 def train_vqvae(images: Tensor, config: VQConfig) -> VQVAE:
-    """Fit a VQVAE to images (N, C, S, S) in [0, 1]; deterministic given config.seed and threads.
+    """Fit a VQVAE to images (N, C, S, S) in [0, 1]; deterministic given config.seed and the
+    torch thread count.
 
     Init from torch.manual_seed(seed) in a forked RNG; batch order and dead-code resets from a
     torch.Generator seeded alike; the codebook starts as random encoder outputs of batch one.
