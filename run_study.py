@@ -53,7 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default=None, help="feature extractor (default: the dataset's)")
     p.add_argument("--metrics", nargs="+", default=None, help="metric keys (default: all that apply)")
     p.add_argument("--weights", type=Path, default=None, help="weights file for extractors that need one")
-    p.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS, help="its cache/ holds extractors")
     return parser
 
 
@@ -65,7 +64,6 @@ def _evaluate(args) -> int:
         extractor=args.extractor,
         metrics=args.metrics,
         weights_path=args.weights,
-        cache_dir=args.runs_root / "cache",
     )
     for result in evaluator.score_sample_dir(args.samples):
         print(f"{result.name} = {result.value:.4f}   [{result.protocol.protocol_key()}]")

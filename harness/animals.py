@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.cache import cache_dir
 from harness.datasets import SPLITS, TokenDataset, split_indices
-from harness.vq import CACHE_FORMAT, TokenizerCacheError, VQConfig, VQTokenizer, cache_dir, cached_tokenizer
+from harness.vq import VQConfig, VQTokenizer
+from harness.vq_store import CACHE_FORMAT, TokenizerCacheError, cached_tokenizer
 from models.checkpoint import atomic_save
 
 PACKAGE = "animal_mnist"

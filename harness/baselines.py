@@ -3,7 +3,7 @@
 - ``class_marginals``: every position drawn independently from its per-class token
   distribution on the training split (the trivial baseline: no token dependencies).
 - ``heldout_tokens``: held-out images' own tokens (decoded: the tokenizer's reconstructions,
-  the best a token model can reach).
+  the best a token model can reach), each image used once before any is repeated.
 Both give class-balanced sets like ``harness.sampling.generate``.
 """
 
@@ -36,15 +36,17 @@ def class_marginals(train: TokenDataset, heldout: TokenDataset, num_samples: int
 
 @BASELINES.register("heldout_tokens")
 def heldout_tokens(train: TokenDataset, heldout: TokenDataset, num_samples: int, seed: int) -> SampleSet:
-    """A seeded, class-balanced draw (with replacement) of held-out images' tokens."""
+    """A seeded, class-balanced draw of held-out images' tokens: each class's images in a random
+    order, repeated in new random orders only when the class needs more samples than it has."""
     g = torch.Generator().manual_seed(seed)
     labels = balanced_labels(num_samples, heldout.num_classes)
-    if labels is None:
-        idx = torch.randint(0, len(heldout), (num_samples,), generator=g)
-    else:
-        idx = torch.empty(num_samples, dtype=torch.long)
-        for c in range(heldout.num_classes):
-            pool = (heldout.labels == c).nonzero().flatten()
-            rows = (labels == c).nonzero().flatten()
-            idx[rows] = pool[torch.randint(0, len(pool), (len(rows),), generator=g)]
+    classes = labels if labels is not None else torch.zeros(num_samples, dtype=torch.long)
+    pools = heldout.labels if labels is not None else torch.zeros(len(heldout), dtype=torch.long)
+    idx = torch.empty(num_samples, dtype=torch.long)
+    for c in classes.unique().tolist():
+        pool = (pools == c).nonzero().flatten()
+        rows = (classes == c).nonzero().flatten()
+        repeats = -(-len(rows) // len(pool))  # ceil
+        order = torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(repeats)])
+        idx[rows] = order[: len(rows)]
     return SampleSet(heldout.tokens[idx], labels, nfe=0, nfe_unbatched=0, seconds=0.0)

@@ -166,13 +166,23 @@ class TrialConfig(Section):
     TRAINING_KEYS: ClassVar[tuple[str, ...]] = ("seed", "data", "model", "train")
 
     def training_part(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(mode="json").items() if k in self.TRAINING_KEYS}
+        """What the checkpoint depends on. A data baseline trains nothing: only its data and seed."""
+        keys = ("seed", "data") if self.sampler.is_baseline else self.TRAINING_KEYS
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in keys}
+
+    def identity(self) -> dict[str, Any]:
+        """What the trial's result depends on: everything, except that a data baseline ignores the
+        model, the training recipe and every sampler option but its name."""
+        d = self.model_dump(mode="json")
+        if self.sampler.is_baseline:
+            d = {**self.training_part(), "sampler": {"name": self.sampler.name}, "eval": d["eval"]}
+        return d
 
     def training_hash(self) -> str:
         return config_hash(self.training_part())
 
     def trial_hash(self) -> str:
-        return config_hash(self.model_dump(mode="json"))
+        return config_hash(self.identity())
 
 
 def config_hash(d: dict[str, Any]) -> str:

@@ -18,6 +18,10 @@ from torch import Tensor
 from models.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
+# name -> split -> (real images (N, C, H, W) in [0, 1], labels (N,) long or None): what samples
+# are scored against. For pixel datasets these equal the decoded tokens; for learned tokenizers
+# they are the originals, so the tokenizer's reconstruction error counts against every sample.
+REAL_IMAGES: Registry = Registry("dataset")
 SPLITS = ("train", "heldout")
 
 
@@ -106,5 +110,31 @@ def digits(split: str = "train", *, seed: int = 0, num_heldout: int = 297) -> To
     return TokenDataset("digits", split, tokens, labels, 10, PixelTokenizer(levels=17, grid=(8, 8)))
 
 
+@REAL_IMAGES.register("digits")
+def digits_images(split: str = "train") -> tuple[Tensor, Tensor]:
+    data = digits(split)
+    return data.images(), data.labels
+
+
+@DATASETS.register("animals")
+def animals(split: str = "train", **options) -> TokenDataset:
+    """Real animal silhouettes (animal-mnist) as learned VQ tokens; see ``harness.animals``."""
+    from harness.animals import animals as load
+
+    return load(split, **options)
+
+
+@REAL_IMAGES.register("animals")
+def animals_images(split: str = "train") -> tuple[Tensor, Tensor]:
+    from harness.animals import animal_split
+
+    return animal_split(split)
+
+
 def load_dataset(name: str, split: str = "train", **options) -> TokenDataset:
     return DATASETS[name](split, **options)
+
+
+def real_images(name: str, split: str = "train") -> tuple[Tensor, Tensor | None]:
+    """The real images of a dataset split (not tokenized), with their labels."""
+    return REAL_IMAGES[name](split)

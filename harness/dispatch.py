@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cache import CACHE_ENV
 from harness.config import TrialConfig
 from harness.ledger import Ledger, TrialRecord
 from harness.store import CheckpointStore
@@ -61,7 +62,7 @@ def _report(record: TrialRecord) -> None:
 def _train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
-    set_threads(ctx.cpu)
+    _worker_setup(ctx)
     trial = TrialConfig.model_validate(config["trial"])
 
     def on_log(step: int, metrics: dict) -> None:
@@ -69,6 +70,14 @@ def _train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
     CheckpointStore(ctx.store_root).ensure(trial, device=_device(ctx), on_log=on_log)
     tune.report({"step": trial.train.steps, "steps": trial.train.steps, "done": 1})
+
+
+def _worker_setup(ctx: TrialContext) -> None:
+    """Torch threads = the trial's cpu share; every cache lookup in this worker (tokenizers, token
+    grids, extractors) goes to the study's cache folder, whatever the worker's environment says."""
+    set_threads(ctx.cpu)
+    if ctx.cache_dir:
+        os.environ[CACHE_ENV] = ctx.cache_dir
 
 
 def _finish(trial: TrialConfig, ctx: TrialContext) -> None:
@@ -89,12 +98,12 @@ def _finish(trial: TrialConfig, ctx: TrialContext) -> None:
 
 
 def _sample_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
-    set_threads(ctx.cpu)
+    _worker_setup(ctx)
     _finish(TrialConfig.model_validate(config["trial"]), ctx)
 
 
 def _search_trainable(config: dict[str, Any], ctx: TrialContext, spec: StudySpec) -> None:
-    set_threads(ctx.cpu)
+    _worker_setup(ctx)
     _finish(apply_assignment(spec, config), ctx)
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.evaluation.cache import atomic_write
+from harness.cache import atomic_write
 
 STATUSES = ("finished", "failed")
 

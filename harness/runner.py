@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.cache import cache_dir
 from harness.config import ConfigError
 from harness.dispatch import RayDispatcher, TrialContext
 from harness.ledger import Ledger, TrialRecord, atomic_write_text
@@ -43,7 +44,7 @@ def prepare(target: str | Path, runs_root: Path) -> StudyRun:
     spec = load_study(study_path(target, runs_root))
     study_dir = runs_root / spec.name
     store = CheckpointStore(runs_root / "checkpoints")
-    return StudyRun(spec, study_dir, store, runs_root / "cache", make_plan(spec, study_dir, store))
+    return StudyRun(spec, study_dir, store, cache_dir().resolve(), make_plan(spec, study_dir, store))
 
 
 def check_resources(spec: StudySpec, available: dict[str, float]) -> None:

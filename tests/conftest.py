@@ -96,13 +96,13 @@ def ray_session() -> Iterator[Any]:
 
 @pytest.fixture
 def runs_root(tmp_path: Path, session_eval_cache: Path) -> Path:
-    """A fresh runs root whose evaluator cache is the session's (studies put it at <root>/cache)."""
+    """A fresh runs root; studies use the session's cache ($UNMASK_CACHE, set above)."""
     return make_runs_root(tmp_path / "runs", session_eval_cache)
 
 
 def make_runs_root(path: Path, cache: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    (path / "cache").symlink_to(cache, target_is_directory=True)
+    os.environ[CACHE_ENV] = str(cache)  # already the session's value unless a test changed it
     return path
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import vq
+from harness import vq, vq_store
 from harness.animals import (
     animal_split,
     animal_tokenizer,
@@ -20,7 +20,8 @@ from harness.animals import (
     load_animal_arrays,
     load_numpy_pickle,
 )
-from harness.vq import TokenizerCacheError, VQConfig, VQTokenizer, cached_tokenizer, context_entropy
+from harness.vq import VQConfig, VQTokenizer
+from harness.vq_store import TokenizerCacheError, cached_tokenizer, context_entropy
 
 # A few dozen steps on a narrow net: plumbing, not quality.
 TINY = {"grid": 7, "codebook_size": 16, "code_dim": 8, "channels": 8, "steps": 6, "batch_size": 32}
@@ -124,7 +125,7 @@ def test_training_is_deterministic(images: torch.Tensor, cached) -> None:
 def test_cache_is_hit_and_carries_config_and_report(images: torch.Tensor, cached, monkeypatch) -> None:
     first, path = cached
     assert path.parent.name == "tokenizers" and path.parent.parent.name.startswith("vq-cache")
-    monkeypatch.setattr(vq, "train_vqvae", lambda *a: pytest.fail("the cached tokenizer was retrained"))
+    monkeypatch.setattr(vq_store, "train_vqvae", lambda *a: pytest.fail("the cached tokenizer was retrained"))
     second = cached_tokenizer(VQConfig(**TINY), images[:150], images[150:], path.parent.parent)
     assert second.weights_sha256 == first.weights_sha256 and second.config == VQConfig(**TINY)
     assert second.metadata == first.metadata
@@ -147,9 +148,9 @@ def test_tampered_weights_are_detected(cached, tmp_path: Path) -> None:
     state["state_dict"]["codebook.embedding"] += 1
     torch.save(state, tmp_path / "tampered.pt")
     with pytest.raises(TokenizerCacheError, match="sha256"):
-        vq.load_tokenizer(tmp_path / "tampered.pt")
+        vq_store.load_tokenizer(tmp_path / "tampered.pt")
     with pytest.raises(TokenizerCacheError, match="expected"):
-        vq.load_tokenizer(cached[1], expected=VQConfig(**{**TINY, "seed": 1}))
+        vq_store.load_tokenizer(cached[1], expected=VQConfig(**{**TINY, "seed": 1}))
 
 
 def test_unknown_config_key_is_named() -> None:

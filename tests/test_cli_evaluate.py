@@ -18,8 +18,6 @@ def _write(folder: Path, tokens, labels) -> Path:
 
 
 def test_evaluate_scores_saved_samples_and_separates_real_from_noise(tmp_path, warm_eval_cache, capsys):
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "cache").symlink_to(warm_eval_cache, target_is_directory=True)
     heldout = load_dataset("digits", "heldout")
     real = _write(tmp_path / "real", heldout.tokens, heldout.labels)
     noise_tokens = torch.randint(0, 17, heldout.tokens.shape, generator=torch.Generator().manual_seed(0))
@@ -34,8 +32,6 @@ def test_evaluate_scores_saved_samples_and_separates_real_from_noise(tmp_path, w
                 "digits",
                 "--metrics",
                 "fid",
-                "--runs-root",
-                str(tmp_path / "runs"),
             ]
         )
         assert rc == 0

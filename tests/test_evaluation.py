@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from harness.cache import sha256_file, sha256_tensors
 from harness.datasets import load_dataset
 from harness.evaluation import (
     FID,
@@ -37,7 +38,6 @@ from harness.evaluation import (
     save_samples,
     shipped_inception_path,
 )
-from harness.evaluation.cache import sha256_file, sha256_tensors
 from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig, train_domain_classifier
 from harness.evaluation.extractors import Features
 from harness.evaluation.metrics import METRICS

@@ -18,8 +18,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.evaluation.cache import cache_dir as resolve_cache_dir
-from harness.evaluation.cache import load_torch, save_torch, sha256_tensors, stable_hash
+from harness.cache import cache_dir as resolve_cache_dir
+from harness.cache import load_torch, save_torch, sha256_tensors, stable_hash
 from harness.evaluation.domain_cnn import (
     DomainCNN,
     DomainCNNConfig,

@@ -59,7 +59,11 @@ class FeatureExtractor(nn.Module):
 EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
 
 # The extractor each dataset is scored with unless the config names another.
-DEFAULT_EXTRACTORS: dict[str, str] = {"digits": "digits-cnn", "moving-digits": "moving-digits-cnn3d"}
+DEFAULT_EXTRACTORS: dict[str, str] = {
+    "digits": "digits-cnn",
+    "animals": "animals-cnn",
+    "moving-digits": "moving-digits-cnn3d",
+}
 
 
 def default_extractor_name(dataset: str, override: str | None = None) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.evaluation.cache import sha256_file
+from harness.cache import sha256_file
 from harness.evaluation.extractors import (
     EXTRACTORS,
     FeatureExtractor,

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from harness.evaluation.cache import cache_dir as resolve_cache_dir
-from harness.evaluation.cache import load_torch, save_torch, sha256_tensor, stable_hash
+from harness.cache import cache_dir as resolve_cache_dir
+from harness.cache import load_torch, save_torch, sha256_tensor, stable_hash
 from harness.evaluation.extractors import FeatureExtractor, extract_features
 from harness.evaluation.frechet import GaussianStats, gaussian_stats, stats_from_tensors, stats_to_tensors
 
@@ -42,10 +42,11 @@ class ReferenceSet:
 def dataset_reference(
     dataset: str, split: str = "train", num: int | None = None, seed: int = 0
 ) -> ReferenceSet:
-    """The images of a registered dataset split; ``num`` keeps a seeded random subset of that size."""
-    from harness.datasets import load_dataset
+    """The real images of a registered dataset split (originals, not tokenizer reconstructions);
+    ``num`` keeps a seeded random subset of that size."""
+    from harness.datasets import real_images
 
-    images = load_dataset(dataset, split).images()  # (N, C, H, W)
+    images, _ = real_images(dataset, split)  # (N, C, H, W)
     name = f"{dataset}/{split}"
     if num is not None:
         if not 2 <= num <= images.shape[0]:

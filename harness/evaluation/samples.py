@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.evaluation.cache import atomic_write
+from harness.cache import atomic_write
 
 SAMPLES_FILE = "samples.npz"
 MAX_NAME = 120

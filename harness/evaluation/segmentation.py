@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.evaluation.cache import sha256_tensor
+from harness.cache import sha256_tensor
 from harness.evaluation.metrics import MIOU, UNMASK_LIBRARY
 from harness.evaluation.protocol import MetricResult, Protocol
 

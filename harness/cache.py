@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 CACHE_ENV = "UNMASK_CACHE"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:

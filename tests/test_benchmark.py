@@ -1,0 +1,114 @@
+"""The embedded benchmark's parts: baselines, real-image references, baseline trial identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.animals import animal_split
+from harness.baselines import class_marginals, heldout_tokens
+from harness.datasets import PixelTokenizer, TokenDataset, load_dataset, real_images
+from harness.evaluation import DEFAULT_EXTRACTORS, dataset_reference
+from harness.study import expand_grid, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dataset(labels: list[int], seq_len: int = 3, vocab: int = 1000) -> TokenDataset:
+    """Row i's tokens are (i, i, ..., i): a sample's tokens say which row it came from."""
+    n = len(labels)
+    tokens = torch.arange(n)[:, None].expand(n, seq_len).clone()
+    return TokenDataset(
+        "toy", "heldout", tokens, torch.tensor(labels), 1 + max(labels), PixelTokenizer(vocab, (1, seq_len))
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    num_samples=st.integers(2, 40),
+    seed=st.integers(0, 10),
+)
+def test_heldout_tokens_uses_every_image_before_repeating_one(counts, num_samples, seed) -> None:
+    labels = [c for c, k in enumerate(counts) for _ in range(k)]
+    heldout = _dataset(labels)
+    out = heldout_tokens(heldout, heldout, num_samples, seed)
+    rows = out.tokens[:, 0]
+    assert torch.equal(out.tokens, rows[:, None].expand_as(out.tokens))
+    assert torch.equal(heldout.labels[rows], out.labels)  # each sample is an image of its label
+    for c in range(len(counts)):
+        used = torch.bincount(rows[out.labels == c], minlength=len(labels))[heldout.labels == c]
+        assert int(used.max()) - int(used.min()) <= 1  # spread evenly: no image twice before all once
+    again = heldout_tokens(heldout, heldout, num_samples, seed)
+    assert torch.equal(again.tokens, out.tokens)
+
+
+def test_class_marginals_follows_per_class_position_frequencies() -> None:
+    g = torch.Generator().manual_seed(0)
+    V, L, C = 4, 3, 2
+    probs = torch.rand(C, L, V, generator=g) ** 3
+    probs /= probs.sum(-1, keepdim=True)
+    labels = torch.arange(4000) % C
+    tokens = torch.multinomial(probs[labels].reshape(-1, V), 1, generator=g).reshape(-1, L)
+    train = TokenDataset("toy", "train", tokens, labels, C, PixelTokenizer(V, (1, L)))
+    out = class_marginals(train, train, 20000, seed=1)
+    for c in range(C):
+        sampled = out.tokens[out.labels == c]  # (n, L)
+        freq = torch.stack([torch.bincount(sampled[:, i], minlength=V) for i in range(L)]).float()
+        freq /= freq.sum(-1, keepdim=True)
+        empirical = torch.stack([torch.bincount(tokens[labels == c][:, i], minlength=V) for i in range(L)])
+        empirical = (empirical + 1).float() / (empirical + 1).sum(-1, keepdim=True)  # add-one smoothed
+        torch.testing.assert_close(freq, empirical, atol=0.02, rtol=0)
+    # independence across positions: the joint of positions 0 and 1 factorises within a class
+    first = out.tokens[out.labels == 0]
+    joint = torch.bincount(first[:, 0] * V + first[:, 1], minlength=V * V).float().reshape(V, V)
+    joint /= joint.sum()
+    torch.testing.assert_close(
+        joint, joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True), atol=0.02, rtol=0
+    )
+
+
+def test_animals_reference_is_the_real_images_not_their_tokens() -> None:
+    x, labels = real_images("animals", "heldout")
+    expected, expected_labels = animal_split("heldout")
+    assert torch.equal(x, expected) and torch.equal(labels, expected_labels)
+    assert x.shape == (1000, 1, 28, 28) and len(torch.unique(x)) > 17  # grey levels, not decoded codes
+    reference = dataset_reference("animals", "heldout", num=50)
+    assert reference.dataset == "animals" and reference.data.shape == (50, 1, 28, 28)
+    assert DEFAULT_EXTRACTORS["animals"] == "animals-cnn"
+
+
+def test_digits_reference_is_its_pixels() -> None:
+    x, labels = real_images("digits", "train")
+    data = load_dataset("digits", "train")
+    assert torch.equal(x, data.images()) and torch.equal(labels, data.labels)
+
+
+def test_baseline_trials_ignore_model_train_and_sampler_options() -> None:
+    spec = load_study(REPO / "search_spaces" / "benchmark_check.yaml")
+    trials = expand_grid(spec)
+    by_sampler: dict[str, int] = {}
+    for t in trials:
+        by_sampler[t.sampler.name] = by_sampler.get(t.sampler.name, 0) + 1
+    assert by_sampler == {"euler": 5, "maskgit": 5, "class_marginals": 1, "heldout_tokens": 1}
+    assert len({t.training_hash() for t in trials if not t.sampler.is_baseline}) == 1
+    baseline = next(t for t in trials if t.sampler.name == "class_marginals")
+    other = baseline.model_copy(update={"model": baseline.model.model_copy(update={"timestep": "explicit"})})
+    assert other.trial_hash() == baseline.trial_hash()
+    changed = baseline.model_copy(update={"seed": 1})
+    assert (
+        changed.trial_hash() != baseline.trial_hash() and changed.training_hash() != baseline.training_hash()
+    )
+    model = next(t for t in trials if t.sampler.name == "euler")
+    other = model.model_copy(update={"model": model.model.model_copy(update={"timestep": "explicit"})})
+    assert other.trial_hash() != model.trial_hash()
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_unknown_split_names_the_field(split) -> None:
+    with pytest.raises(ValueError, match="data.split"):
+        real_images("animals", split)
