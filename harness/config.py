@@ -131,26 +131,46 @@ class SamplerSection(Section):
         return {**common, **family.model_dump()}
 
 
+def _known_metrics(names: list[str]) -> list[str]:
+    from harness.evaluation import METRICS
+
+    return [_known(name, METRICS, "metric") for name in names]
+
+
+def _known_extractor(name: str | None) -> str | None:
+    from harness.evaluation import EXTRACTORS
+
+    return name if name is None else _known(name, EXTRACTORS, "extractor")
+
+
+class ExtraProtocol(Section):
+    """A second scoring of the same samples with another extractor, on the first ``num_samples``
+    of each seed against a seeded subset of ``num_reference`` reference images (None: all), for
+    extractors too slow for the full counts (Inception on CPU); its metrics are recorded as
+    ``<extractor>/<metric>``."""
+
+    extractor: str
+    metrics: list[str] = Field(default_factory=lambda: ["fid"], min_length=1)
+    num_samples: int | None = Field(default=None, ge=2)
+    num_reference: int | None = Field(default=None, ge=2)
+
+    _metrics = field_validator("metrics")(_known_metrics)
+    _extractor = field_validator("extractor")(_known_extractor)
+
+    def key(self, metric: str) -> str:
+        return f"{self.extractor}/{metric}"
+
+
 class EvalSection(Section):
     num_samples: int = Field(default=500, ge=2)
     batch_size: int = Field(default=250, ge=1)
     metrics: list[str] = Field(default_factory=lambda: ["fid", "kid_mean", "precision", "recall", "is_mean"])
     extractor: str | None = None
     sample_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    extra_protocols: list[ExtraProtocol] = Field(default_factory=list)
 
-    @field_validator("metrics")
-    @classmethod
-    def _metrics(cls, names: list[str]) -> list[str]:
-        from harness.evaluation import METRICS
-
-        return [_known(name, METRICS, "metric") for name in names]
-
-    @field_validator("extractor")
-    @classmethod
-    def _extractor(cls, name: str | None) -> str | None:
-        from harness.evaluation import EXTRACTORS
-
-        return name if name is None else _known(name, EXTRACTORS, "extractor")
+    _metrics = field_validator("metrics")(_known_metrics)
+    _extractor = field_validator("extractor")(_known_extractor)
 
 
 class TrialConfig(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,19 +73,18 @@ def save_study_file(run: StudyRun) -> None:
 
 
 def warm_evaluators(trials: list, cache_dir: Path) -> None:
-    """Builds each (dataset, extractor) pair's extractor and reference statistics once, in the
-    driver, so that parallel trials do not each train the same domain classifier."""
-    from harness.evaluation import Evaluator
+    """Builds each evaluator the trials need (extractor and reference statistics) once, in the
+    driver, so that parallel trials do not each train the same domain classifier, and so that a
+    metric an extractor cannot produce is refused before anything runs."""
+    from harness.trial import trial_evaluators
 
     seen = set()
     for trial in trials:
-        key = (trial.data.name, trial.eval.extractor)
+        key = (trial.data.name, json.dumps(trial.eval.model_dump(mode="json"), sort_keys=True))
         if key not in seen:
             seen.add(key)
-            evaluator = Evaluator(
-                trial.data.name, extractor=trial.eval.extractor, metrics=[], cache_dir=cache_dir
-            )
-            _ = evaluator.reference_stats
+            for _, _, evaluator in trial_evaluators(trial, cache_dir):
+                _ = evaluator.reference_stats
 
 
 def execute(

@@ -180,7 +180,8 @@ def validate_study(spec: StudySpec) -> None:
         raise ConfigError("space is empty: nothing to search")
     from harness.evaluation import METRICS  # the evaluator's registry says what it produces
 
-    produced = set(METRICS) | {"nfe", "seconds_per_sample", "heldout_masked_ce"}
+    extra = [e.key(m) for e in first.eval.extra_protocols for m in e.metrics]
+    produced = set(METRICS) | {"nfe", "seconds_per_sample", "heldout_masked_ce"} | set(extra)
     if spec.metric not in produced:
         raise ConfigError(
             f"metric {spec.metric!r} is not produced by the evaluator; expected one of {sorted(produced)}"
@@ -194,8 +195,9 @@ def metric_mode(spec: StudySpec) -> str:
         return spec.mode
     from harness.evaluation import METRICS
 
-    if spec.metric in METRICS:
-        return "max" if METRICS[spec.metric].higher_is_better else "min"
+    base = spec.metric.rsplit("/", 1)[-1]  # "<extractor>/<metric>" from eval.extra_protocols
+    if base in METRICS:
+        return "max" if METRICS[base].higher_is_better else "min"
     return "min"
 
 

@@ -69,22 +69,45 @@ def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device
     return folder
 
 
+def trial_evaluators(trial: TrialConfig, cache_dir: Path | None) -> list[tuple[str, int | None, Evaluator]]:
+    """(metric-name prefix, samples scored per seed or None for all, Evaluator) for the trial's
+    main protocol and each of ``eval.extra_protocols``; a metric the extractor cannot produce
+    raises ValueError here, before anything is sampled."""
+
+    def build(extractor: str | None, metrics: list[str], num_reference: int | None = None) -> Evaluator:
+        return Evaluator(
+            trial.data.name,
+            extractor=extractor,
+            metrics=metrics,
+            cache_dir=cache_dir,
+            num_reference=num_reference,
+        )
+
+    out = [("", None, build(trial.eval.extractor, trial.eval.metrics))]
+    for e in trial.eval.extra_protocols:
+        out.append((f"{e.extractor}/", e.num_samples, build(e.extractor, e.metrics, e.num_reference)))
+    return out
+
+
 def evaluate_trial(
     trial: TrialConfig, folders: list[Path], cache_dir: Path | None
 ) -> tuple[dict, dict, dict]:
-    """(metrics, intervals, protocols) over the trial's sample seeds."""
-    evaluator = Evaluator(
-        trial.data.name, extractor=trial.eval.extractor, metrics=trial.eval.metrics, cache_dir=cache_dir
-    )
+    """(metrics, intervals, protocols) over the trial's sample seeds, for every protocol."""
     sets = [load_samples(f) for f in folders]
     seeds = [int(s.meta["sample_seed"]) for s in sets]
-    if len(sets) == 1:
-        results = evaluator.evaluate(sets[0].images, seeds[0])
-    else:
-        results = evaluator.evaluate_seeds([s.images for s in sets], seeds)
-    metrics = {r.name: float(r.value) for r in results}
-    intervals = {r.name: [float(r.ci_low), float(r.ci_high)] for r in results if r.ci_low is not None}
-    protocols = {r.name: {**r.protocol.to_dict(), "key": r.protocol.protocol_key()} for r in results}
+    metrics, intervals, protocols = {}, {}, {}
+    for prefix, num, evaluator in trial_evaluators(trial, cache_dir):
+        images = [s.images[:num] for s in sets]
+        if len(sets) == 1:
+            results = evaluator.evaluate(images[0], seeds[0])
+        else:
+            results = evaluator.evaluate_seeds(images, seeds)
+        for r in results:
+            name = prefix + r.name
+            metrics[name] = float(r.value)
+            if r.ci_low is not None:
+                intervals[name] = [float(r.ci_low), float(r.ci_high)]
+            protocols[name] = {**r.protocol.to_dict(), "key": r.protocol.protocol_key()}
     meta = sets[0].meta
     metrics.update(
         nfe=float(meta["nfe"]),

@@ -112,3 +112,43 @@ def test_baseline_trials_ignore_model_train_and_sampler_options() -> None:
 def test_unknown_split_names_the_field(split) -> None:
     with pytest.raises(ValueError, match="data.split"):
         real_images("animals", split)
+
+
+def _digits_trial(**eval_fields):
+    from harness.config import TrialConfig
+
+    return TrialConfig.model_validate({"eval": {"num_samples": 20, "metrics": ["fid"], **eval_fields}})
+
+
+def test_extra_protocol_scores_the_same_samples_with_a_second_extractor(tmp_path, warm_eval_cache) -> None:
+    from harness.evaluation import save_samples
+    from harness.trial import evaluate_trial
+
+    heldout = load_dataset("digits", "heldout")
+    tokens, labels = heldout.tokens[:20], heldout.labels[:20]
+    save_samples(tmp_path / "s", tokens, heldout.tokenizer.decode(tokens), labels, _meta())
+    extra = {"extractor": "inception", "metrics": ["fid"], "num_samples": 6, "num_reference": 8}
+    trial = _digits_trial(extra_protocols=[extra])
+    metrics, _, protocols = evaluate_trial(trial, [tmp_path / "s"], warm_eval_cache)
+    assert {"fid", "inception/fid"} <= set(metrics)
+    main, second = protocols["fid"], protocols["inception/fid"]
+    assert (main["extractor"], main["num_samples"]) == ("digits-cnn", 20)
+    assert (second["extractor"], second["num_samples"], second["num_reference"]) == ("inception", 6, 8)
+    assert main["key"] != second["key"] and metrics["inception/fid"] > 0
+
+
+def test_extra_protocol_errors_name_the_field_before_any_work(warm_eval_cache) -> None:
+    from pydantic import ValidationError
+
+    from harness.trial import trial_evaluators
+
+    with pytest.raises(ValidationError, match="inceptoin"):
+        _digits_trial(extra_protocols=[{"extractor": "inceptoin"}])
+    with pytest.raises(ValueError, match="fvd applies to"):
+        trial_evaluators(
+            _digits_trial(extra_protocols=[{"extractor": "digits-cnn", "metrics": ["fvd"]}]), None
+        )
+
+
+def _meta() -> dict:
+    return {"sample_seed": 0, "nfe": 0, "nfe_unbatched": 0, "seconds_per_sample": 0.0}
