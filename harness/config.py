@@ -12,10 +12,10 @@ import hashlib
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.baselines import BASELINES
-from harness.datasets import DATASETS
+from harness.datasets import DATASETS, dataset_shape
 from models.backbone import SIZE_PRESETS
 from models.losses import LOSSES
 from models.samplers import RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDULES
@@ -43,6 +43,12 @@ class DataConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
     _name = field_validator("name")(lambda v: _known(v, DATASETS, "dataset"))
+
+    @model_validator(mode="after")
+    def _options(self) -> DataConfig:
+        """Unknown or invalid options (a tokenizer key, say) fail here, before any data loads."""
+        dataset_shape(self.name, **self.options)
+        return self
 
 
 class ModelSection(Section):

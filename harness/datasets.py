@@ -22,7 +22,17 @@ DATASETS: Registry = Registry("dataset")
 # are scored against. For pixel datasets these equal the decoded tokens; for learned tokenizers
 # they are the originals, so the tokenizer's reconstruction error counts against every sample.
 REAL_IMAGES: Registry = Registry("dataset")
+# name -> (**options) -> DatasetShape, without loading or tokenizing anything (for plans and
+# validation: a learned tokenizer is not trained just to learn its vocabulary size).
+SHAPES: Registry = Registry("dataset")
 SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    grid: tuple[int, ...]
+    vocab_size: int
+    num_classes: int
 
 
 class Tokenizer(Protocol):
@@ -110,6 +120,11 @@ def digits(split: str = "train", *, seed: int = 0, num_heldout: int = 297) -> To
     return TokenDataset("digits", split, tokens, labels, 10, PixelTokenizer(levels=17, grid=(8, 8)))
 
 
+@SHAPES.register("digits")
+def digits_shape(*, seed: int = 0, num_heldout: int = 297) -> DatasetShape:
+    return DatasetShape((8, 8), 17, 10)
+
+
 @REAL_IMAGES.register("digits")
 def digits_images(split: str = "train") -> tuple[Tensor, Tensor]:
     data = digits(split)
@@ -124,6 +139,14 @@ def animals(split: str = "train", **options) -> TokenDataset:
     return load(split, **options)
 
 
+@SHAPES.register("animals")
+def animals_shape(*, seed: int = 0, num_heldout: int = 1000, tokenizer: dict | None = None) -> DatasetShape:
+    from harness.vq import VQConfig
+
+    config = VQConfig.from_dict(tokenizer or {})
+    return DatasetShape((config.grid, config.grid), config.codebook_size, 10)
+
+
 @REAL_IMAGES.register("animals")
 def animals_images(split: str = "train") -> tuple[Tensor, Tensor]:
     from harness.animals import animal_split
@@ -133,6 +156,15 @@ def animals_images(split: str = "train") -> tuple[Tensor, Tensor]:
 
 def load_dataset(name: str, split: str = "train", **options) -> TokenDataset:
     return DATASETS[name](split, **options)
+
+
+def dataset_shape(name: str, **options) -> DatasetShape:
+    """Grid, vocabulary and classes of ``name`` under ``options``; bad options raise ValueError
+    naming ``data.options``."""
+    try:
+        return SHAPES[name](**options)
+    except TypeError as err:  # an option the dataset does not take
+        raise ValueError(f"data.options for {name!r}: {err}") from None
 
 
 def real_images(name: str, split: str = "train") -> tuple[Tensor, Tensor | None]:

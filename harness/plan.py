@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from harness.config import TrialConfig
-from harness.datasets import load_dataset
+from harness.datasets import DatasetShape, dataset_shape
 from harness.ledger import Ledger
 from harness.store import CheckpointStore
 from harness.study import StudySpec, expand_grid, sample_random
@@ -41,12 +42,16 @@ class Plan:
         )
 
 
-def parameter_count(trial: TrialConfig, seq_len_vocab: tuple[tuple[int, ...], int, int]) -> int:
+def parameter_count(trial: TrialConfig, shape: DatasetShape) -> int:
     """Parameters of the trial's network, built on the meta device (no memory, no time)."""
-    grid, vocab, classes = seq_len_vocab
     from models.backbone import ModelConfig
 
-    config = ModelConfig(vocab_size=vocab, grid=grid, num_classes=classes, **trial.model.model_dump())
+    config = ModelConfig(
+        vocab_size=shape.vocab_size,
+        grid=shape.grid,
+        num_classes=shape.num_classes,
+        **trial.model.model_dump(),
+    )
     with torch.device("meta"):
         return sum(p.numel() for p in DiscreteDiT(config).parameters())
 
@@ -57,15 +62,11 @@ def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
     finished = Ledger(study_dir).finished()
     pending = [t for t in trials if t.trial_hash() not in finished]
     pending_trainings = [t for t in trainings if not store.is_done(t.training_hash())]
-    shapes = {}
     train_flops = sample_flops = 0.0
     for t in trials:
-        if t.data.name not in shapes:
-            data = load_dataset(t.data.name, "train", **t.data.options)
-            shapes[t.data.name] = (data.grid, data.vocab_size, data.num_classes)
-        grid, vocab, classes = shapes[t.data.name]
-        params = parameter_count(t, shapes[t.data.name])
-        tokens = float(torch.tensor(grid).prod())
+        shape = dataset_shape(t.data.name, **t.data.options)
+        params = parameter_count(t, shape)
+        tokens = float(math.prod(shape.grid))
         if t in pending_trainings:
             train_flops += 6 * params * tokens * t.train.batch_size * t.train.grad_accum * t.train.steps
         if t in pending:

@@ -152,3 +152,31 @@ def test_extra_protocol_errors_name_the_field_before_any_work(warm_eval_cache) -
 
 def _meta() -> dict:
     return {"sample_seed": 0, "nfe": 0, "nfe_unbatched": 0, "seconds_per_sample": 0.0}
+
+
+def test_bad_data_options_fail_validation_naming_the_key() -> None:
+    from harness.config import ConfigError, build_trial
+
+    with pytest.raises(ConfigError, match="gird"):
+        build_trial({"data": {"name": "animals", "options": {"tokenizer": {"gird": 14}}}})
+    with pytest.raises(ConfigError, match="sead"):
+        build_trial({"data": {"name": "digits", "options": {"sead": 1}}})
+
+
+def test_planning_an_animals_study_trains_and_loads_nothing(tmp_path, monkeypatch) -> None:
+    from harness import datasets, vq_store
+    from harness.plan import make_plan
+    from harness.store import CheckpointStore
+
+    monkeypatch.setattr(vq_store, "train_vqvae", lambda *a: pytest.fail("planning trained a tokenizer"))
+    monkeypatch.setitem(
+        datasets.DATASETS._entries, "animals", lambda *a, **k: pytest.fail("planning loaded data")
+    )
+    spec = load_study(REPO / "search_spaces" / "benchmark_check.yaml")
+    coarse = make_plan(spec, tmp_path / "s", CheckpointStore(tmp_path / "c"))
+    fine_spec = spec.model_copy(
+        update={"overrides": {**spec.overrides, "data.options": {"tokenizer": {"grid": 14}}}}
+    )
+    fine = make_plan(fine_spec, tmp_path / "s", CheckpointStore(tmp_path / "c"))
+    assert len(coarse.trainings) == len(fine.trainings) == 1
+    assert fine.train_flops > 3.5 * coarse.train_flops  # 196 tokens instead of 49 per image
