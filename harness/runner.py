@@ -87,6 +87,50 @@ def warm_evaluators(trials: list, cache_dir: Path) -> None:
                 _ = evaluator.reference_stats
 
 
+DATASETS_FILE = "datasets.json"
+SUMMARY_KEYS = ("heldout_mse", "heldout_codes_used", "heldout_perplexity", "train_seconds")
+
+
+def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
+    """Loads each distinct data config once in the driver (a learned tokenizer is trained and
+    cached here, not by parallel workers at once) and writes ``<study>/datasets.json``: sizes,
+    grid, vocabulary and, for a learned tokenizer, its held-out reconstruction MSE, codebook use
+    and the FID of held-out reconstructions against the real training images (the floor no
+    token model can beat)."""
+    from harness.datasets import load_dataset, real_images
+    from harness.evaluation import FID, Evaluator
+
+    summaries: dict[str, dict] = {}
+    for trial in trials:
+        key = json.dumps(trial.data.model_dump(mode="json"), sort_keys=True)
+        if key in summaries:
+            continue
+        train = load_dataset(trial.data.name, "train", **trial.data.options)
+        heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
+        summary = {
+            **trial.data.model_dump(mode="json"),
+            "num_train": len(train),
+            "num_heldout": len(heldout),
+            "grid": list(train.grid),
+            "vocab_size": train.vocab_size,
+            "num_classes": train.num_classes,
+        }
+        meta = getattr(train.tokenizer, "metadata", None)
+        if meta is not None:  # a learned tokenizer: how much of the data it keeps
+            summary["tokenizer"] = {k: meta[k] for k in SUMMARY_KEYS if k in meta}
+            evaluator = Evaluator(trial.data.name, metrics=[FID], cache_dir=cache_dir)
+            recon = heldout.images()
+            real = real_images(trial.data.name, "heldout")[0]
+            for name, images in (("reconstruction_fid", recon), ("heldout_real_fid", real)):
+                (result,) = evaluator.evaluate(images, 0)
+                summary["tokenizer"][name] = float(result.value)
+            summary["tokenizer"]["fid_protocol"] = result.protocol.protocol_key()
+        summaries[key] = summary
+    out = list(summaries.values())
+    atomic_write_text(study_dir / DATASETS_FILE, json.dumps(out, indent=2, sort_keys=True))
+    return out
+
+
 def execute(
     run: StudyRun,
     *,
@@ -109,6 +153,7 @@ def execute(
         run.spec.resources.gpu,
     )
     plan = run.plan
+    warm_datasets(plan.trials, run.study_dir, run.cache_dir)
     warm_evaluators(plan.pending_trials, run.cache_dir)
     if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":
         with RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose) as ray:

@@ -69,7 +69,9 @@ class VQConfig:
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - allowed)
         if unknown:
-            raise ValueError(f"tokenizer options (VQConfig): unknown keys {unknown}; allowed {sorted(allowed)}")
+            raise ValueError(
+                f"tokenizer options (VQConfig): unknown keys {unknown}; allowed {sorted(allowed)}"
+            )
         return cls(**values)
 
 

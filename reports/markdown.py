@@ -240,6 +240,45 @@ def _failed_section(failed: list[dict], keys: list[str]) -> list[str]:
     return [*lines, ""]
 
 
+def _data_section(study_dir: Path) -> list[str]:
+    """The datasets the study used (``datasets.json``, written by the harness), with a learned
+    tokenizer's reconstruction figures: the floor under every FID in the tables."""
+    path = Path(study_dir) / "datasets.json"
+    if not path.is_file():
+        return []
+    rows = []
+    for d in json.loads(path.read_text()):
+        tok = d.get("tokenizer") or {}
+        options = json.dumps(d.get("options") or {}, sort_keys=True)
+        grid = "x".join(str(g) for g in d["grid"])
+        rows.append(
+            [d["name"], options, str(d["num_train"]), str(d["num_heldout"]), grid, str(d["vocab_size"])]
+            + [format_value(tok.get(k)) for k in _TOKENIZER_COLUMNS]
+        )
+    headers = [
+        "dataset",
+        "options",
+        "train",
+        "held out",
+        "tokens",
+        "vocabulary",
+        *_TOKENIZER_COLUMNS.values(),
+    ]
+    note = (
+        "Reconstruction FID: held-out images through the tokenizer against the real training"
+        " images; held-out real FID: the held-out images themselves. Both use every held-out image."
+    )
+    return ["## Data", "", *markdown_table(headers, rows), "", note, ""]
+
+
+_TOKENIZER_COLUMNS = {
+    "heldout_mse": "recon. MSE",
+    "heldout_perplexity": "code perplexity",
+    "reconstruction_fid": "recon. FID",
+    "heldout_real_fid": "held-out real FID",
+}
+
+
 def _samples_section(best: dict, study_dir: Path) -> list[str]:
     """The best trial's sample grid as an image link relative to the study folder."""
     path = best["artifacts"].get(SAMPLES_PNG)
@@ -287,7 +326,7 @@ def write_markdown_report(study_dir: Path, title: str, metric: str, mode: str) -
         lines += _protocol_section(ordered, metric) + _samples_section(ordered[0], study_dir)
     else:
         lines += ["No finished trials.", ""]
-    lines += _failed_section(failed, keys)
+    lines += _failed_section(failed, keys) + _data_section(study_dir)
     path = study_dir / "report.md"
     _atomic_write(path, "\n".join(lines).rstrip("\n") + "\n")
     return path

@@ -180,3 +180,45 @@ def test_planning_an_animals_study_trains_and_loads_nothing(tmp_path, monkeypatc
     fine = make_plan(fine_spec, tmp_path / "s", CheckpointStore(tmp_path / "c"))
     assert len(coarse.trainings) == len(fine.trainings) == 1
     assert fine.train_flops > 3.5 * coarse.train_flops  # 196 tokens instead of 49 per image
+
+
+class _LearnedTokenizer:
+    """The digits pixels behind a tokenizer that carries a learned tokenizer's metadata."""
+
+    def __init__(self, inner, metadata: dict) -> None:
+        self.inner, self.metadata = inner, metadata
+        self.vocab_size, self.grid = inner.vocab_size, inner.grid
+
+    def encode(self, images):
+        return self.inner.encode(images)
+
+    def decode(self, tokens):
+        return self.inner.decode(tokens).flip(-1)  # a lossy "reconstruction": mirrored digits
+
+
+def test_data_summary_and_report_show_the_tokenizer_floor(tmp_path, warm_eval_cache, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from harness import datasets
+    from harness.config import TrialConfig
+    from harness.runner import warm_datasets
+    from reports.markdown import write_markdown_report
+
+    plain = TrialConfig()
+    (summary,) = warm_datasets([plain, plain], tmp_path, warm_eval_cache)
+    assert (summary["name"], summary["num_train"], summary["num_heldout"]) == ("digits", 1500, 297)
+    assert summary["grid"] == [8, 8] and "tokenizer" not in summary
+
+    original = datasets.DATASETS["digits"]
+
+    def learned(split="train", **options):
+        data = original(split, **options)
+        return replace(data, tokenizer=_LearnedTokenizer(data.tokenizer, {"heldout_mse": 0.25}))
+
+    monkeypatch.setitem(datasets.DATASETS._entries, "digits", learned)
+    (summary,) = warm_datasets([plain], tmp_path, warm_eval_cache)
+    tok = summary["tokenizer"]
+    assert tok["heldout_mse"] == 0.25
+    assert tok["reconstruction_fid"] > 2 * tok["heldout_real_fid"]  # mirrored digits are far worse
+    report = write_markdown_report(tmp_path, "t", "fid", "min").read_text()
+    assert "## Data" in report and "recon. FID" in report and "0.25" in report
