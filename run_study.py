@@ -4,7 +4,7 @@
   run_study.py validate STUDY.yaml              check a study; nothing starts, nothing is written
   run_study.py run STUDY.yaml [--dry-run]       run it (or print its trial plan and cost)
   run_study.py resume STUDY                     finish an interrupted study (a file, folder or name)
-  run_study.py report STUDY                     rewrite the study's report from its ledger
+  run_study.py report STUDY                     rewrite report.md / report.html from MLflow
   run_study.py quickstart                       the embedded quickstart study (make study)
   run_study.py evaluate SAMPLES --dataset D     rescore samples saved on disk (no resampling)
 
@@ -34,14 +34,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--runs-root", type=Path, default=DEFAULT_RUNS, help="studies, checkpoints, MLflow store"
         )
-        if name in ("run", "resume", "quickstart"):
-            p.add_argument(
-                "--dry-run", action="store_true", help="print the trial plan and cost; run nothing"
-            )
+        if name in ("run", "resume", "quickstart", "report"):
             p.add_argument(
                 "--tracking-uri",
                 default=None,
                 help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///<runs-root>/mlflow.db)",
+            )
+        if name in ("run", "resume", "quickstart"):
+            p.add_argument(
+                "--dry-run", action="store_true", help="print the trial plan and cost; run nothing"
             )
             p.add_argument(
                 "--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or local)"
@@ -93,11 +94,23 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _report(study_dir: Path, spec) -> Path:
+def _report(run, uri: str):
+    """report.md / report.html from the study's MLflow runs."""
     from harness.study import metric_mode
-    from reports.markdown import write_markdown_report
+    from reports.study_report import write_report
 
-    return write_markdown_report(study_dir, spec.description or spec.name, spec.metric, metric_mode(spec))
+    spec = run.spec
+    title = spec.description or spec.name
+    return write_report(uri, spec.name, run.study_dir, title, spec.metric, metric_mode(spec))
+
+
+def _log_report(tracker, report) -> None:
+    """The report, its page and its figures as artifacts of the tracker's parent run."""
+    tracker.log_parent_artifact(report.markdown)
+    tracker.log_parent_artifact(report.html)
+    files = report.markdown.parent / "report_files"
+    if files.is_dir():
+        tracker.log_parent_artifact(files, "report_files")
 
 
 def _run(args) -> int:
@@ -133,14 +146,14 @@ def _run(args) -> int:
             on_complete=lambda: tracker.sync(ledger.records()),
         )
         tracker.sync(ledger.records())
-        report = _report(run.study_dir, run.spec)
-        tracker.log_parent_artifact(report)
+        report = _report(run, uri)
+        _log_report(tracker, report)
         status = "FINISHED"
     finally:
         tracker.end_invocation(status)
     finished = sum(r.status == "finished" for r in records)
     print(f"{finished}/{len(records)} trials finished")
-    print(f"report: {report}")
+    print(f"report: {report.markdown} and {report.html}")
     print(f"MLflow store: {uri}  (view: mlflow ui --backend-store-uri {uri})")
     return 0
 
@@ -164,9 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "report":
             from harness.runner import prepare
+            from harness.tracking import Tracker, resolve_tracking_uri
 
             run = prepare(args.study, args.runs_root)
-            print(f"report: {_report(run.study_dir, run.spec)}")
+            uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
+            report = _report(run, uri)
+            tracker = Tracker(uri, run.spec.name)
+            if tracker.reopen_latest_invocation():
+                _log_report(tracker, report)
+            print(f"report: {report.markdown} and {report.html}")
             return 0
         return _run(args)
     except (ConfigError, CheckpointError, KeyError, FileNotFoundError, ValueError) as err:

@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module of the harness that imports mlflow.
+"""MLflow tracking: the only module that writes to MLflow (names in ``harness.tracking_schema``).
 
 One MLflow experiment per study (``unmask/<study_name>``); one parent run per invocation of the
 study (run or resume); one child run per trial, created from the ledger by :meth:`Tracker.sync`.
@@ -14,32 +14,38 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, ViewType
+from mlflow.entities import Metric, Param, Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from harness.ledger import TrialRecord
+from harness.tracking_schema import (
+    CI_HIGH,
+    CI_LOW,
+    CURVE_PREFIX,
+    ROLE_INVOCATION,
+    ROLE_TRIAL,
+    STUDY_CONFIG_ARTIFACT,
+    TAG_ATTEMPTS,
+    TAG_ERROR,
+    TAG_PROTOCOL_PREFIX,
+    TAG_ROLE,
+    TAG_SECONDS,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TRAINING_HASH,
+    TAG_TRIAL_HASH,
+    experiment_name,
+    trial_runs,
+)
 
-EXPERIMENT_PREFIX = "unmask/"
-TAG_ROLE = "unmask.role"
-TAG_STUDY = "unmask.study"
-TAG_TRIAL_HASH = "unmask.trial_hash"
-TAG_TRAINING_HASH = "unmask.training_hash"
-TAG_STATUS = "unmask.status"
-TAG_ERROR = "unmask.error"
-TAG_ATTEMPTS = "unmask.attempts"
-TAG_SECONDS = "unmask.seconds"
-CURVE_PREFIX = "train/"
 ERROR_TAG_CHARS = min(4000, MAX_TAG_VAL_LENGTH)
 _RUN_STATUS = {"finished": "FINISHED", "failed": "FAILED"}
-_SEARCH_PAGE = 1000
 
 
 def resolve_tracking_uri(cli_uri: str | None, runs_root: Path) -> str:
@@ -52,11 +58,6 @@ def resolve_tracking_uri(cli_uri: str | None, runs_root: Path) -> str:
     root = Path(runs_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root}/mlflow.db"
-
-
-def experiment_name(study_name: str) -> str:
-    """The MLflow experiment name of a study."""
-    return f"{EXPERIMENT_PREFIX}{study_name}"
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -97,23 +98,6 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, create: b
     return client.create_experiment(name, artifact_location=_sqlite_artifact_location(tracking_uri))
 
 
-def _trial_runs(client: MlflowClient, experiment_id: str) -> Iterator[Run]:
-    """Every active run of the experiment that carries a trial hash, page by page."""
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_TRIAL_HASH}` IS NOT NULL",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=_SEARCH_PAGE,
-            page_token=token,
-        )
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
     """Whether one of the terminated runs of this trial already holds the record's result."""
     for run in runs:
@@ -131,8 +115,8 @@ def _metric_entities(record: TrialRecord, timestamp: int) -> list[Metric]:
     for name, bounds in record.intervals.items():
         if bounds is not None and len(bounds) == 2:
             low, high = bounds
-            metrics.append(Metric(f"{name}_ci_low", float(low), timestamp, 0))
-            metrics.append(Metric(f"{name}_ci_high", float(high), timestamp, 0))
+            metrics.append(Metric(f"{name}{CI_LOW}", float(low), timestamp, 0))
+            metrics.append(Metric(f"{name}{CI_HIGH}", float(high), timestamp, 0))
     for step, values in record.training_curve:
         for name, value in _numeric(values):
             key = name if name.startswith(CURVE_PREFIX) else f"{CURVE_PREFIX}{name}"
@@ -162,7 +146,7 @@ def _trial_tags(record: TrialRecord, parent_run_id: str) -> dict[str, str]:
     """Tags set when the child run is created (the trial hash first, so a crash leaves it findable)."""
     tags = {
         MLFLOW_PARENT_RUN_ID: parent_run_id,
-        TAG_ROLE: "trial",
+        TAG_ROLE: ROLE_TRIAL,
         TAG_TRIAL_HASH: record.trial_hash,
         TAG_TRAINING_HASH: record.training_hash,
         TAG_STATUS: record.status,
@@ -171,6 +155,10 @@ def _trial_tags(record: TrialRecord, parent_run_id: str) -> dict[str, str]:
     }
     if record.error:
         tags[TAG_ERROR] = record.error[:ERROR_TAG_CHARS]
+    for name, protocol in record.protocols.items():
+        text = json.dumps(protocol, sort_keys=True)
+        if len(text) <= MAX_TAG_VAL_LENGTH:  # always, for our protocols (a few hundred chars)
+            tags[f"{TAG_PROTOCOL_PREFIX}{name}"] = text
     return tags
 
 
@@ -180,23 +168,6 @@ def _artifact_path(path: str, base_dir: Path | None) -> Path:
     if not candidate.is_absolute() and base_dir is not None:
         candidate = Path(base_dir) / candidate
     return candidate
-
-
-def _runs_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per run, with ``params.*``, ``metrics.*`` and ``tags.*`` columns."""
-    rows = []
-    for run in runs:
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "status": run.info.status,
-            "start_time": run.info.start_time,
-            "end_time": run.info.end_time,
-        }
-        row.update({f"params.{k}": v for k, v in run.data.params.items()})
-        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 class Tracker:
@@ -217,7 +188,7 @@ class Tracker:
             raise RuntimeError(f"invocation {self.parent_run_id} is still open; end it first")
         run_tags = {
             **{k: str(v) for k, v in tags.items()},
-            TAG_ROLE: "invocation",
+            TAG_ROLE: ROLE_INVOCATION,
             TAG_STUDY: self.study_name,
         }
         run = self.client.create_run(
@@ -225,7 +196,7 @@ class Tracker:
         )
         self.parent_run_id = run.info.run_id
         text = yaml.safe_dump(study_config, sort_keys=False)
-        self.client.log_text(self.parent_run_id, text, "study_config.yaml")
+        self.client.log_text(self.parent_run_id, text, STUDY_CONFIG_ARTIFACT)
         return self.parent_run_id
 
     def end_invocation(self, status: str = "FINISHED") -> None:
@@ -235,9 +206,23 @@ class Tracker:
         self.client.set_terminated(self.parent_run_id, status=status)
         self.parent_run_id = None
 
-    def log_parent_artifact(self, path: str | Path) -> None:
-        """Attach a file (a report) to the parent run."""
-        self.client.log_artifact(self._require_parent(), str(path))
+    def log_parent_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Attach a file or a folder (a report, its figures) to the parent run."""
+        if Path(path).is_dir():
+            self.client.log_artifacts(self._require_parent(), str(path), artifact_path)
+        else:
+            self.client.log_artifact(self._require_parent(), str(path), artifact_path)
+
+    def reopen_latest_invocation(self) -> bool:
+        """Make the latest (finished) parent run the target of log_parent_artifact; False if none."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_INVOCATION}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        self.parent_run_id = runs[0].info.run_id if runs else None
+        return self.parent_run_id is not None
 
     def sync(self, records: list[TrialRecord], base_dir: Path | None = None) -> int:
         """Log every record not yet in MLflow as a child run; return how many runs were created.
@@ -246,7 +231,7 @@ class Tracker:
         """
         parent_run_id = self._require_parent()
         existing: dict[str, list[Run]] = {}
-        for run in _trial_runs(self.client, self.experiment_id):
+        for run in trial_runs(self.client, self.experiment_id):
             existing.setdefault(run.data.tags[TAG_TRIAL_HASH], []).append(run)
         logged_now: set[str] = set()
         for record in records:
@@ -295,23 +280,3 @@ class Tracker:
             local = _artifact_path(path, base_dir)
             if local.is_file():
                 self.client.log_artifact(run_id, str(local), artifact_path=name)
-
-
-def study_runs(tracking_uri: str, study_name: str, latest_only: bool = True) -> pd.DataFrame:
-    """The study's trial runs as a frame: ``params.*``, ``metrics.*`` and ``tags.*`` columns.
-
-    latest_only: one row per trial hash (its FINISHED run, else its latest FAILED one); False gives
-    every terminated trial run, earlier failed attempts included. KILLED (half-logged) runs never appear.
-    """
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri, experiment_name(study_name), create=False)
-    if experiment_id is None:
-        return pd.DataFrame()
-    runs = [r for r in _trial_runs(client, experiment_id) if r.info.status in ("FINISHED", "FAILED")]
-    if latest_only:
-        best: dict[str, Run] = {}
-        # FINISHED sorts after FAILED, then later starts win: the last one seen per hash is kept.
-        for run in sorted(runs, key=lambda r: (r.info.status == "FINISHED", r.info.start_time or 0)):
-            best[run.data.tags[TAG_TRIAL_HASH]] = run
-        runs = list(best.values())
-    return _runs_frame(runs)

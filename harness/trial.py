@@ -15,7 +15,7 @@ import torch
 from harness.baselines import BASELINES
 from harness.config import TrialConfig
 from harness.datasets import load_dataset
-from harness.evaluation import Evaluator, load_samples, sample_dir_name, save_samples
+from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
 from harness.ledger import Ledger, TrialRecord, atomic_write_text
 from harness.sampling import SampleSet, build_sampler, generate, save_image_grid
 from harness.store import CheckpointStore, train_config_for
@@ -107,7 +107,12 @@ def evaluate_trial(
             metrics[name] = float(r.value)
             if r.ci_low is not None:
                 intervals[name] = [float(r.ci_low), float(r.ci_high)]
-            protocols[name] = {**r.protocol.to_dict(), "key": r.protocol.protocol_key()}
+            direction = "max" if METRICS[r.name].higher_is_better else "min"
+            protocols[name] = {
+                **r.protocol.to_dict(),
+                "key": r.protocol.protocol_key(),
+                "direction": direction,
+            }
     meta = sets[0].meta
     metrics.update(
         nfe=float(meta["nfe"]),

@@ -146,7 +146,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def _short(trial_hash: str) -> str:
+def short(trial_hash: str) -> str:
     return f"`{trial_hash[:10]}`"
 
 
@@ -162,7 +162,7 @@ def _header(study_dir: Path, title: str, metric: str, mode: str, counts: tuple[i
     ]
 
 
-def _trials_section(ordered: list[dict], metric: str, keys: list[str]) -> list[str]:
+def trials_section(ordered: list[dict], metric: str, keys: list[str]) -> list[str]:
     """All finished trials best-first: varying config keys, the metric, other metrics, NFE, s/sample."""
     others = sorted({m for r in ordered for m in r["metrics"]} - {metric, NFE, SECONDS_PER_SAMPLE})
     columns = [c for name in [metric, *others] for c in metric_columns(ordered, name)]
@@ -170,7 +170,7 @@ def _trials_section(ordered: list[dict], metric: str, keys: list[str]) -> list[s
     rows = []
     for rank, record in enumerate(ordered, start=1):
         flat = flatten(record["config"])
-        row = [str(rank), _short(record["trial_hash"]), *(format_value(flat.get(k)) for k in keys)]
+        row = [str(rank), short(record["trial_hash"]), *(format_value(flat.get(k)) for k in keys)]
         row += [metric_cell(record, c) for c in columns]
         row += [format_value(record["metrics"].get(name)) for name in (NFE, SECONDS_PER_SAMPLE)]
         rows.append(row)
@@ -194,7 +194,7 @@ def _groups_section(ordered: list[dict], metric: str, keys: list[str]) -> list[s
         headers = [key, *(["protocol"] if split else []), "best trial", metric]
         rows = [
             [value, *([column.protocol_key or _MISSING] if split else [])]
-            + [_short(record["trial_hash"]), metric_cell(record, column)]
+            + [short(record["trial_hash"]), metric_cell(record, column)]
             for (value, column), record in best.items()
         ]
         lines += [f"### Best per `{key}`", "", *markdown_table(headers, rows), ""]
@@ -212,7 +212,7 @@ def _protocol_rows(ordered: list[dict], metric: str) -> list[tuple[str, str, dic
     return rows
 
 
-def _protocol_section(ordered: list[dict], metric: str) -> list[str]:
+def protocol_section(ordered: list[dict], metric: str) -> list[str]:
     """Every protocol field there is, one row per metric (a row per protocol for a split metric)."""
     rows = _protocol_rows(ordered, metric)
     if not rows:
@@ -220,13 +220,13 @@ def _protocol_section(ordered: list[dict], metric: str) -> list[str]:
     fields = {f for _, _, protocol in rows for f in protocol} - {"metric"}
     order = [f for f in _PROTOCOL_FIRST if f in fields] + sorted(fields - set(_PROTOCOL_FIRST))
     table = [
-        [name, _short(trial_hash), *(format_value(protocol.get(f)) for f in order)]
+        [name, short(trial_hash), *(format_value(protocol.get(f)) for f in order)]
         for trial_hash, name, protocol in rows
     ]
     return ["## Protocols", "", *markdown_table(["metric", "trial", *order], table), ""]
 
 
-def _failed_section(failed: list[dict], keys: list[str]) -> list[str]:
+def failed_section(failed: list[dict], keys: list[str]) -> list[str]:
     """One line per failed trial: its varying settings and the first line of its error."""
     if not failed:
         return []
@@ -236,11 +236,11 @@ def _failed_section(failed: list[dict], keys: list[str]) -> list[str]:
         settings = ", ".join(f"{k}={format_value(flat.get(k))}" for k in keys)
         error = (record["error"] or "no error recorded").strip().splitlines() or ["no error recorded"]
         where = f" ({settings})" if settings else ""
-        lines.append(f"- {_short(record['trial_hash'])}{where}, attempts {record['attempts']}: {error[0]}")
+        lines.append(f"- {short(record['trial_hash'])}{where}, attempts {record['attempts']}: {error[0]}")
     return [*lines, ""]
 
 
-def _data_section(study_dir: Path) -> list[str]:
+def data_section(study_dir: Path) -> list[str]:
     """The datasets the study used (``datasets.json``, written by the harness), with a learned
     tokenizer's reconstruction figures: the floor under every FID in the tables."""
     path = Path(study_dir) / "datasets.json"
@@ -296,7 +296,7 @@ def _samples_section(best: dict, study_dir: Path) -> list[str]:
     ]
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -322,11 +322,11 @@ def write_markdown_report(study_dir: Path, title: str, metric: str, mode: str) -
     ordered = sort_best_first(finished, metric, mode)
     lines = _header(study_dir, title, metric, mode, (len(finished), len(failed)))
     if ordered:
-        lines += _trials_section(ordered, metric, keys) + _groups_section(ordered, metric, keys)
-        lines += _protocol_section(ordered, metric) + _samples_section(ordered[0], study_dir)
+        lines += trials_section(ordered, metric, keys) + _groups_section(ordered, metric, keys)
+        lines += protocol_section(ordered, metric) + _samples_section(ordered[0], study_dir)
     else:
         lines += ["No finished trials.", ""]
-    lines += _failed_section(failed, keys) + _data_section(study_dir)
+    lines += failed_section(failed, keys) + data_section(study_dir)
     path = study_dir / "report.md"
-    _atomic_write(path, "\n".join(lines).rstrip("\n") + "\n")
+    atomic_write(path, "\n".join(lines).rstrip("\n") + "\n")
     return path

@@ -19,7 +19,8 @@ from harness.config import ConfigError
 from harness.ledger import Ledger, TrialRecord
 from harness.runner import execute, prepare
 from harness.study import load_study
-from harness.tracking import TAG_ROLE, TAG_TRIAL_HASH, experiment_name, study_runs
+from harness.tracking_schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
+from reports.mlflow_source import study_runs
 
 # ---- validation: errors name the field and what was expected; nothing is written -----------------
 

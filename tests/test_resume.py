@@ -24,7 +24,8 @@ from conftest import PYTHON, REPO, kill_tagged, make_runs_root, study_file, subp
 
 from harness.ledger import Ledger
 from harness.runner import prepare
-from harness.tracking import TAG_ROLE, TAG_TRIAL_HASH, experiment_name, study_runs
+from harness.tracking_schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
+from reports.mlflow_source import study_runs
 
 NAME = "resumable"
 

@@ -10,15 +10,9 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.ledger import TrialRecord
-from harness.tracking import (
-    TAG_ATTEMPTS,
-    TAG_ERROR,
-    TAG_TRIAL_HASH,
-    Tracker,
-    experiment_name,
-    resolve_tracking_uri,
-    study_runs,
-)
+from harness.tracking import Tracker, resolve_tracking_uri
+from harness.tracking_schema import TAG_ATTEMPTS, TAG_ERROR, TAG_TRIAL_HASH, experiment_name
+from reports.mlflow_source import study_runs
 
 CONFIG = {
     "seed": 0,

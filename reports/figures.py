@@ -1,0 +1,275 @@
+"""The report's plots, chosen from the axes a study varies (seaborn on matplotlib's Agg backend).
+
+Input: the tidy table of ``reports.mlflow_source.study_table`` (one row per finished trial).
+- a *method* is the combination of the categorical settings that vary (sampler family, timestep
+  mode, scheduler, ...), named in words; one colour per method in every figure;
+- curves: the metric against each varying numeric axis (NFE on a log scale, temperature, CFG),
+  per method, each point the best trial at that value over the other axes, with its 95% CI;
+  rows with no network calls (data baselines, nfe = 0) are drawn as labelled horizontal lines;
+- heatmaps: the best method's metric over each pair of varying numeric axes;
+- trade-offs: quality vs a second metric (IS, or precision vs recall) and vs cost (seconds per
+  sample), with the Pareto front.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from harness.tracking_schema import CI_HIGH, CI_LOW  # noqa: E402
+
+# Numeric axes worth a curve, with their axis labels (units in words).
+NUMERIC_AXES: dict[str, str] = {
+    "sampler.num_steps": "sampling steps (NFE, log scale)",
+    "sampler.temperature": "sampling temperature",
+    "sampler.cfg_scale": "CFG scale s (u + s(c - u); 1 = no guidance)",
+    "sampler.maskgit.gumbel_scale": "MaskGIT Gumbel temperature",
+    "train.steps": "training steps",
+}
+LOG_AXES = ("sampler.num_steps", "train.steps")
+# Categorical settings that name a method, and how each value reads in a legend.
+METHOD_KEYS = (
+    "sampler.name",
+    "model.timestep",
+    "train.scheduler",
+    "train.corruption",
+    "train.loss",
+    "sampler.euler.argmax_fill",
+    "sampler.maskgit.randomization",
+    "sampler.maskgit.schedule",
+)
+WORDS: dict[tuple[str, Any], str] = {
+    ("sampler.name", "euler"): "Euler sampler",
+    ("sampler.name", "maskgit"): "MaskGIT sampler",
+    ("sampler.name", "class_marginals"): "trivial baseline (independent tokens per class)",
+    ("sampler.name", "heldout_tokens"): "tokenizer reconstructions (floor)",
+    ("model.timestep", "explicit"): "ETM (timestep input)",
+    ("model.timestep", "implicit"): "ITM (no timestep)",
+    ("train.corruption", "maskgit"): "MaskGIT exact-count masking",
+    ("train.corruption", "interpolant"): "interpolant masking",
+    ("sampler.euler.argmax_fill", True): "argmax fill",
+    ("sampler.euler.argmax_fill", False): "sampled fill",
+}
+SECONDS = "seconds_per_sample"
+NFE = "nfe"
+METRIC_WORDS = {
+    "fid": "FID",
+    "is_mean": "Inception-Score analogue",
+    "precision": "precision",
+    "recall": "recall",
+    "kid_mean": "KID",
+    "fvd": "FVD",
+    "miou": "mIoU",
+    NFE: "network calls (NFE)",
+    SECONDS: "seconds per sample",
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    caption: str
+    path: Path
+
+
+def words(key: str, value: Any) -> str:
+    if (key, value) in WORDS:
+        return WORDS[(key, value)]
+    short = key.rsplit(".", 1)[-1].replace("_", " ")
+    return f"{short} {value}"
+
+
+def metric_words(metric: str) -> str:
+    base = metric.rsplit("/", 1)[-1]
+    prefix = f"{metric.rsplit('/', 1)[0]} " if "/" in metric else ""
+    return prefix + METRIC_WORDS.get(base, metric)
+
+
+def varying(table: pd.DataFrame, keys: tuple[str, ...] | list[str]) -> list[str]:
+    return [k for k in keys if k in table and table[k].astype(str).nunique() > 1]
+
+
+# For runs logged without a direction in their protocol; anything else unknown: lower is better.
+HIGHER_IS_BETTER = ("is_mean", "precision", "recall", "miou")
+
+
+def direction(table: pd.DataFrame, metric: str) -> str:
+    """'min' or 'max', from the metric's protocol; NFE and seconds: min."""
+    for protocols in table.get("protocol", []):
+        if isinstance(protocols, dict) and "direction" in protocols.get(metric, {}):
+            return protocols[metric]["direction"]
+    return "max" if metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER else "min"
+
+
+def with_methods(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The table with a ``method`` column naming each row's categorical settings in words."""
+    keys = varying(table, [k for k in METHOD_KEYS if k != "sampler.name"])
+    keys = ["sampler.name", *keys] if "sampler.name" in table else keys
+    table = table.copy()
+    if not keys:
+        table["method"] = "all trials"
+        return table, keys
+
+    def name(row: pd.Series) -> str:
+        if row.get(NFE) == 0:  # a data baseline: the sampler name says it all
+            return words("sampler.name", row.get("sampler.name"))
+        return ", ".join(words(k, row[k]) for k in keys if k in row and pd.notna(row[k]))
+
+    table["method"] = table.apply(name, axis=1)
+    return table, keys
+
+
+def palette(methods: list[str]) -> dict[str, Any]:
+    colours = sns.color_palette("tab10", n_colors=max(10, len(methods)))
+    return {m: colours[i] for i, m in enumerate(sorted(methods))}
+
+
+def best_rows(frame: pd.DataFrame, by: list[str], metric: str, mode: str) -> pd.DataFrame:
+    """Per group of ``by``, the row with the best metric."""
+    frame = frame[frame[metric].notna()]
+    if frame.empty:
+        return frame
+    pick = frame.groupby(by, dropna=False)[metric].idxmin if mode == "min" else None
+    index = pick() if pick else frame.groupby(by, dropna=False)[metric].idxmax()
+    return frame.loc[index.values]
+
+
+def pareto_front(x: pd.Series, y: pd.Series, x_mode: str, y_mode: str) -> list[int]:
+    """Positions (into x, y) of the points no other point beats on both axes, sorted by x."""
+    sx = 1.0 if x_mode == "min" else -1.0
+    sy = 1.0 if y_mode == "min" else -1.0
+    points = sorted(range(len(x)), key=lambda i: (sx * x.iloc[i], sy * y.iloc[i]))
+    front, best = [], math.inf
+    for i in points:
+        if sy * y.iloc[i] < best:
+            front.append(i)
+            best = sy * y.iloc[i]
+    return front
+
+
+def _errorbars(frame: pd.DataFrame, metric: str) -> Any:
+    low, high = f"{metric}{CI_LOW}", f"{metric}{CI_HIGH}"
+    if low not in frame or high not in frame or frame[low].isna().all():
+        return None
+    below = (frame[metric] - frame[low]).clip(lower=0).values
+    return [below, (frame[high] - frame[metric]).clip(lower=0).values]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curve(table: pd.DataFrame, metric: str, axis: str, out: Path, colours: dict) -> Figure | None:
+    mode = direction(table, metric)
+    models = table[(table[NFE] != 0) & table[metric].notna()]
+    baselines = table[(table[NFE] == 0) & table[metric].notna()]
+    if models.empty or models[axis].nunique() < 2:
+        return None
+    best = best_rows(models, ["method", axis], metric, mode).sort_values(axis)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for method, rows in best.groupby("method", sort=True):
+        ax.errorbar(
+            rows[axis], rows[metric], yerr=_errorbars(rows, metric), marker="o", capsize=3,
+            label=method, color=colours[method],
+        )  # fmt: skip
+    for _, row in baselines.iterrows():
+        ax.axhline(row[metric], ls="--", lw=1, color=colours[row["method"]], label=row["method"])
+    if axis in LOG_AXES:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(best[axis].unique()), [f"{v:g}" for v in sorted(best[axis].unique())])
+    ax.set_xlabel(NUMERIC_AXES.get(axis, axis))
+    better = "lower is better" if mode == "min" else "higher is better"
+    ax.set_ylabel(f"{metric_words(metric)} ({better})")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    others = [a for a in varying(models, list(NUMERIC_AXES)) if a != axis]
+    over = f", each point the best over {', '.join(NUMERIC_AXES.get(a, a) for a in others)}" if others else ""
+    caption = (
+        f"{metric_words(metric)} vs {NUMERIC_AXES.get(axis, axis)} per method{over}; bars: 95% CI over"
+        " sample seeds where measured; dashed: data baselines."
+    )
+    name = f"{metric}_vs_{axis}".replace("/", "-").replace(".", "-")
+    return Figure(f"{metric_words(metric)} vs {axis}", caption, _save(fig, out / f"{name}.png"))
+
+
+def heatmap(table: pd.DataFrame, metric: str, axes: tuple[str, str], out: Path) -> Figure | None:
+    mode = direction(table, metric)
+    models = table[(table[NFE] != 0) & table[metric].notna()]
+    if models.empty:
+        return None
+    method = best_rows(models, ["method"], metric, mode).sort_values(metric, ascending=mode == "min")
+    method = method["method"].iloc[0]
+    rows = best_rows(models[models["method"] == method], list(axes), metric, mode)
+    grid = rows.pivot_table(index=axes[0], columns=axes[1], values=metric, aggfunc="first")
+    if grid.shape[0] < 2 or grid.shape[1] < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    sns.heatmap(grid, annot=True, fmt=".3g", cmap="viridis_r" if mode == "min" else "viridis", ax=ax)
+    ax.set_ylabel(NUMERIC_AXES.get(axes[0], axes[0]))
+    ax.set_xlabel(NUMERIC_AXES.get(axes[1], axes[1]))
+    ax.set_title(method, fontsize=9)
+    caption = f"{metric_words(metric)} of the best method ({method}) over {axes[0]} x {axes[1]}."
+    name = f"{metric}_heatmap_{axes[0]}_{axes[1]}".replace("/", "-").replace(".", "-")
+    return Figure(f"{metric_words(metric)} heatmap", caption, _save(fig, out / f"{name}.png"))
+
+
+def tradeoff(
+    table: pd.DataFrame, x: str, y: str, out: Path, colours: dict, log_x: bool = False
+) -> Figure | None:
+    rows = table[table[x].notna() & table[y].notna()]
+    if x == SECONDS:
+        rows = rows[rows[x] > 0]
+    if len(rows) < 2:
+        return None
+    x_mode, y_mode = direction(table, x), direction(table, y)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sns.scatterplot(data=rows, x=x, y=y, hue="method", palette=colours, ax=ax, s=40)
+    front = rows.iloc[pareto_front(rows[x], rows[y], x_mode, y_mode)]
+    ax.plot(front[x], front[y], color="black", lw=1, ls=":", label="Pareto front")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{metric_words(x)} ({'lower' if x_mode == 'min' else 'higher'} is better)")
+    ax.set_ylabel(f"{metric_words(y)} ({'lower' if y_mode == 'min' else 'higher'} is better)")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    caption = f"{metric_words(y)} vs {metric_words(x)}, one point per trial; dotted: the Pareto front."
+    name = f"tradeoff_{y}_vs_{x}".replace("/", "-").replace(".", "-")
+    return Figure(f"{metric_words(y)} vs {metric_words(x)}", caption, _save(fig, out / f"{name}.png"))
+
+
+def study_figures(table: pd.DataFrame, metric: str, out: Path) -> list[Figure]:
+    """Every figure the study's axes call for (finished trials only)."""
+    if metric not in table:
+        return []
+    table = table[(table["status"] == "finished") & table[metric].notna()]
+    if table.empty:
+        return []
+    if NFE not in table:
+        table = table.assign(**{NFE: math.nan})
+    table, _ = with_methods(table)
+    colours = palette(list(table["method"].unique()))
+    models = table[table[NFE] != 0]
+    axes = varying(models, list(NUMERIC_AXES))
+    figures = [curve(table, metric, axis, out, colours) for axis in axes]
+    figures += [heatmap(table, metric, pair, out) for pair in itertools.combinations(axes, 2)]
+    if "is_mean" in table and metric != "is_mean":
+        figures.append(tradeoff(table, "is_mean", metric, out, colours))
+    if "precision" in table and "recall" in table:
+        figures.append(tradeoff(table, "recall", "precision", out, colours))
+    if SECONDS in table:
+        figures.append(tradeoff(table, SECONDS, metric, out, colours, log_x=True))
+    return [f for f in figures if f is not None]

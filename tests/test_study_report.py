@@ -1,0 +1,199 @@
+"""The study report from MLflow: tidy table, best per method, figures from the axes, HTML, browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from harness.ledger import TrialRecord
+from harness.tracking import Tracker
+from reports.figures import pareto_front
+from reports.mlflow_source import records, study_table
+from reports.study_report import write_report
+
+STUDY = "report-study"
+
+
+def _protocol(metric: str, direction: str) -> dict:
+    return {"key": f"{metric}/digits-cnn/N100/abcd", "extractor": "digits-cnn", "direction": direction}
+
+
+def _record(i: int, sampler: str, steps: int, temperature: float, fid: float, **extra) -> TrialRecord:
+    nfe = 0.0 if sampler == "class_marginals" else float(steps)
+    config = {
+        "seed": 0,
+        "data": {"name": "digits"},
+        "model": {"timestep": "implicit"},
+        "sampler": {"name": sampler, "num_steps": steps, "temperature": temperature},
+        "eval": {"num_samples": 100},
+    }
+    return TrialRecord(
+        trial_hash=f"{i:016x}",
+        training_hash="t0",
+        status="finished",
+        config=config,
+        metrics={"fid": fid, "precision": 1 / fid, "nfe": nfe, "seconds_per_sample": 0.001 * (1 + nfe)},
+        intervals={"fid": [fid - 1.0, fid + 1.0]},
+        protocols={"fid": _protocol("fid", "min"), "precision": _protocol("precision", "max")},
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict:
+    """A 2 samplers x 3 NFE x 2 temperatures study, a data baseline and a failed trial, in MLflow."""
+    tmp = tmp_path_factory.mktemp("report")
+    grid = tmp / "grid.png"
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(grid)
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    recs, i = [], 0
+    for sampler, offset in (("euler", 0.0), ("maskgit", 10.0)):
+        for steps in (2, 8, 32):
+            for temperature in (0.8, 1.0):
+                fid = 100.0 / steps + offset + (5.0 if temperature == 1.0 else 0.0)
+                recs.append(
+                    _record(i, sampler, steps, temperature, fid, artifacts={"samples_png": str(grid)})
+                )
+                i += 1
+    recs.append(_record(i, "class_marginals", 1, 1.0, 300.0))
+    failed = _record(i + 1, "euler", 4, 1.0, 1.0)
+    recs.append(TrialRecord(**{**failed.__dict__, "status": "failed", "metrics": {}, "error": "boom\nline"}))
+    tracker = Tracker(uri, STUDY)
+    tracker.start_invocation(
+        {"name": STUDY, "metric": "fid"}, {"git_commit": "abc123", "version.torch": "9.9"}
+    )
+    tracker.sync(recs)
+    tracker.end_invocation()
+    study_dir = tmp / STUDY
+    report = write_report(uri, STUDY, study_dir, "A test study", "fid")
+    return {"uri": uri, "dir": study_dir, "report": report, "records": recs}
+
+
+def test_tidy_table_has_one_row_per_trial_with_typed_config_and_metrics(study) -> None:
+    table = study_table(study["uri"], STUDY)
+    frame = table.table
+    assert len(frame) == 14 and set(frame["status"]) == {"finished", "failed"}
+    assert {"sampler.num_steps", "sampler.temperature", "sampler.name"} <= set(table.config_keys)
+    assert frame["sampler.num_steps"].dropna().map(type).eq(int).all()  # parsed back from strings
+    assert frame["sampler.temperature"].dropna().map(type).eq(float).all()
+    assert {"fid", "precision", "nfe"} <= set(table.metric_keys) and "fid_ci_low" not in table.metric_keys
+    by_hash = {r["trial_hash"]: r for r in records(table)}
+    original = study["records"][0]
+    rebuilt = by_hash[original.trial_hash]
+    assert rebuilt["config"]["sampler"] == original.config["sampler"]
+    assert rebuilt["metrics"]["fid"] == pytest.approx(original.metrics["fid"])
+    assert rebuilt["intervals"]["fid"] == pytest.approx(original.intervals["fid"])
+    assert rebuilt["protocols"]["precision"]["direction"] == "max"
+
+
+def test_best_per_method_table_ranks_by_the_metric_direction(study) -> None:
+    text = study["report"].markdown.read_text()
+    section = text.split("## Best configuration per method")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "trial" not in line]
+    methods = [row.split("|")[1].strip() for row in rows]
+    # euler at 32 steps, T 0.8: 100/32 = 3.125; maskgit: 13.125; the baseline: 300
+    assert methods == ["Euler sampler", "MaskGIT sampler", "trivial baseline (independent tokens per class)"]
+    assert "3.125 ± 1" in rows[0] and "13.12 ± 1" in rows[1]
+
+
+def test_figures_follow_the_axes_and_exist(study) -> None:
+    names = {f.path.name for f in study["report"].figures}
+    assert "fid_vs_sampler-num_steps.png" in names and "fid_vs_sampler-temperature.png" in names
+    assert "fid_heatmap_sampler-num_steps_sampler-temperature.png" in names
+    assert "tradeoff_fid_vs_seconds_per_sample.png" in names
+    assert not any("cfg" in n for n in names)  # not varied: no CFG curve
+    for figure in study["report"].figures:
+        assert figure.path.is_file() and Image.open(figure.path).size[0] > 300
+
+
+def test_markdown_names_protocol_failed_trial_and_context(study) -> None:
+    text = study["report"].markdown.read_text()
+    assert "## Protocols" in text and "digits-cnn" in text
+    assert "## Failed trials" in text and "boom" in text
+    assert "git commit: `abc123`" in text and "torch 9.9" in text
+    assert "```yaml" in text and "metric: fid" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links and all((study["dir"] / link).is_file() for link in links)
+
+
+def test_html_is_self_contained(study) -> None:
+    page = study["report"].html.read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    figures = len(study["report"].figures)
+    assert len(sources) >= figures + 1  # the figures and at least one sample grid
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "<table>" in page and "<h2>Figures</h2>" in page
+
+
+def test_report_logged_to_the_parent_run_by_the_cli_report_command(study, tmp_path) -> None:
+    from mlflow import MlflowClient
+
+    tracker = Tracker(study["uri"], STUDY)
+    assert tracker.reopen_latest_invocation()
+    tracker.log_parent_artifact(study["report"].html)
+    names = {a.path for a in MlflowClient(study["uri"]).list_artifacts(tracker.parent_run_id)}
+    assert "report.html" in names
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    points=st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), min_size=1, max_size=25),
+    x_mode=st.sampled_from(["min", "max"]),
+    y_mode=st.sampled_from(["min", "max"]),
+)
+def test_pareto_front_is_exactly_the_undominated_points(points, x_mode, y_mode) -> None:
+    x = pd.Series([float(p[0]) for p in points])
+    y = pd.Series([float(p[1]) for p in points])
+    sx, sy = (1 if x_mode == "min" else -1), (1 if y_mode == "min" else -1)
+
+    def dominated(i: int) -> bool:
+        return any(
+            sx * x[j] <= sx * x[i] and sy * y[j] <= sy * y[i] and (x[j], y[j]) != (x[i], y[i])
+            for j in range(len(points))
+        )
+
+    front = set(pareto_front(x, y, x_mode, y_mode))
+    undominated = {(x[i], y[i]) for i in range(len(points)) if not dominated(i)}
+    assert {(x[i], y[i]) for i in front} == undominated  # one representative per undominated point
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium_with_every_image(study, tmp_path) -> None:
+    page = study["report"].html
+    probe = tmp_path / "probe.html"
+    script = (
+        "<script>window.addEventListener('load', () => {"
+        "const imgs = [...document.images];"
+        "const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+        "document.title = `images ${ok}/${imgs.length}`;});</script>"
+    )
+    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
+    result = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    title = re.search(r"<title>images (\d+)/(\d+)</title>", result.stdout)
+    assert title, result.stderr[-2000:]
+    loaded, total = map(int, title.groups())
+    assert total >= len(study["report"].figures) + 1 and loaded == total
