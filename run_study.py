@@ -101,7 +101,8 @@ def _report(run, uri: str):
 
     spec = run.spec
     title = spec.description or spec.name
-    return write_report(uri, spec.name, run.study_dir, title, spec.metric, metric_mode(spec))
+    reference = spec.reference_data or None
+    return write_report(uri, spec.name, run.study_dir, title, spec.metric, metric_mode(spec), reference)
 
 
 def _log_report(tracker, report) -> None:

@@ -69,6 +69,13 @@ def save_study_file(run: StudyRun) -> None:
         base = data.pop("base_config")
         atomic_write_text(run.study_dir / "base.yaml", yaml.safe_dump(base, sort_keys=False))
         data["base"] = "base.yaml"
+        reference = data.pop("reference_data")
+        if data.get("paper_reference"):
+            entry = data["paper_reference"].partition("#")[2]
+            atomic_write_text(
+                run.study_dir / "reference.yaml", yaml.safe_dump({entry: reference}, sort_keys=False)
+            )
+            data["paper_reference"] = f"reference.yaml#{entry}"
         atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 

@@ -71,7 +71,9 @@ class StudySpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     concurrency: int = Field(default=2, ge=1)
     max_failures: int = Field(default=1, ge=0)
+    paper_reference: str | None = None  # "<file relative to the study>#<entry>": the paper's numbers
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
+    reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -113,9 +115,55 @@ def load_study(path: str | Path) -> StudySpec:
             for e in err.errors()
         ]
         raise ConfigError(f"invalid study file {path}:\n" + "\n".join(lines)) from None
-    spec = spec.model_copy(update={"base_config": read_yaml(path.parent / spec.base)})
+    spec = spec.model_copy(update={"base_config": read_base(path.parent / spec.base)})
+    if spec.paper_reference:
+        spec = spec.model_copy(update={"reference_data": read_reference(path.parent, spec.paper_reference)})
     validate_study(spec)
     return spec
+
+
+FINDING_KINDS = ("at_least_as_good", "interior_optimum", "gap_shrinks", "improves_along", "worsens_along")
+
+
+def read_reference(folder: Path, ref: str) -> dict[str, Any]:
+    """The entry ``<file>#<entry>`` of a paper reference file, its findings' kinds checked."""
+    file, _, entry = ref.partition("#")
+    data = read_yaml(folder / file)
+    if entry not in data:
+        raise ConfigError(
+            f"paper_reference {ref!r}: no entry {entry!r} in {file}; expected one of {sorted(data)}"
+        )
+    reference = data[entry]
+    for finding in reference.get("findings", []):
+        if finding.get("kind") not in FINDING_KINDS:
+            raise ConfigError(
+                f"paper_reference {ref!r}: finding kind {finding.get('kind')!r};"
+                f" expected one of {FINDING_KINDS}"
+            )
+    return reference
+
+
+def read_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A base config; one that names its own ``base`` (relative to itself) is deep-merged over it,
+    so a family of studies can share a partial base (``search_spaces/paper/mini/base.yaml``)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"base files form a cycle: {' -> '.join(map(str, (*seen, path)))}")
+    data = read_yaml(path)
+    parent = data.pop("base", None)
+    if parent is None:
+        return data
+    return _deep_merge(read_base(path.parent / parent, (*seen, path)), data)
+
+
+def _deep_merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:

@@ -29,6 +29,7 @@ from reports.figures import (
     study_figures,
     with_methods,
 )
+from reports.findings import paper_section
 from reports.markdown import (
     atomic_write,
     data_section,
@@ -131,7 +132,13 @@ def _context_section(invocation, study_dir: Path) -> list[str]:
 
 
 def render_markdown(
-    tracking_uri: str, study_name: str, study_dir: Path, title: str, metric: str, mode: str | None = None
+    tracking_uri: str,
+    study_name: str,
+    study_dir: Path,
+    title: str,
+    metric: str,
+    mode: str | None = None,
+    reference: dict | None = None,
 ) -> tuple[str, list[Figure]]:
     """The report's Markdown and its figures. mode: 'min' or 'max' (default: the metric's
     direction as its protocol records it)."""
@@ -157,7 +164,9 @@ def render_markdown(
         by_hash = {r["trial_hash"]: r for r in recs}
         best = _best_per_method(table, by_hash, metric, mode)
         figures = study_figures(table, metric, study_dir / FILES)
-        lines += _best_section(best, metric) + _figures_section(figures, study_dir)
+        lines += _best_section(best, metric)
+        lines += paper_section(table, metric, reference) if reference else []
+        lines += _figures_section(figures, study_dir)
         lines += _samples_section(best, tracking_uri, study_dir)
         lines += trials_section(ordered, metric, keys) + protocol_section(ordered, metric)
     else:
@@ -197,11 +206,18 @@ def render_html(markdown_text: str, base_dir: Path, title: str) -> str:
 
 
 def write_report(
-    tracking_uri: str, study_name: str, study_dir: Path, title: str, metric: str, mode: str | None = None
+    tracking_uri: str,
+    study_name: str,
+    study_dir: Path,
+    title: str,
+    metric: str,
+    mode: str | None = None,
+    reference: dict | None = None,
 ) -> Report:
-    """Write report.md and report.html in the study folder from the study's MLflow runs."""
+    """Write report.md and report.html in the study folder from the study's MLflow runs;
+    ``reference`` (a paper reference entry) adds the paper-vs-ours section."""
     study_dir = Path(study_dir)
-    text, figures = render_markdown(tracking_uri, study_name, study_dir, title, metric, mode)
+    text, figures = render_markdown(tracking_uri, study_name, study_dir, title, metric, mode, reference)
     md = study_dir / "report.md"
     atomic_write(md, text)
     page = study_dir / "report.html"

@@ -1,0 +1,117 @@
+"""Paper-vs-ours checks: each finding kind on tables where it holds, where it fails, and unmeasured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.config import ConfigError
+from harness.study import load_study
+from reports.findings import check, nearest_value, paper_section
+
+REPO = Path(__file__).resolve().parents[1]
+FID = {"fid": {"direction": "min"}}
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"status": "finished", "nfe": 8.0, "protocol": FID, **r} for r in rows])
+
+
+def _curve(values: dict[float, float], axis: str = "sampler.temperature", **fixed) -> list[dict]:
+    return [{axis: x, "fid": y, **fixed} for x, y in values.items()]
+
+
+def test_interior_optimum_needs_every_method_to_be_u_shaped() -> None:
+    u = _curve({0.6: 30, 0.8: 20, 1.0: 25}, **{"sampler.name": "euler"})
+    finding = {"kind": "interior_optimum", "axis": "sampler.temperature"}
+    assert check(_table(u), "fid", finding).holds is True
+    edge = _curve({0.6: 30, 0.8: 25, 1.0: 20}, **{"sampler.name": "maskgit"})
+    result = check(_table(u + edge), "fid", finding)
+    assert result.holds is False and "best at sampler.temperature = 1" in result.detail
+    assert check(_table(u[:2]), "fid", finding).holds is None  # two points cannot show a U
+
+
+def test_at_least_as_good_allows_the_confidence_intervals() -> None:
+    rows = [
+        {"model.timestep": "implicit", "fid": 10.5, "fid_ci_low": 10.0, "fid_ci_high": 11.0},
+        {"model.timestep": "explicit", "fid": 10.0, "fid_ci_low": 9.5, "fid_ci_high": 10.5},
+    ]
+    finding = {"kind": "at_least_as_good", "key": "model.timestep", "a": "implicit", "b": "explicit"}
+    assert check(_table(rows), "fid", finding).holds is True  # 0.5 worse, within 0.5 + 0.5
+    rows[0].update(fid=12.0, fid_ci_low=11.9, fid_ci_high=12.1)
+    assert check(_table(rows), "fid", finding).holds is False
+    assert check(_table(rows[:1]), "fid", finding).holds is None
+
+
+def test_gap_shrinks_and_along_axis() -> None:
+    rows = _curve({2: 200, 32: 50}, "sampler.num_steps", **{"sampler.euler.argmax_fill": False})
+    rows += _curve({2: 100, 32: 48}, "sampler.num_steps", **{"sampler.euler.argmax_fill": True})
+    gap = {
+        "kind": "gap_shrinks",
+        "axis": "sampler.num_steps",
+        "key": "sampler.euler.argmax_fill",
+        "better": True,
+    }
+    assert check(_table(rows), "fid", gap).holds is True
+    widening = [
+        dict(r, fid=r["fid"] - 60) if r["sampler.num_steps"] == 2 and not r[gap["key"]] else r for r in rows
+    ]
+    widening = [dict(r, fid=10.0) if r["sampler.num_steps"] == 32 and r[gap["key"]] else r for r in widening]
+    assert check(_table(widening), "fid", gap).holds is False  # 40 at 2 steps, 40 at 32: not shrinking
+    falls = {
+        "kind": "improves_along",
+        "axis": "sampler.num_steps",
+        "where": {"sampler.euler.argmax_fill": False},
+    }
+    assert check(_table(rows), "fid", falls).holds is True
+    worse = {
+        "kind": "worsens_along",
+        "axis": "sampler.num_steps",
+        "where": {"sampler.euler.argmax_fill": False},
+    }
+    assert check(_table(rows), "fid", worse).holds is False
+
+
+def test_directions_flip_for_higher_is_better_metrics() -> None:
+    rows = [
+        {"model.timestep": "implicit", "precision": 0.9},
+        {"model.timestep": "explicit", "precision": 0.5},
+    ]
+    table = _table(rows).assign(protocol=[{"precision": {"direction": "max"}}] * 2)
+    finding = {"kind": "at_least_as_good", "key": "model.timestep", "a": "implicit", "b": "explicit"}
+    assert check(table, "precision", finding).holds is True
+
+
+def test_nearest_setting_and_the_section() -> None:
+    rows = _curve({2: 150, 4: 100, 16: 60}, "sampler.num_steps", **{"sampler.euler.argmax_fill": False})
+    used, value = nearest_value(
+        _table(rows), {"sampler.num_steps": 5, "sampler.euler.argmax_fill": False}, "fid"
+    )
+    assert used["sampler.num_steps"] == 4 and value == 100
+    reference = {
+        "source": "Figure 3",
+        "points": [{"settings": {"sampler.num_steps": 5, "sampler.euler.argmax_fill": False}, "fid": 200}],
+        "findings": [{"kind": "improves_along", "axis": "sampler.num_steps", "text": "FID falls"}],
+    }
+    text = "\n".join(paper_section(_table(rows), "fid", reference))
+    assert "## Paper vs ours" in text and "200 (read off the figure)" in text
+    assert "| FID falls | holds |" in text
+
+
+def test_every_mini_paper_study_validates_with_its_reference(tmp_path) -> None:
+    studies = sorted((REPO / "search_spaces" / "paper" / "mini").glob("*.yaml"))
+    studies = [s for s in studies if s.name != "base.yaml"]
+    assert len(studies) >= 10
+    for path in studies:
+        spec = load_study(path)
+        assert spec.reference_data.get("source"), path.name
+        assert spec.base_config["data"]["name"] == "animals"  # the chained mini base applied
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"name: bad\nbase: {REPO / 'search_spaces' / 'base.yaml'}\n"
+        f"paper_reference: {REPO / 'search_spaces' / 'paper' / 'reference.yaml'}#fig3_nope\n"
+    )
+    with pytest.raises(ConfigError, match="fig3_nope"):
+        load_study(bad)
