@@ -37,6 +37,13 @@ NUMERIC_AXES: dict[str, str] = {
     "train.steps": "training steps",
 }
 LOG_AXES = ("sampler.num_steps", "train.steps")
+SHORT: dict[str, str] = {
+    "sampler.num_steps": "steps",
+    "sampler.temperature": "temperature",
+    "sampler.cfg_scale": "CFG scale",
+    "sampler.maskgit.gumbel_scale": "Gumbel temperature",
+    "train.steps": "training steps",
+}
 # Categorical settings that name a method, and how each value reads in a legend.
 METHOD_KEYS = (
     "sampler.name",
@@ -165,6 +172,10 @@ def _errorbars(frame: pd.DataFrame, metric: str) -> Any:
     return [below, (frame[high] - frame[metric]).clip(lower=0).values]
 
 
+def _legend_outside(ax: Any) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -180,7 +191,7 @@ def curve(table: pd.DataFrame, metric: str, axis: str, out: Path, colours: dict)
     if models.empty or models[axis].nunique() < 2:
         return None
     best = best_rows(models, ["method", axis], metric, mode).sort_values(axis)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for method, rows in best.groupby("method", sort=True):
         ax.errorbar(
             rows[axis], rows[metric], yerr=_errorbars(rows, metric), marker="o", capsize=3,
@@ -194,12 +205,12 @@ def curve(table: pd.DataFrame, metric: str, axis: str, out: Path, colours: dict)
     ax.set_xlabel(NUMERIC_AXES.get(axis, axis))
     better = "lower is better" if mode == "min" else "higher is better"
     ax.set_ylabel(f"{metric_words(metric)} ({better})")
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     others = [a for a in varying(models, list(NUMERIC_AXES)) if a != axis]
-    over = f", each point the best over {', '.join(NUMERIC_AXES.get(a, a) for a in others)}" if others else ""
+    over = f", each point the best over {' and '.join(SHORT.get(a, a) for a in others)}" if others else ""
     caption = (
-        f"{metric_words(metric)} vs {NUMERIC_AXES.get(axis, axis)} per method{over}; bars: 95% CI over"
+        f"{metric_words(metric)} vs {SHORT.get(axis, axis)} per method{over}; bars: 95% CI over"
         " sample seeds where measured; dashed: data baselines."
     )
     name = f"{metric}_vs_{axis}".replace("/", "-").replace(".", "-")
@@ -222,7 +233,10 @@ def heatmap(table: pd.DataFrame, metric: str, axes: tuple[str, str], out: Path) 
     ax.set_ylabel(NUMERIC_AXES.get(axes[0], axes[0]))
     ax.set_xlabel(NUMERIC_AXES.get(axes[1], axes[1]))
     ax.set_title(method, fontsize=9)
-    caption = f"{metric_words(metric)} of the best method ({method}) over {axes[0]} x {axes[1]}."
+    caption = (
+        f"{metric_words(metric)} of the best method ({method}) over {SHORT.get(axes[0], axes[0])} x"
+        f" {SHORT.get(axes[1], axes[1])}, each cell the best over the other settings."
+    )
     name = f"{metric}_heatmap_{axes[0]}_{axes[1]}".replace("/", "-").replace(".", "-")
     return Figure(f"{metric_words(metric)} heatmap", caption, _save(fig, out / f"{name}.png"))
 
@@ -236,7 +250,7 @@ def tradeoff(
     if len(rows) < 2:
         return None
     x_mode, y_mode = direction(table, x), direction(table, y)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     sns.scatterplot(data=rows, x=x, y=y, hue="method", palette=colours, ax=ax, s=40)
     front = rows.iloc[pareto_front(rows[x], rows[y], x_mode, y_mode)]
     ax.plot(front[x], front[y], color="black", lw=1, ls=":", label="Pareto front")
@@ -244,7 +258,7 @@ def tradeoff(
         ax.set_xscale("log")
     ax.set_xlabel(f"{metric_words(x)} ({'lower' if x_mode == 'min' else 'higher'} is better)")
     ax.set_ylabel(f"{metric_words(y)} ({'lower' if y_mode == 'min' else 'higher'} is better)")
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     caption = f"{metric_words(y)} vs {metric_words(x)}, one point per trial; dotted: the Pareto front."
     name = f"tradeoff_{y}_vs_{x}".replace("/", "-").replace(".", "-")

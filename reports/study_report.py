@@ -23,6 +23,7 @@ from reports.figures import (
     NFE,
     NUMERIC_AXES,
     SECONDS,
+    SHORT,
     Figure,
     direction,
     metric_words,
@@ -69,17 +70,18 @@ def _best_per_method(table: pd.DataFrame, by_hash: dict[str, dict], metric: str,
     return [{**by_hash[h], "method": m} for h, m in zip(best["trial_hash"], best["method"], strict=True)]
 
 
-def _best_section(best: list[dict], metric: str) -> list[str]:
+def _best_section(best: list[dict], metric: str, axes: list[str]) -> list[str]:
     if not best:
         return []
     column = metric_columns(best, metric)[0]
-    axes = [a for a in NUMERIC_AXES if any(a in _flat(r) for r in best)]
-    headers = ["method", "trial", metric_words(metric), *(a.split(".")[-1] for a in axes), "NFE", "s/sample"]
+    axes = [a for a in NUMERIC_AXES if a in axes]
+    headers = ["method", "trial", metric_words(metric), *(SHORT.get(a, a) for a in axes), "NFE", "s/sample"]
     rows = []
     for record in best:
         flat = _flat(record)
+        baseline = record["metrics"].get(NFE) == 0  # no network: the sampling settings do not apply
         row = [record["method"], short(record["trial_hash"]), metric_cell(record, column)]
-        row += [format_value(flat.get(a)) for a in axes]
+        row += ["—" if baseline else format_value(flat.get(a)) for a in axes]
         row += [format_value(record["metrics"].get(k)) for k in (NFE, SECONDS)]
         rows.append(row)
     note = "Each method's best trial over every other setting; ± is the 95% CI half-width over sample seeds."
@@ -164,7 +166,7 @@ def render_markdown(
         by_hash = {r["trial_hash"]: r for r in recs}
         best = _best_per_method(table, by_hash, metric, mode)
         figures = study_figures(table, metric, study_dir / FILES)
-        lines += _best_section(best, metric)
+        lines += _best_section(best, metric, keys)
         lines += paper_section(table, metric, reference) if reference else []
         lines += _figures_section(figures, study_dir)
         lines += _samples_section(best, tracking_uri, study_dir)
