@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.baselines import BASELINES
 from harness.datasets import DATASETS, dataset_shape
+from harness.recipes import RECIPES
 from models.backbone import SIZE_PRESETS
 from models.losses import LOSSES
 from models.samplers import RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDULES
@@ -183,7 +184,10 @@ class TrialConfig(Section):
     """One trial, resolved: every field has a value."""
 
     seed: int = 0
+    recipe: str | None = None  # the named recipe (harness.recipes) the trial was built from; a label
     data: DataConfig = Field(default_factory=DataConfig)
+
+    _recipe = field_validator("recipe")(lambda v: v if v is None else _known(v, RECIPES, "recipe"))
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection = Field(default_factory=TrainSection)
     sampler: SamplerSection = Field(default_factory=SamplerSection)
@@ -199,7 +203,7 @@ class TrialConfig(Section):
     def identity(self) -> dict[str, Any]:
         """What the trial's result depends on: everything, except that a data baseline ignores the
         model, the training recipe and every sampler option but its name."""
-        d = self.model_dump(mode="json")
+        d = self.model_dump(mode="json", exclude={"recipe"})  # a label: the settings say it all
         if self.sampler.is_baseline:
             d = {**self.training_part(), "sampler": {"name": self.sampler.name}, "eval": d["eval"]}
         return d

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import ConfigError, TrialConfig, build_trial, check_key, set_dotted
+from harness.recipes import RECIPES
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -194,13 +195,25 @@ def _probe_values(kind: str, params: list[Any]) -> list[Any]:
 
 
 def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, seed: int) -> TrialConfig:
-    """base <- overrides <- space assignment <- variant <- seed, validated.
+    """base <- the variant's recipe <- overrides <- space assignment <- variant pins <- seed, validated.
 
     A variant's pins win over the space, so axes that do not apply to a variant (the kappa
     scheduler of the MaskGIT recipe, say) collapse into one trial instead of multiplying.
     """
     d: dict[str, Any] = yaml.safe_load(yaml.safe_dump(spec.base_config))  # deep copy
-    for layer in (spec.overrides, assignment, spec.variants.get(variant, {}) if variant else {}):
+    pins = dict(spec.variants.get(variant, {})) if variant else {}
+    recipe = pins.pop("recipe", None)
+    if recipe is not None:  # under the study's overrides and space: a sweep still sweeps the recipe
+        if recipe not in RECIPES:
+            close = difflib.get_close_matches(str(recipe), list(RECIPES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"variants.{variant}.recipe: unknown {recipe!r}; expected one of {sorted(RECIPES)}{hint}"
+            )
+        for key, value in RECIPES[recipe].overrides.items():
+            set_dotted(d, key, value)
+        d["recipe"] = recipe
+    for layer in (spec.overrides, assignment, pins):
         for key, value in layer.items():
             set_dotted(d, key, value)
     d["seed"] = seed
@@ -209,7 +222,11 @@ def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, se
 
 def validate_study(spec: StudySpec) -> None:
     """Checks keys, distributions, types and the metric before anything starts."""
-    for key in [*spec.overrides, *spec.space, *(k for v in spec.variants.values() for k in v)]:
+    for key in [
+        *spec.overrides,
+        *spec.space,
+        *(k for v in spec.variants.values() for k in v if k != "recipe"),
+    ]:
         check_key(key)
     if spec.search.algorithm == "grid":
         bad = [k for k, v in spec.space.items() if _axis_values(k, v)[0] not in ("grid", "choice")]

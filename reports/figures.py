@@ -47,6 +47,7 @@ SHORT: dict[str, str] = {
 # Categorical settings that name a method, and how each value reads in a legend.
 METHOD_KEYS = (
     "sampler.name",
+    "recipe",
     "model.timestep",
     "train.scheduler",
     "train.corruption",
@@ -56,6 +57,8 @@ METHOD_KEYS = (
     "sampler.maskgit.schedule",
 )
 WORDS: dict[tuple[str, Any], str] = {
+    ("recipe", "maskgit"): "MaskGIT recipe",
+    ("recipe", "discrete_interpolant"): "Discrete Interpolants paper recipe",
     ("sampler.name", "euler"): "Euler sampler",
     ("sampler.name", "maskgit"): "MaskGIT sampler",
     ("sampler.name", "class_marginals"): "trivial baseline (independent tokens per class)",

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 from markdown_it import MarkdownIt
 
+from harness.recipes import RECIPES
 from harness.tracking_schema import SAMPLES_PNG, TAG_GIT_COMMIT
 from reports.figures import (
     NFE,
@@ -116,6 +117,22 @@ def _samples_section(best: list[dict], tracking_uri: str, study_dir: Path) -> li
     return ["## Samples of the best configurations", "", *lines] if lines else []
 
 
+def _recipes_section(table: pd.DataFrame) -> list[str]:
+    """Provenance of each named recipe (a published baseline) the study used, and how its
+    parameters translate into ours."""
+    names = sorted({r for r in table.get("recipe", pd.Series(dtype=object)).dropna() if r in RECIPES})
+    if not names:
+        return []
+    lines = ["## Baselines and recipes", ""]
+    for name in names:
+        recipe = RECIPES[name]
+        lines += [f"**{name}**: {recipe.provenance}", ""]
+        rows = [[theirs, ours] for theirs, ours in recipe.translation.items()]
+        rows += [[f"(set) {k}", format_value(v)] for k, v in recipe.overrides.items()]
+        lines += markdown_table(["their parameter", "ours"], rows) + [""]
+    return lines
+
+
 def _context_section(invocation, study_dir: Path) -> list[str]:
     tags = invocation.tags
     lines = ["## Reproduce", ""]
@@ -173,7 +190,7 @@ def render_markdown(
         lines += trials_section(ordered, metric, keys) + protocol_section(ordered, metric)
     else:
         lines += ["No finished trials.", ""]
-    lines += failed_section(failed, keys) + data_section(study_dir)
+    lines += _recipes_section(table) + failed_section(failed, keys) + data_section(study_dir)
     lines += _context_section(latest_invocation(tracking_uri, study_name), study_dir)
     return "\n".join(lines).rstrip("\n") + "\n", figures
 

@@ -115,3 +115,35 @@ def test_every_mini_paper_study_validates_with_its_reference(tmp_path) -> None:
     )
     with pytest.raises(ConfigError, match="fig3_nope"):
         load_study(bad)
+
+
+def test_a_recipe_is_a_first_class_variant_under_the_space(tmp_path) -> None:
+    from harness.recipes import RECIPES
+
+    spec = load_study(REPO / "search_spaces" / "paper" / "mini" / "maskgit_vs_di.yaml")
+    from harness.study import expand_grid
+
+    trials = expand_grid(spec)
+    recipe = [t for t in trials if t.recipe == "maskgit"]
+    assert sorted(t.sampler.num_steps for t in recipe) == [4, 8, 16]  # the space sweeps the recipe
+    for t in recipe:
+        assert (t.train.corruption, t.train.scheduler, t.sampler.name) == ("maskgit", "cosine", "maskgit")
+        assert t.sampler.maskgit.gumbel_scale == RECIPES["maskgit"].overrides["sampler.maskgit.gumbel_scale"]
+    plain = next(t for t in trials if t.recipe is None and t.sampler.name == "maskgit")
+    same = plain.model_copy(update={"recipe": "maskgit"})
+    assert same.trial_hash() == plain.trial_hash()  # a label: identical settings are one trial
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"name: bad\nbase: {REPO / 'search_spaces' / 'base.yaml'}\nvariants: {{m: {{recipe: maskgti}}}}\n"
+    )
+    with pytest.raises(ConfigError, match="did you mean 'maskgit'"):
+        load_study(bad)
+
+
+def test_report_states_the_recipes_provenance_and_translation() -> None:
+    from reports.study_report import _recipes_section
+
+    table = pd.DataFrame([{"recipe": "maskgit"}, {"recipe": None}])
+    text = "\n".join(_recipes_section(table))
+    assert "Chang et al." in text and "sampler.cfg_scale = w + 1" in text
+    assert _recipes_section(pd.DataFrame([{"recipe": None}])) == []
