@@ -126,8 +126,8 @@ def digits_shape(*, seed: int = 0, num_heldout: int = 297) -> DatasetShape:
 
 
 @REAL_IMAGES.register("digits")
-def digits_images(split: str = "train") -> tuple[Tensor, Tensor]:
-    data = digits(split)
+def digits_images(split: str = "train", *, seed: int = 0, num_heldout: int = 297) -> tuple[Tensor, Tensor]:
+    data = digits(split, seed=seed, num_heldout=num_heldout)
     return data.images(), data.labels
 
 
@@ -148,10 +148,13 @@ def animals_shape(*, seed: int = 0, num_heldout: int = 1000, tokenizer: dict | N
 
 
 @REAL_IMAGES.register("animals")
-def animals_images(split: str = "train") -> tuple[Tensor, Tensor]:
+def animals_images(
+    split: str = "train", *, seed: int = 0, num_heldout: int = 1000, tokenizer: dict | None = None
+) -> tuple[Tensor, Tensor]:
+    """The real silhouettes of the split (the tokenizer does not change them)."""
     from harness.animals import animal_split
 
-    return animal_split(split)
+    return animal_split(split, seed=seed, num_heldout=num_heldout)
 
 
 def load_dataset(name: str, split: str = "train", **options) -> TokenDataset:
@@ -167,6 +170,6 @@ def dataset_shape(name: str, **options) -> DatasetShape:
         raise ValueError(f"data.options for {name!r}: {err}") from None
 
 
-def real_images(name: str, split: str = "train") -> tuple[Tensor, Tensor | None]:
-    """The real images of a dataset split (not tokenized), with their labels."""
-    return REAL_IMAGES[name](split)
+def real_images(name: str, split: str = "train", **options) -> tuple[Tensor, Tensor | None]:
+    """The real images of a dataset split (not tokenized) under its data options, with labels."""
+    return REAL_IMAGES[name](split, **options)

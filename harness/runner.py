@@ -125,9 +125,11 @@ def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
         meta = getattr(train.tokenizer, "metadata", None)
         if meta is not None:  # a learned tokenizer: how much of the data it keeps
             summary["tokenizer"] = {k: meta[k] for k in SUMMARY_KEYS if k in meta}
-            evaluator = Evaluator(trial.data.name, metrics=[FID], cache_dir=cache_dir)
+            evaluator = Evaluator(
+                trial.data.name, metrics=[FID], cache_dir=cache_dir, data_options=trial.data.options
+            )
             recon = heldout.images()
-            real = real_images(trial.data.name, "heldout")[0]
+            real = real_images(trial.data.name, "heldout", **trial.data.options)[0]
             for name, images in (("reconstruction_fid", recon), ("heldout_real_fid", real)):
                 (result,) = evaluator.evaluate(images, 0)
                 summary["tokenizer"][name] = float(result.value)

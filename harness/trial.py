@@ -81,6 +81,7 @@ def trial_evaluators(trial: TrialConfig, cache_dir: Path | None) -> list[tuple[s
             metrics=metrics,
             cache_dir=cache_dir,
             num_reference=num_reference,
+            data_options=trial.data.options,
         )
 
     out = [("", None, build(trial.eval.extractor, trial.eval.metrics))]

@@ -222,3 +222,11 @@ def test_data_summary_and_report_show_the_tokenizer_floor(tmp_path, warm_eval_ca
     assert tok["reconstruction_fid"] > 2 * tok["heldout_real_fid"]  # mirrored digits are far worse
     report = write_markdown_report(tmp_path, "t", "fid", "min").read_text()
     assert "## Data" in report and "recon. FID" in report and "0.25" in report
+
+
+def test_the_reference_follows_the_data_options_split() -> None:
+    default = dataset_reference("digits", "heldout")
+    other = dataset_reference("digits", "heldout", options={"seed": 1})
+    assert default.data.shape == other.data.shape and default.sha256 != other.sha256
+    x, _ = real_images("digits", "heldout", seed=1)
+    assert torch.equal(x, other.data)

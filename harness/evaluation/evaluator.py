@@ -58,7 +58,8 @@ def _check_metric(metric: Metric, extractor: FeatureExtractor) -> Metric:
 class Evaluator:
     """Scores samples against one reference set with one extractor and a list of metrics.
 
-    reference: a dataset name (its ``split``, optionally a seeded subset of ``num_reference``)
+    reference: a dataset name (its ``split`` under ``data_options``, optionally a seeded subset of
+    ``num_reference``)
     or a ReferenceSet; extractor: a registry name, an instance, or None for the dataset's
     default; metrics: metric keys (default: all that apply); weights_path: passed to the
     extractor; cache_dir: default ``$UNMASK_CACHE`` or ``<repo>/.cache/unmask``.
@@ -74,10 +75,11 @@ class Evaluator:
         cache_dir: str | Path | None = None,
         weights_path: str | Path | None = None,
         num_reference: int | None = None,
+        data_options: dict | None = None,
         batch_size: int = 64,
     ) -> None:
         if isinstance(reference, str):
-            reference = dataset_reference(reference, split, num_reference)
+            reference = dataset_reference(reference, split, num_reference, options=data_options)
         self.reference = reference
         if not isinstance(extractor, FeatureExtractor):
             name = default_extractor_name(reference.dataset, extractor)

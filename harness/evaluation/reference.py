@@ -40,14 +40,14 @@ class ReferenceSet:
 
 
 def dataset_reference(
-    dataset: str, split: str = "train", num: int | None = None, seed: int = 0
+    dataset: str, split: str = "train", num: int | None = None, seed: int = 0, options: dict | None = None
 ) -> ReferenceSet:
-    """The real images of a registered dataset split (originals, not tokenizer reconstructions);
-    ``num`` keeps a seeded random subset of that size."""
+    """The real images of a registered dataset split (originals, not tokenizer reconstructions)
+    under the dataset's ``options``; ``num`` keeps a seeded random subset of that size."""
     from harness.datasets import real_images
 
-    images, _ = real_images(dataset, split)  # (N, C, H, W)
-    name = f"{dataset}/{split}"
+    images, _ = real_images(dataset, split, **(options or {}))  # (N, C, H, W)
+    name = f"{dataset}/{split}"  # another split under other options differs in its pixel sha256
     if num is not None:
         if not 2 <= num <= images.shape[0]:
             raise ValueError(f"num_reference must be in [2, {images.shape[0]}] for {name}; got {num}")
