@@ -157,6 +157,29 @@ def animals_images(
     return animal_split(split, seed=seed, num_heldout=num_heldout)
 
 
+@DATASETS.register("shards")
+def shards(split: str = "train", **options) -> TokenDataset:
+    """Pre-tokenized data in a shard folder (``data.options: {path, grid, vocab_size,
+    num_classes}``); see ``harness.shards``."""
+    from harness.shards import shards as load
+
+    return load(split, **options)
+
+
+@SHAPES.register("shards")
+def shards_shape(**options) -> DatasetShape:
+    from harness.shards import ShardOptions
+
+    return ShardOptions.parse(options).shape
+
+
+@REAL_IMAGES.register("shards")
+def shards_images(split: str = "train", **options) -> tuple[Tensor, Tensor | None]:
+    from harness.shards import shard_images
+
+    return shard_images(split, **options)
+
+
 def load_dataset(name: str, split: str = "train", **options) -> TokenDataset:
     return DATASETS[name](split, **options)
 

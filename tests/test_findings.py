@@ -147,3 +147,16 @@ def test_report_states_the_recipes_provenance_and_translation() -> None:
     text = "\n".join(_recipes_section(table))
     assert "Chang et al." in text and "sampler.cfg_scale = w + 1" in text
     assert _recipes_section(pd.DataFrame([{"recipe": None}])) == []
+
+
+def test_paper_size_studies_mirror_the_mini_ones_and_plan_without_data(tmp_path) -> None:
+    from harness.plan import make_plan
+    from harness.store import CheckpointStore
+
+    full = {p.name for p in (REPO / "search_spaces" / "paper" / "full").glob("*.yaml")}
+    mini = {p.name for p in (REPO / "search_spaces" / "paper" / "mini").glob("*.yaml")}
+    assert full == mini
+    spec = load_study(REPO / "search_spaces" / "paper" / "full" / "main_result.yaml")
+    assert spec.base_config["data"]["name"] == "shards" and spec.resources.gpu == 1
+    plan = make_plan(spec, tmp_path / "s", CheckpointStore(tmp_path / "c"))  # no shard folder needed
+    assert len(plan.trainings) == 1 and plan.train_flops > 1e20  # DiT-XL on 1,024 tokens, 400k steps

@@ -1,0 +1,189 @@
+"""Pre-tokenized data on disk: a folder of token shards described by ``manifest.json``.
+
+Layout (written by the tokenize step for real data, by the tests for stand-ins)::
+
+    <path>/manifest.json
+        {"format": 1, "grid": [32, 32], "vocab_size": 16384, "num_classes": 1000,
+         "splits": {"train": [{"tokens": "train-00000.npy", "labels": "train-00000-labels.npy",
+                               "count": 5000, "sha256": "<of the tokens file>"}, ...],
+                    "heldout": [...]},
+         "reference": {"train": "reference-train.npy"},     # optional: real images, uint8 NHWC
+         "tokenizer": {...}}                                 # optional: how to decode tokens
+
+Study configs name the folder and the shape they expect (``data.options: {path, grid,
+vocab_size, num_classes}``), so that plans and dry runs need no data; loading checks the
+manifest against them, and every shard against its count, range and checksum, before any
+work. Token files are read through memory maps into int64 tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harness.datasets import SPLITS, DatasetShape, TokenDataset
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class ShardError(ValueError):
+    """A shard folder that does not match its manifest or the study's config; names the file."""
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    path: str
+    grid: tuple[int, ...]
+    vocab_size: int
+    num_classes: int = 0
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> ShardOptions:
+        missing = [k for k in ("path", "grid", "vocab_size") if k not in options]
+        if missing:
+            raise ValueError(f"data.options for 'shards': missing {missing}; expected path, grid, vocab_size")
+        unknown = sorted(set(options) - {"path", "grid", "vocab_size", "num_classes"})
+        if unknown:
+            raise ValueError(f"data.options for 'shards': unknown {unknown}")
+        return cls(str(options["path"]), tuple(options["grid"]), int(options["vocab_size"]),
+                   int(options.get("num_classes", 0)))  # fmt: skip
+
+    @property
+    def shape(self) -> DatasetShape:
+        return DatasetShape(self.grid, self.vocab_size, self.num_classes)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(options: ShardOptions) -> dict[str, Any]:
+    root = Path(options.path)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data.options.path {options.path!r}: no {MANIFEST} (tokenize the dataset into this folder first)"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
+    for key, want in (("grid", list(options.grid)), ("vocab_size", options.vocab_size),
+                      ("num_classes", options.num_classes)):  # fmt: skip
+        if manifest.get(key) != want:
+            raise ShardError(f"{path}: {key} is {manifest.get(key)!r} but data.options.{key} is {want!r}")
+    return manifest
+
+
+def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(tokens (N, L) long, labels (N,) long or None) of a split, each shard checked."""
+    if split not in SPLITS:
+        raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
+    manifest = read_manifest(options)
+    entries = manifest["splits"].get(split) or []
+    if not entries:
+        raise ShardError(f"{options.path}/{MANIFEST}: no shards for split {split!r}")
+    L = int(np.prod(options.grid))
+    tokens, labels = [], []
+    for entry in entries:
+        file = Path(options.path) / entry["tokens"]
+        if verify and sha256_file(file) != entry["sha256"]:
+            raise ShardError(f"{file}: checksum does not match the manifest (a partial or corrupt shard)")
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+        if array.shape != (entry["count"], L):
+            raise ShardError(f"{file}: shape {array.shape}, manifest says ({entry['count']}, {L})")
+        if array.size and (int(array.max()) >= options.vocab_size or int(array.min()) < 0):
+            raise ShardError(f"{file}: token ids outside [0, {options.vocab_size})")
+        tokens.append(torch.from_numpy(np.asarray(array, dtype=np.int64)))
+        if entry.get("labels"):
+            labels.append(torch.from_numpy(np.load(Path(options.path) / entry["labels"]).astype(np.int64)))
+    label_tensor = torch.cat(labels) if labels and len(labels) == len(entries) else None
+    return torch.cat(tokens), label_tensor
+
+
+class ShardTokenizer:
+    """Grid and vocabulary of pre-tokenized data; decoding needs the tokenizer that made them."""
+
+    def __init__(self, options: ShardOptions, manifest: dict[str, Any]) -> None:
+        self.grid, self.vocab_size, self.manifest = options.grid, options.vocab_size, manifest
+
+    def encode(self, images: Tensor) -> Tensor:
+        raise ShardError("shards are already tokens; encode images with the tokenizer named in the manifest")
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        spec = self.manifest.get("tokenizer")
+        raise ShardError(
+            f"decoding these tokens needs their tokenizer ({spec or 'none named in the manifest'});"
+            " pretrained tokenizers plug in through harness.datasets.Tokenizer"
+        )
+
+
+def shards(split: str = "train", **options: Any) -> TokenDataset:
+    parsed = ShardOptions.parse(options)
+    tokens, labels = load_split(parsed, split)
+    manifest = read_manifest(parsed)
+    return TokenDataset("shards", split, tokens, labels, parsed.num_classes, ShardTokenizer(parsed, manifest))
+
+
+def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor | None]:
+    """The real images the manifest lists for a split (uint8 NHWC) as (N, C, H, W) floats in [0, 1]."""
+    parsed = ShardOptions.parse(options)
+    manifest = read_manifest(parsed)
+    name = (manifest.get("reference") or {}).get(split)
+    if not name:
+        raise ShardError(
+            f"{parsed.path}/{MANIFEST}: no reference images for split {split!r} (needed for FID)"
+        )
+    images = np.load(Path(parsed.path) / name, mmap_mode="r", allow_pickle=False)
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
+    return x, None
+
+
+def write_shards(
+    path: Path,
+    split_tokens: dict[str, tuple[np.ndarray, np.ndarray | None]],
+    *,
+    grid: tuple[int, ...],
+    vocab_size: int,
+    num_classes: int,
+    shard_size: int = 4096,
+    reference: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write token arrays as checksummed shards and their manifest (the manifest last, atomically)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    dtype = np.int16 if vocab_size <= 2**15 else np.int32
+    manifest: dict[str, Any] = {"format": FORMAT, "grid": list(grid), "vocab_size": vocab_size,
+                                "num_classes": num_classes, "splits": {}}  # fmt: skip
+    for split, (tokens, labels) in split_tokens.items():
+        entries = []
+        for i, start in enumerate(range(0, len(tokens), shard_size)):
+            stem = f"{split}-{i:05d}"
+            np.save(path / f"{stem}.npy", tokens[start : start + shard_size].astype(dtype))
+            entry = {"tokens": f"{stem}.npy", "count": int(min(shard_size, len(tokens) - start))}
+            entry["sha256"] = sha256_file(path / entry["tokens"])
+            if labels is not None:
+                np.save(path / f"{stem}-labels.npy", labels[start : start + shard_size].astype(np.int64))
+                entry["labels"] = f"{stem}-labels.npy"
+            entries.append(entry)
+        manifest["splits"][split] = entries
+    if reference:
+        manifest["reference"] = {}
+        for split, images in reference.items():
+            np.save(path / f"reference-{split}.npy", images.astype(np.uint8))
+            manifest["reference"][split] = f"reference-{split}.npy"
+    tmp = path / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path / MANIFEST)
+    return path
