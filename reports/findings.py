@@ -5,7 +5,7 @@ table, and whether the numbers were read off a plot), ``points`` (settings -> th
 value) and ``findings``, each a claim of one kind, checked on the study's finished trials:
 
 - ``at_least_as_good``: the best trial with ``key = a`` is as good as the best with ``key = b``
-  or better, up to their CIs;
+  or better, up to the root-sum-square of their CI half-widths;
 - ``interior_optimum``: for every method, the best value of ``axis`` lies strictly inside its
   grid (a U-shaped curve);
 - ``gap_shrinks``: the advantage of ``key = better`` over the other value is positive at the
@@ -19,6 +19,7 @@ Each point of a curve is the best trial at that value over the study's other set
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,7 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
         if a.empty or b.empty:
             return Check(text, None, f"needs trials with {key} = {finding['a']} and {finding['b']}")
         ra, rb = a.iloc[0], b.iloc[0]
-        slack = _half_width(ra, metric) + _half_width(rb, metric)
+        slack = math.hypot(_half_width(ra, metric), _half_width(rb, metric))
         sign = 1 if mode == "min" else -1
         holds = sign * (ra[metric] - rb[metric]) <= slack
         detail = f"best {finding['a']} {fmt(ra[metric])} vs best {finding['b']} {fmt(rb[metric])}"
@@ -114,14 +115,14 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
             return Check(text, None, f"needs 2 or more values of {axis}")
         first, last = curve.iloc[0], curve.iloc[-1]
         if kind == "improves_along":
-            slack = _half_width(first, metric) + _half_width(last, metric)
+            slack = math.hypot(_half_width(first, metric), _half_width(last, metric))
             margin = (first[metric] - last[metric]) if mode == "min" else (last[metric] - first[metric])
             detail = (
                 f"{fmt(first[metric])} at {axis} = {first[axis]:g} -> {fmt(last[metric])} at {last[axis]:g}"
             )
             return Check(text, bool(margin > slack), detail)
         best = curve.loc[curve[metric].idxmin() if mode == "min" else curve[metric].idxmax()]
-        slack = _half_width(best, metric) + _half_width(last, metric)
+        slack = math.hypot(_half_width(best, metric), _half_width(last, metric))
         margin = (last[metric] - best[metric]) if mode == "min" else (best[metric] - last[metric])
         detail = f"best {fmt(best[metric])} at {axis} = {best[axis]:g}; {fmt(last[metric])} at {last[axis]:g}"
         return Check(text, bool(margin > slack), detail)

@@ -39,7 +39,7 @@ def test_at_least_as_good_allows_the_confidence_intervals() -> None:
         {"model.timestep": "explicit", "fid": 10.0, "fid_ci_low": 9.5, "fid_ci_high": 10.5},
     ]
     finding = {"kind": "at_least_as_good", "key": "model.timestep", "a": "implicit", "b": "explicit"}
-    assert check(_table(rows), "fid", finding).holds is True  # 0.5 worse, within 0.5 + 0.5
+    assert check(_table(rows), "fid", finding).holds is True  # 0.5 worse, within hypot(0.5, 0.5)
     rows[0].update(fid=12.0, fid_ci_low=11.9, fid_ci_high=12.1)
     assert check(_table(rows), "fid", finding).holds is False
     assert check(_table(rows[:1]), "fid", finding).holds is None
