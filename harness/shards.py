@@ -18,7 +18,6 @@ work. Token files are read through memory maps into int64 tensors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.cache import sha256_file
 from harness.datasets import SPLITS, DatasetShape, TokenDataset
 
 MANIFEST = "manifest.json"
@@ -59,14 +59,6 @@ class ShardOptions:
     @property
     def shape(self) -> DatasetShape:
         return DatasetShape(self.grid, self.vocab_size, self.num_classes)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(options: ShardOptions) -> dict[str, Any]:
