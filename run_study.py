@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                 default=None,
                 help="MLflow URI (default: MLFLOW_TRACKING_URI or sqlite:///<runs-root>/mlflow.db)",
             )
+        if name == "report":
+            p.add_argument(
+                "--from-ledger",
+                action="store_true",
+                help="tables only, from the study's ledger files (when the MLflow store is out of reach)",
+            )
         if name in ("run", "resume", "quickstart"):
             p.add_argument(
                 "--dry-run", action="store_true", help="print the trial plan and cost; run nothing"
@@ -181,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
             from harness.tracking import Tracker, resolve_tracking_uri
 
             run = prepare(args.study, args.runs_root)
+            if args.from_ledger:  # no MLflow needed: tables from the study's ledger files
+                from harness.study import metric_mode
+                from reports.markdown import write_markdown_report
+
+                spec = run.spec
+                title = spec.description or spec.name
+                path = write_markdown_report(run.study_dir, title, spec.metric, metric_mode(spec))
+                print(f"report: {path}")
+                return 0
             uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
             report = _report(run, uri)
             tracker = Tracker(uri, run.spec.name)

@@ -351,3 +351,19 @@ def test_optuna_search_samples_an_existing_checkpoint(grid_study) -> None:
     assert h == _training_hash(grid_study, "implicit")
     after = snapshot(root / "checkpoints" / h)
     assert after["done.json"] == before["done.json"] and after["checkpoint.pt"] == before["checkpoint.pt"]
+
+
+def test_report_command_from_mlflow_and_from_the_ledger(grid_study, capsys) -> None:
+    from mlflow import MlflowClient
+
+    root, study, uri = grid_study["root"], grid_study["study"], grid_study["uri"]
+    assert run_study.main(["report", str(study), "--runs-root", str(root), "--tracking-uri", uri]) == 0
+    page = (root / "grid" / "report.html").read_text()
+    assert "<h2>Figures</h2>" in page and 'src="data:image/png;base64,' in page
+    latest = max(invocations(uri, "grid"), key=lambda r: r.info.start_time)
+    assert {"report.md", "report.html"} <= {
+        a.path for a in MlflowClient(uri).list_artifacts(latest.info.run_id)
+    }
+    (root / "grid" / "report.md").unlink()
+    assert run_study.main(["report", str(study), "--runs-root", str(root), "--from-ledger"]) == 0
+    assert "## Finished trials (best first)" in (root / "grid" / "report.md").read_text()
