@@ -26,16 +26,29 @@ class Plan:
     train_flops: float
     sample_flops: float
 
-    def describe(self, flops_per_second: float) -> str:
+    def describe(self, flops_per_second: float, gpu_tflops: float | None = None) -> str:
+        """The plan in words; with ``gpu_tflops`` (a sustained rate per GPU), GPU-hours instead
+        of time at ``flops_per_second`` (this machine's measured CPU rate)."""
+
         def hours(flops: float) -> str:
             seconds = flops / flops_per_second
             return f"{seconds / 3600:.2f} h" if seconds > 5400 else f"{seconds / 60:.1f} min"
 
         stored = len(self.trainings) - len(self.pending_trainings)
         finished = len(self.trials) - len(self.pending_trials)
-        return (
+        head = (
             f"{len(self.trainings)} training(s) ({stored} in the store), "
             f"{len(self.trials)} sampling/eval trial(s) ({finished} finished)\n"
+        )
+        if gpu_tflops:
+            rate = gpu_tflops * 1e12 * 3600
+            return head + (
+                f"estimated compute: training {self.train_flops / 1e12:.4g} TFLOP"
+                f" ({self.train_flops / rate:,.0f} GPU-h), sampling {self.sample_flops / 1e12:.4g} TFLOP"
+                f" ({self.sample_flops / rate:,.1f} GPU-h)"
+                f" at {gpu_tflops:g} TFLOP/s sustained per GPU"
+            )
+        return head + (
             f"estimated compute: training {self.train_flops / 1e12:.1f} TFLOP ({hours(self.train_flops)}), "
             f"sampling {self.sample_flops / 1e12:.2f} TFLOP ({hours(self.sample_flops)}) "
             f"at {flops_per_second / 1e9:.0f} GFLOP/s"

@@ -160,3 +160,14 @@ def test_paper_size_studies_mirror_the_mini_ones_and_plan_without_data(tmp_path)
     assert spec.base_config["data"]["name"] == "shards" and spec.resources.gpu == 1
     plan = make_plan(spec, tmp_path / "s", CheckpointStore(tmp_path / "c"))  # no shard folder needed
     assert len(plan.trainings) == 1 and plan.train_flops > 1e20  # DiT-XL on 1,024 tokens, 400k steps
+
+
+def test_gpu_studies_print_gpu_hours(capsys) -> None:
+    import run_study
+
+    study = REPO / "search_spaces" / "paper" / "full" / "main_result.yaml"
+    assert run_study.main(["run", str(study), "--dry-run", "--gpu-tflops", "100"]) == 0
+    out = capsys.readouterr().out
+    hours = float(out.split("TFLOP (")[1].split(" GPU-h")[0].replace(",", ""))
+    # 6 x params x 1,024 tokens x 256 x 400k steps at 100 TFLOP/s: DiT-XL has ~0.68e9 parameters
+    assert 1000 < hours < 1500 and "at 100 TFLOP/s sustained per GPU" in out
