@@ -82,6 +82,8 @@ def study_runs(tracking_uri: str, study_name: str, latest_only: bool = True) -> 
 
 def parse_param(text: str) -> Any:
     """An MLflow param string back to its value: numbers, booleans, None, lists; else the string."""
+    if text == "None":  # how MLflow stores a Python None
+        return None
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -203,3 +203,20 @@ def test_report_renders_in_headless_chromium_with_every_image(study, tmp_path) -
     assert title, result.stderr[-2000:]
     loaded, total = map(int, title.groups())
     assert total >= len(study["report"].figures) + 1 and loaded == total
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("None", None),
+        ("4", 4),
+        ("0.8", 0.8),
+        ("true", True),
+        ("[0.9, 0.99]", [0.9, 0.99]),
+        ("euler", "euler"),
+    ],
+)
+def test_params_parse_back_to_their_values(text, value) -> None:
+    from reports.mlflow_source import parse_param
+
+    assert parse_param(text) == value and type(parse_param(text)) is type(value)
