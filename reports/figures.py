@@ -106,7 +106,7 @@ def metric_words(metric: str) -> str:
 
 
 def varying(table: pd.DataFrame, keys: tuple[str, ...] | list[str]) -> list[str]:
-    return [k for k in keys if k in table and table[k].astype(str).nunique() > 1]
+    return [k for k in keys if k in table and table[k].map(repr).nunique() > 1]  # None counts as a value
 
 
 # For runs logged without a direction in their protocol; anything else unknown: lower is better.

@@ -220,3 +220,14 @@ def test_params_parse_back_to_their_values(text, value) -> None:
     from reports.mlflow_source import parse_param
 
     assert parse_param(text) == value and type(parse_param(text)) is type(value)
+
+
+def test_a_setting_present_on_some_trials_only_names_their_method() -> None:
+    from reports.figures import with_methods
+
+    table = pd.DataFrame(
+        {"sampler.name": ["maskgit", "maskgit"], "recipe": ["maskgit", None], "nfe": [8.0, 8.0]}
+    )
+    named, keys = with_methods(table)
+    assert "recipe" in keys
+    assert named["method"].tolist() == ["MaskGIT sampler, MaskGIT recipe", "MaskGIT sampler"]
