@@ -80,6 +80,15 @@ def _worker_setup(ctx: TrialContext) -> None:
         os.environ[CACHE_ENV] = ctx.cache_dir
 
 
+def _host() -> str:
+    """``<hostname>/<Ray node id>`` of the worker this runs in."""
+    import socket
+
+    import ray
+
+    return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()}"
+
+
 def _finish(trial: TrialConfig, ctx: TrialContext) -> None:
     existing = Ledger(ctx.study_dir).get(trial.trial_hash())
     if existing is not None and existing.status == "finished":
@@ -91,6 +100,7 @@ def _finish(trial: TrialConfig, ctx: TrialContext) -> None:
         study_dir=Path(ctx.study_dir),
         cache_dir=Path(ctx.cache_dir) if ctx.cache_dir else None,
         device=_device(ctx),
+        host=_host(),
     )
     if record.status != "finished":
         raise TrialFailedError(record.error)

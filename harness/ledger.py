@@ -22,7 +22,8 @@ class TrialRecord:
 
     metrics: final metric values (name -> value); protocols: name -> protocol dict;
     intervals: name -> [low, high] where an uncertainty estimate exists;
-    training_curve: [(step, {metric: value})]; artifacts: name -> path.
+    training_curve: [(step, {metric: value})]; artifacts: name -> path;
+    host: where it ran (``<hostname>/<Ray node id>`` under Ray, the hostname otherwise).
     """
 
     trial_hash: str
@@ -37,6 +38,7 @@ class TrialRecord:
     seconds: float = 0.0
     error: str | None = None
     attempts: int = 1
+    host: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -33,6 +33,7 @@ from harness.tracking_schema import (
     STUDY_CONFIG_ARTIFACT,
     TAG_ATTEMPTS,
     TAG_ERROR,
+    TAG_HOST,
     TAG_PROTOCOL_PREFIX,
     TAG_ROLE,
     TAG_SECONDS,
@@ -155,6 +156,8 @@ def _trial_tags(record: TrialRecord, parent_run_id: str) -> dict[str, str]:
     }
     if record.error:
         tags[TAG_ERROR] = record.error[:ERROR_TAG_CHARS]
+    if record.host:
+        tags[TAG_HOST] = record.host
     for name, protocol in record.protocols.items():
         text = json.dumps(protocol, sort_keys=True)
         if len(text) <= MAX_TAG_VAL_LENGTH:  # always, for our protocols (a few hundred chars)

@@ -8,7 +8,7 @@ harness (and no torch), so that reports can import it.
 - child params: the resolved config, flattened to dotted keys.
 - child metrics: every final metric, ``<metric>_ci_low`` / ``<metric>_ci_high`` when it has a
   confidence interval, and the training curve under ``train/`` as step metrics.
-- child tags: trial and training hashes, status, attempts, seconds, and per metric
+- child tags: trial and training hashes, status, attempts, seconds, host, and per metric
   ``unmask.protocol.<metric>`` = the protocol as JSON (with its ``key`` and ``direction``).
 """
 
@@ -26,6 +26,7 @@ TAG_STATUS = "unmask.status"
 TAG_ERROR = "unmask.error"
 TAG_ATTEMPTS = "unmask.attempts"
 TAG_SECONDS = "unmask.seconds"
+TAG_HOST = "unmask.host"
 TAG_PROTOCOL_PREFIX = "unmask.protocol."
 TAG_GIT_COMMIT = "git_commit"
 CURVE_PREFIX = "train/"

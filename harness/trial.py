@@ -6,6 +6,7 @@ setting, one file per sample seed) -> evaluation -> a ledger record.
 
 from __future__ import annotations
 
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -131,6 +132,7 @@ def run_trial(
     cache_dir: Path | None = None,
     device: str = "cpu",
     progress: bool = False,
+    host: str | None = None,
 ) -> TrialRecord:
     """Runs one trial end to end and writes its ledger record (finished or failed)."""
     started = time.perf_counter()
@@ -139,6 +141,7 @@ def run_trial(
         "trial_hash": trial.trial_hash(),
         "training_hash": trial.training_hash(),
         "config": trial.model_dump(mode="json"),
+        "host": host or socket.gethostname(),
     }
     try:
         if not trial.sampler.is_baseline:

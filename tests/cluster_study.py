@@ -5,9 +5,9 @@
 Starts a head node and a second node with one CPU each on this machine, connects to the
 cluster, runs the study through ``harness.runner.execute(run, address=cluster.address)``
 (the dispatcher joins the Ray this script initialised), and writes what it saw to OUT.json:
-the nodes alive before and after the study, the node of every Tune trial actor, and the
-ledger. A separate process because the cluster's Ray is initialised in the driver, which a
-test session with its own Ray cannot also be.
+the nodes alive before and after the study, and the ledger (whose records name their node).
+A separate process because the cluster's Ray is initialised in the driver, which a test
+session with its own Ray cannot also be.
 """
 
 from __future__ import annotations
@@ -38,16 +38,6 @@ def alive_nodes() -> list[dict]:
     return [{"id": n["NodeID"], "cpu": n["Resources"].get("CPU", 0.0)} for n in ray.nodes() if n["Alive"]]
 
 
-def trial_actor_nodes() -> list[str]:
-    """The node of every Tune function-trainable actor this cluster ran (live or dead)."""
-    actors = ray._private.state.actors()
-    return [
-        a["Address"]["NodeID"]
-        for a in actors.values()
-        if a.get("ActorClassName") == "ImplicitFunc" and a.get("Address", {}).get("NodeID")
-    ]
-
-
 def main(study: str, runs_root: str, out: str) -> int:
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={**NODE, "include_dashboard": False})
     try:
@@ -59,7 +49,6 @@ def main(study: str, runs_root: str, out: str) -> int:
             "address": cluster.address,
             "nodes_before": before,
             "nodes_after": alive_nodes(),
-            "actor_nodes": trial_actor_nodes(),
             "records": [{"trial_hash": r.trial_hash, "status": r.status} for r in records],
         }
         Path(out).write_text(json.dumps(report, indent=2))
