@@ -8,7 +8,7 @@ Layout (written by the tokenize step for real data, by the tests for stand-ins):
                                "count": 5000, "sha256": "<of the tokens file>"}, ...],
                     "heldout": [...]},
          "reference": {"train": "reference-train.npy"},     # optional: real images, uint8 NHWC
-         "tokenizer": {...}}                                 # optional: how to decode tokens
+         "tokenizer": {"kind": "diffusers-vq", "path": "vq", "image_size": 256}}  # to decode
 
 Study configs name the folder and the shape they expect (``data.options: {path, grid,
 vocab_size, num_classes}``), so that plans and dry runs need no data; loading checks the
@@ -105,20 +105,37 @@ def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[
 
 
 class ShardTokenizer:
-    """Grid and vocabulary of pre-tokenized data; decoding needs the tokenizer that made them."""
+    """Grid and vocabulary of pre-tokenized data; decodes through the tokenizer the manifest names
+    (``{"kind": "diffusers-vq", "path": ..., "image_size": ...}``, path relative to the folder)."""
 
     def __init__(self, options: ShardOptions, manifest: dict[str, Any]) -> None:
         self.grid, self.vocab_size, self.manifest = options.grid, options.vocab_size, manifest
+        self.root = Path(options.path)
+        self._decoder: Any = None
+
+    def _tokenizer(self) -> Any:
+        if self._decoder is None:
+            spec = self.manifest.get("tokenizer") or {}
+            if spec.get("kind") != "diffusers-vq":
+                raise ShardError(
+                    f"{self.root / MANIFEST}: tokenizer {spec or 'none'}; decoding needs"
+                    " {'kind': 'diffusers-vq', 'path': ..., 'image_size': ...}"
+                )
+            from harness.pretrained_vq import load_diffusers_vq
+
+            self._decoder = load_diffusers_vq(self.root / spec["path"], int(spec["image_size"]))
+            if tuple(self._decoder.grid) != tuple(self.grid) or self._decoder.vocab_size != self.vocab_size:
+                raise ShardError(
+                    f"{self.root / MANIFEST}: its tokenizer makes {self._decoder.grid} grids of"
+                    f" {self._decoder.vocab_size} codes, the shards hold {self.grid} / {self.vocab_size}"
+                )
+        return self._decoder
 
     def encode(self, images: Tensor) -> Tensor:
-        raise ShardError("shards are already tokens; encode images with the tokenizer named in the manifest")
+        return self._tokenizer().encode(images)
 
     def decode(self, tokens: Tensor) -> Tensor:
-        spec = self.manifest.get("tokenizer")
-        raise ShardError(
-            f"decoding these tokens needs their tokenizer ({spec or 'none named in the manifest'});"
-            " pretrained tokenizers plug in through harness.datasets.Tokenizer"
-        )
+        return self._tokenizer().decode(tokens)
 
 
 def shards(split: str = "train", **options: Any) -> TokenDataset:
