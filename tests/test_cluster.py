@@ -22,7 +22,10 @@ def test_study_spreads_over_a_two_node_cluster(tmp_path, warm_eval_cache, proces
     study = study_file(
         tmp_path,
         "cluster",
-        space={"sampler.num_steps": [2, 3], "sampler.temperature": [0.9, 1.0]},
+        # Trials of a few seconds each: shorter ones can all finish on the first actor (Tune reuses
+        # it) before the second node's actor is up, and then nothing needs the second node.
+        space={"sampler.num_steps": [16, 24], "sampler.temperature": [0.9, 1.0]},
+        overrides={"eval.num_samples": 500, "eval.batch_size": 500},
         resources={"cpu": 1},
         concurrency=2,
     )
