@@ -13,7 +13,23 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import Tensor, nn
+from sampler_stubs import (  # noqa: F401  (one_thread: an autouse fixture)
+    MASK,
+    NUM_CLASSES,
+    B,
+    ConstantNet,
+    CountingNet,
+    K,
+    L,
+    OracleNet,
+    RandomNet,
+    V,
+    newly_unmasked,
+    one_thread,
+    partly_given,
+    run,
+    uniform_net,
+)
 
 from models.registry import UnknownNameError
 from models.samplers import (
@@ -23,102 +39,8 @@ from models.samplers import (
     Denoiser,
     EulerSampler,
     MaskGITSampler,
-    maskgit_counts,
 )
-from models.samplers.maskgit import invert_kappa
 from models.schedulers import SCHEDULERS, Cosine, Cubic, Linear, Polynomial
-
-K = 6  # data codes 0..K-1
-MASK = K  # [MASK] id
-V = K + 1
-NUM_CLASSES = 3  # class ids 0..2, null class 3
-B, L = 4, 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Hundreds of tiny sampling loops: thread start-up dominates them (badly on a loaded 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# --- stand-in networks ------------------------------------------------------------------------------
-
-
-class CountingNet(nn.Module):
-    """net(x_t, t, y) -> logits (B, L, V); records every call independently of the Denoiser."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-        self.ts: list[Tensor] = []
-
-    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        self.calls += 1
-        self.ts.append(t.detach().clone())
-        return self.logits(x_t, t, y)
-
-    def logits(self, x_t: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        raise NotImplementedError
-
-
-class OracleNet(CountingNet):
-    """Always predicts token 2 (all the mass on class 2)."""
-
-    def logits(self, x_t, t, y):
-        out = torch.zeros(*x_t.shape, V)
-        out[..., 2] = 50.0
-        return out
-
-
-class ConstantNet(CountingNet):
-    """The same logits (V,) at every position."""
-
-    def __init__(self, logits: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("row", torch.tensor(logits))
-
-    def logits(self, x_t, t, y):
-        return self.row.expand(*x_t.shape, V).clone()
-
-
-class RandomNet(CountingNet):
-    """Fixed random logits that depend on position, input token and class: a deterministic function."""
-
-    def __init__(self, seq_len: int = L, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("by_position", torch.randn(seq_len, V, generator=g))
-        self.register_buffer("by_token", 0.5 * torch.randn(V, V, generator=g))
-        self.register_buffer("by_class", torch.randn(NUM_CLASSES + 1, V, generator=g))
-
-    def logits(self, x_t, t, y):
-        if y is None:
-            y = torch.full((x_t.shape[0],), NUM_CLASSES)
-        return self.by_position[None] + self.by_token[x_t] + self.by_class[y][:, None]
-
-
-def uniform_net() -> ConstantNet:
-    return ConstantNet([0.0] * V)
-
-
-def run(sampler, net, *, seed=0, batch_size=B, seq_len=L, denoiser=None, **kw):
-    denoiser = denoiser or Denoiser(net)
-    return sampler.sample(
-        denoiser,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        mask_id=MASK,
-        generator=torch.Generator().manual_seed(seed),
-        **kw,
-    )
-
-
-def newly_unmasked(before: Tensor, after: Tensor) -> Tensor:
-    return (before == MASK) & (after != MASK)
-
 
 # --- the configurations under test -------------------------------------------------------------------
 
@@ -147,15 +69,6 @@ def sampler(request):
 @pytest.fixture(params=sorted(NEVER_REVISITING))
 def never_revisiting_sampler(request):
     return NEVER_REVISITING[request.param]
-
-
-def partly_given(seed: int = 0, num_masked: int = 12) -> Tensor:
-    """x_init (B, L): random codes with exactly ``num_masked`` [MASK] per row, at random positions."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, K, (B, L), generator=g)
-    for b in range(B):
-        x[b, torch.randperm(L, generator=g)[:num_masked]] = MASK
-    return x
 
 
 # --- conformance: every sampler, unchanged ------------------------------------------------------------
@@ -410,184 +323,3 @@ def test_euler_single_step_unmasks_everything():
 def test_euler_invalid_steps(kwargs):
     with pytest.raises(ValueError):
         EulerSampler(**kwargs)
-
-
-# --- MaskGIT ------------------------------------------------------------------------------------------
-
-SCHEDULE_WEIGHTS = {  # w(r), r = 1 - k / (n - 1): the schedules of PAPER.md section 5
-    "linear": lambda r: 1 - r,
-    "root": lambda r: 1 - math.sqrt(r),
-    "square": lambda r: 1 - r * r,
-    "cosine": lambda r: math.cos(math.pi * r / 2),
-    "arccos": lambda r: math.acos(r) / (math.pi / 2),
-}
-
-
-def expected_counts(schedule: str, n: int, N: int) -> list[int]:
-    r = [1 - k / (n - 1) for k in range(n)] if n > 1 else [1.0]
-    w = [SCHEDULE_WEIGHTS[schedule](r_k) for r_k in r]
-    counts = [max(1, math.floor(w_k / sum(w) * N)) for w_k in w]
-    counts[-1] += N - sum(counts)
-    return counts
-
-
-def test_every_schedule_is_known():
-    assert set(UNMASK_SCHEDULES.names()) == set(SCHEDULE_WEIGHTS)
-
-
-@pytest.mark.parametrize("schedule", sorted(SCHEDULE_WEIGHTS))
-@pytest.mark.parametrize("n, N", [(20, 1024), (8, 64), (12, 256), (10, 100)])
-def test_maskgit_counts_follow_the_schedule(schedule, n, N):
-    want = expected_counts(schedule, n, N)
-    assert min(want) >= 1  # these cases need no excess taken back
-    assert maskgit_counts(schedule, n, N) == want
-
-
-@settings(deadline=None, max_examples=60)
-@given(schedule=st.sampled_from(sorted(SCHEDULE_WEIGHTS)), N=st.integers(1, 2000), data=st.data())
-def test_maskgit_counts_partition_the_tokens(schedule, N, data):
-    n = data.draw(st.integers(1, min(N, 64)))
-    counts = maskgit_counts(schedule, n, N)
-    assert len(counts) == n
-    assert sum(counts) == N
-    assert min(counts) >= 1
-
-
-def test_maskgit_single_step_commits_everything():
-    for schedule in UNMASK_SCHEDULES:
-        assert maskgit_counts(schedule, 1, 37) == [37]
-        out = run(MaskGITSampler(num_steps=1, schedule=schedule), RandomNet())
-        assert out.nfe == 1 and torch.all(out.tokens != MASK)
-
-
-@pytest.mark.parametrize("n, N", [(0, 10), (11, 10)])
-def test_maskgit_counts_reject_bad_steps(n, N):
-    with pytest.raises(ValueError):
-        maskgit_counts("cosine", n, N)
-
-
-@pytest.mark.parametrize("schedule", sorted(SCHEDULE_WEIGHTS))
-@pytest.mark.parametrize("randomization", sorted(RANDOMIZATIONS))
-@pytest.mark.parametrize("num_masked", [L, 11])
-def test_maskgit_commits_exactly_counts_per_step(schedule, randomization, num_masked):
-    n = 5
-    x_init = partly_given(num_masked=num_masked) if num_masked < L else None
-    sampler = MaskGITSampler(num_steps=n, schedule=schedule, randomization=randomization)
-    out = run(sampler, RandomNet(), x_init=x_init, return_trajectory=True)
-    counts = expected_counts(schedule, n, num_masked)
-    assert out.nfe == n
-    for k, (before, after) in enumerate(zip(out.trajectory, out.trajectory[1:], strict=False)):
-        assert newly_unmasked(before, after).sum(dim=1).tolist() == [counts[k]] * B
-
-
-class ConfidenceNet(CountingNet):
-    """Position i of row b spreads its mass uniformly over support[b, i] codes, so the log
-    probability of whatever is drawn there is exactly -log support[b, i]: a known confidence."""
-
-    def __init__(self, support: Tensor) -> None:
-        super().__init__()
-        codes = torch.arange(V)
-        on = codes[None, None] < support[..., None]  # (B, L, V)
-        self.register_buffer("table", torch.where(on, 0.0, -1e4))
-
-    def logits(self, x_t, t, y):
-        return self.table.clone()
-
-
-def test_maskgit_without_randomization_commits_most_confident_first():
-    n, batch, seq = 4, 6, K  # support sizes 1..K are distinct: no ties in confidence
-    g = torch.Generator().manual_seed(0)
-    support = torch.stack([torch.randperm(seq, generator=g) + 1 for _ in range(batch)])  # (B, L)
-    out = run(
-        MaskGITSampler(num_steps=n, schedule="linear", randomization="none"),
-        ConfidenceNet(support),
-        batch_size=batch,
-        seq_len=seq,
-        return_trajectory=True,
-    )
-    counts = expected_counts("linear", n, seq)
-    order = support.argsort(dim=1)  # most confident (smallest support) first
-    done = 0
-    for k, state in enumerate(out.trajectory[1:]):
-        done += counts[k]
-        want = torch.zeros(batch, seq, dtype=torch.bool).scatter(1, order[:, :done], True)
-        assert torch.equal(state != MASK, want), f"step {k}"
-    # Each drawn code lies in its position's support.
-    assert torch.all(out.tokens < support)
-
-
-def test_maskgit_random_order_ignores_confidence():
-    n, batch, seq = 4, 16, K
-    g = torch.Generator().manual_seed(0)
-    support = torch.stack([torch.randperm(seq, generator=g) + 1 for _ in range(batch)])
-    out = run(
-        MaskGITSampler(num_steps=n, schedule="linear", randomization="random"),
-        ConfidenceNet(support),
-        batch_size=batch,
-        seq_len=seq,
-        return_trajectory=True,
-    )
-    first = newly_unmasked(out.trajectory[0], out.trajectory[1])  # one token per row at step 0
-    most_confident = support.argmin(dim=1)
-    assert not torch.all(first[torch.arange(batch), most_confident])
-
-
-@pytest.mark.parametrize("scheduler", [Linear(), Cosine(), Polynomial(n=2.0)], ids=repr)
-@pytest.mark.parametrize("num_masked", [L, 10])
-def test_maskgit_etm_time_follows_the_unmasked_fraction(scheduler, num_masked):
-    """An ETM is called at t = kappa^-1(unmasked fraction), the fraction of the state it is shown."""
-    net = RandomNet()
-    x_init = partly_given(num_masked=num_masked) if num_masked < L else None
-    out = run(MaskGITSampler(num_steps=6, scheduler=scheduler), net, x_init=x_init, return_trajectory=True)
-    assert len(net.ts) == out.nfe == 6
-    for t, state in zip(net.ts, out.trajectory, strict=False):
-        fraction = (state != MASK).double().mean(dim=1)
-        torch.testing.assert_close(scheduler.kappa(t.double()), fraction, rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "sampler",
-    [MaskGITSampler(scheduler=Cosine(), reference_time=True), MaskGITSampler()],
-    ids=["reference_time", "no-scheduler"],
-)
-def test_maskgit_reference_time_calls_at_zero(sampler):
-    net = RandomNet()
-    run(sampler, net)
-    assert net.calls == sampler.num_steps
-    assert all(torch.all(t == 0) for t in net.ts)
-
-
-def test_maskgit_unknown_names():
-    with pytest.raises(UnknownNameError, match="cosine"):
-        MaskGITSampler(schedule="cosin")
-    with pytest.raises(UnknownNameError, match="linear"):
-        MaskGITSampler(randomization="gumbel")
-
-
-def test_maskgit_needs_equal_masked_counts():
-    x_init = partly_given(num_masked=6)
-    x_init[0, x_init[0] != MASK] = MASK  # row 0 now has more masked tokens
-    with pytest.raises(ValueError):
-        run(MaskGITSampler(), RandomNet(), x_init=x_init)
-
-
-@pytest.mark.parametrize("n", [2, 5, 20])
-def test_randomization_strengths(n):
-    assert [RANDOMIZATIONS["none"](k, n) for k in range(n)] == [0.0] * n
-    linear = [RANDOMIZATIONS["linear"](k, n) for k in range(n)]
-    assert linear == pytest.approx([1 - k / (n - 1) for k in range(n)])
-    warmup = [RANDOMIZATIONS["warmup"](k, n) for k in range(n)]
-    assert all(w == 1.0 for k, w in enumerate(warmup) if k / (n - 1) <= 0.5)
-    assert warmup[-1] == 0.0 and all(a >= b for a, b in zip(warmup, warmup[1:], strict=False))
-
-
-@settings(deadline=None, max_examples=30)
-@given(
-    name=st.sampled_from(["linear", "cosine", "quadratic", "root", "sine", "arccos", "cubic"]),
-    y=st.floats(0.0, 1.0),
-)
-def test_invert_kappa(name, y):
-    scheduler = SCHEDULERS[name]()
-    t = invert_kappa(scheduler, torch.tensor([y], dtype=torch.float64))
-    assert 0.0 <= t.item() <= 1.0
-    assert scheduler.kappa(t).item() == pytest.approx(y, abs=1e-6)
