@@ -107,12 +107,18 @@ def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
     from harness.datasets import load_dataset, real_images
     from harness.evaluation import FID, Evaluator
 
+    path = study_dir / DATASETS_FILE
+    previous = json.loads(path.read_text()) if path.is_file() else []
+    known = {json.dumps({"name": d["name"], "options": d["options"]}, sort_keys=True): d for d in previous}
     summaries: dict[str, dict] = {}
     for trial in trials:
         key = json.dumps(trial.data.model_dump(mode="json"), sort_keys=True)
         if key in summaries:
             continue
-        train = load_dataset(trial.data.name, "train", **trial.data.options)
+        train = load_dataset(trial.data.name, "train", **trial.data.options)  # trains a tokenizer once
+        if key in known:  # a resumed study: its floors are measured already
+            summaries[key] = known[key]
+            continue
         heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
         summary = {
             **trial.data.model_dump(mode="json"),
@@ -136,7 +142,7 @@ def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
             summary["tokenizer"]["fid_protocol"] = result.protocol.protocol_key()
         summaries[key] = summary
     out = list(summaries.values())
-    atomic_write_text(study_dir / DATASETS_FILE, json.dumps(out, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(out, indent=2, sort_keys=True))
     return out
 
 

@@ -216,12 +216,17 @@ def test_data_summary_and_report_show_the_tokenizer_floor(tmp_path, warm_eval_ca
         return replace(data, tokenizer=_LearnedTokenizer(data.tokenizer, {"heldout_mse": 0.25}))
 
     monkeypatch.setitem(datasets.DATASETS._entries, "digits", learned)
+    (tmp_path / "datasets.json").unlink()  # measured anew (a resumed study reuses the file)
     (summary,) = warm_datasets([plain], tmp_path, warm_eval_cache)
     tok = summary["tokenizer"]
     assert tok["heldout_mse"] == 0.25
     assert tok["reconstruction_fid"] > 2 * tok["heldout_real_fid"]  # mirrored digits are far worse
     report = write_markdown_report(tmp_path, "t", "fid", "min").read_text()
     assert "## Data" in report and "recon. FID" in report and "0.25" in report
+    monkeypatch.setattr(
+        "harness.evaluation.Evaluator.evaluate", lambda *a, **k: pytest.fail("floors measured twice")
+    )
+    assert warm_datasets([plain], tmp_path, warm_eval_cache) == [summary]
 
 
 def test_the_reference_follows_the_data_options_split() -> None:
