@@ -235,7 +235,7 @@ def write_report(
 ) -> Report:
     """Write report.md and report.html in the study folder from the study's MLflow runs;
     ``reference`` (a paper reference entry) adds the paper-vs-ours section."""
-    study_dir = Path(study_dir)
+    study_dir = Path(study_dir).resolve()  # artifacts download to absolute paths; links are relative to it
     text, figures = render_markdown(tracking_uri, study_name, study_dir, title, metric, mode, reference)
     md = study_dir / "report.md"
     atomic_write(md, text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -231,3 +232,11 @@ def test_a_setting_present_on_some_trials_only_names_their_method() -> None:
     named, keys = with_methods(table)
     assert "recipe" in keys
     assert named["method"].tolist() == ["MaskGIT sampler, MaskGIT recipe", "MaskGIT sampler"]
+
+
+def test_a_relative_study_folder_gets_the_same_report(study, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # `make study` passes runs/<study>, relative to the repository
+    report = write_report(study["uri"], STUDY, Path("relative") / STUDY, "A test study", "fid")
+    assert (
+        report.markdown.is_file() and "## Samples of the best configurations" in report.markdown.read_text()
+    )
