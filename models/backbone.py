@@ -2,6 +2,13 @@
 
 Input x_t (B, L) with ids in [0, K] (K = [MASK]); output logits (B, L, V), V = K + 1.
 Conditioning enters by adaLN-Zero from c = class embedding (+ timestep embedding for ETM).
+
+Several modalities (``models.modalities``): the sequence is their segments in order, ids
+global (V = K + M, a [MASK] per modality), each position's logits restricted to its own
+modality's codes, and an ETM embeds one time per modality. Patching: ``patch`` groups
+p_1 x ... x p_n tokens into one transformer position (embeddings summed over a table per
+offset in the patch, i.e. concatenation followed by a linear map; the head predicts all P
+tokens of a patch), so long grids (video) fit.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from models.modalities import Layout
+from models.patching import patchify, unpatchify
 
 TIMESTEP_MODES = ("explicit", "implicit")
 
@@ -48,9 +58,24 @@ class ModelConfig:
     heads: int | None = None
     mlp_ratio: float = 4.0
     time_scale: float = 1000.0
+    modalities: tuple = ()  # Modality entries; empty: one modality (vocab_size, grid)
+    patch: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if self.modalities:
+            layout = Layout.from_list(self.modalities)
+            object.__setattr__(self, "modalities", layout.modalities)
+            if (self.vocab_size, self.grid) != (layout.vocab_size, (layout.seq_len,)):
+                raise ValueError(
+                    f"model: a joint layout needs vocab_size {layout.vocab_size} and grid "
+                    f"({layout.seq_len},), got {self.vocab_size}, {self.grid} (use ModelConfig.joint)"
+                )
+        if self.patch is not None:
+            object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+            for grid, _ in self.segments:
+                if len(self.patch) != len(grid) or any(g % p for g, p in zip(grid, self.patch, strict=True)):
+                    raise ValueError(f"model.patch: {list(self.patch)} does not tile the grid {list(grid)}")
         if self.timestep not in TIMESTEP_MODES:
             raise ValueError(f"model.timestep: unknown {self.timestep!r}; expected one of {TIMESTEP_MODES}")
         if self.size not in SIZE_PRESETS:
@@ -72,22 +97,51 @@ class ModelConfig:
         return math.prod(self.grid)
 
     @property
-    def mask_id(self) -> int:
-        return self.vocab_size
+    def layout(self) -> Layout | None:
+        return Layout(self.modalities) if self.modalities else None
+
+    @property
+    def segments(self) -> list[tuple[tuple[int, ...], int]]:
+        """(grid, length) of every modality's segment, in sequence order."""
+        if not self.modalities:
+            return [(self.grid, self.seq_len)]
+        return [(m.grid, m.seq_len) for m in self.modalities]
+
+    @property
+    def patch_size(self) -> int:
+        return math.prod(self.patch) if self.patch else 1
+
+    @property
+    def num_ids(self) -> int:
+        """V: the logits per position (data codes and the [MASK] ids)."""
+        return self.layout.num_ids if self.modalities else self.vocab_size + 1
+
+    @property
+    def mask_id(self) -> int | Tensor:
+        """K for one modality; (L,) ids (one [MASK] per modality) for several."""
+        return self.layout.mask_ids() if self.modalities else self.vocab_size
 
     @property
     def null_class(self) -> int:
         return self.num_classes
 
     def to_dict(self) -> dict:
+        """JSON-able; the multi-modality and patch fields only when used (older checkpoints lack them)."""
         d = asdict(self)
         d["grid"] = list(self.grid)
-        return d
+        d["modalities"] = self.layout.to_list() if self.modalities else None
+        d["patch"] = list(self.patch) if self.patch else None
+        return {k: v for k, v in d.items() if k not in ("modalities", "patch") or v}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         check_keys("model", d, cls)
         return cls(**d)
+
+    @classmethod
+    def joint(cls, layout: Layout, **kwargs) -> ModelConfig:
+        """A model over several modalities' segments (see ``models.modalities``)."""
+        return cls(layout.vocab_size, (layout.seq_len,), modalities=layout.modalities, **kwargs)
 
     def with_(self, **changes) -> ModelConfig:
         return replace(self, **changes)
@@ -174,28 +228,86 @@ class Block(nn.Module):
 
 
 class DiscreteDiT(nn.Module):
-    """net(x_t (B, L), t (B,) or None, y (B,) or None) -> logits (B, L, K + 1)."""
+    """net(x_t (B, L), t (B,) / (B, M) or None, y (B,) or None) -> logits (B, L, V)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         depth, width, heads = config.dims
+        V, P, M = config.num_ids, config.patch_size, max(1, len(config.modalities))
         # N(0, 1) token embeddings are on the scale of the sin/cos positions: with the usual
-        # 0.02 init the positions drown the tokens and the model learns only marginals.
-        self.token_embed = nn.Embedding(config.vocab_size + 1, width)
-        self.register_buffer("pos_embed", sincos_grid(config.grid, width), persistent=False)  # (L, D)
+        # 0.02 init the positions drown the tokens and the model learns only marginals. With
+        # patches, P embeddings are summed: std 1 / sqrt(P) keeps the sum at unit variance.
+        self.token_embed = nn.Embedding(P * V, width)
+        if P > 1:
+            nn.init.normal_(self.token_embed.weight, std=P**-0.5)
+        patch = config.patch or None
+        pos = [sincos_grid(_coarse(grid, patch), width) for grid, _ in config.segments]
+        self.register_buffer("pos_embed", torch.cat(pos), persistent=False)  # (L', D)
+        if M > 1:
+            self.modality_embed = nn.Parameter(torch.randn(M, width) * 0.02)
+            counts = torch.tensor([length // P for _, length in config.segments])
+            self.register_buffer("segment_ids", torch.repeat_interleave(torch.arange(M), counts), False)
+            self.register_buffer("disallowed", ~config.layout.allowed(), persistent=False)  # (L, V)
         self.class_embed = nn.Embedding(config.num_classes + 1, width)
         nn.init.normal_(self.class_embed.weight, std=0.02)
-        self.time_embed = (
-            TimestepEmbedder(width, config.time_scale) if config.timestep == "explicit" else None
-        )
+        self.time_embed = None
+        if config.timestep == "explicit":
+            embed = [TimestepEmbedder(width, config.time_scale) for _ in range(M)]
+            self.time_embed = embed[0] if M == 1 else nn.ModuleList(embed)
         self.blocks = nn.ModuleList(Block(width, heads, config.mlp_ratio) for _ in range(depth))
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.head = nn.Linear(width, config.vocab_size + 1)
+        self.head = nn.Linear(width, P * V)
         for layer in (self.ada_out[1], self.head):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def _time(self, t: Tensor | None) -> Tensor:
+        """c's time part: one embedding, or the sum of one per modality (t (B,) means all equal)."""
+        if t is None:
+            raise ValueError("an explicit-timestep model needs t")
+        if isinstance(self.time_embed, TimestepEmbedder):
+            return self.time_embed(t)
+        if t.dim() == 1:
+            t = t[:, None].expand(-1, len(self.time_embed))
+        return sum(embed(t[:, m]) for m, embed in enumerate(self.time_embed))
+
+    def _segments(self, x: Tensor) -> list[Tensor]:
+        """(B, L, ...) -> per modality (B, L'_m, P, ...) patches (P = 1 without patching)."""
+        out, start = [], 0
+        for grid, length in self.config.segments:
+            seg = x[:, start : start + length]
+            out.append(patchify(seg, grid, self.config.patch) if self.config.patch else seg[:, :, None])
+            start += length
+        return out
+
+    def _embed(self, x_t: Tensor) -> Tensor:
+        V = self.config.num_ids
+        patches = torch.cat(self._segments(x_t), dim=1)  # (B, L', P)
+        offsets = torch.arange(patches.shape[2], device=x_t.device) * V
+        h = self.token_embed(patches + offsets).sum(dim=2) + self.pos_embed[None]  # (B, L', D)
+        if hasattr(self, "modality_embed"):
+            h = h + self.modality_embed[self.segment_ids][None]
+        return h
+
+    def _logits(self, out: Tensor) -> Tensor:
+        """Head output (B, L', P V) -> (B, L, V), each modality's own codes only."""
+        B, V = out.shape[0], self.config.num_ids
+        out = out.reshape(B, out.shape[1], -1, V)  # (B, L', P, V)
+        if self.config.patch:
+            parts, start = [], 0
+            for grid, length in self.config.segments:
+                n = length // self.config.patch_size
+                parts.append(unpatchify(out[:, start : start + n], grid, self.config.patch))
+                start += n
+            logits = torch.cat(parts, dim=1)
+        else:
+            logits = out[:, :, 0]
+        if hasattr(self, "disallowed"):
+            # A large finite value, not -inf: CFG's u + s (c - u) of two -inf is NaN.
+            logits = logits.masked_fill(self.disallowed, -1e9)
+        return logits  # (B, L, V)
 
     def forward(self, x_t: Tensor, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         B, L = x_t.shape
@@ -207,14 +319,16 @@ class DiscreteDiT(nn.Module):
             y = torch.full((B,), self.config.null_class, dtype=torch.long, device=x_t.device)
         c = self.class_embed(y)  # (B, D)
         if self.time_embed is not None:
-            if t is None:
-                raise ValueError("an explicit-timestep model needs t")
-            c = c + self.time_embed(t)
-        h = self.token_embed(x_t) + self.pos_embed[None]  # (B, L, D)
+            c = c + self._time(t)
+        h = self._embed(x_t)  # (B, L', D)
         for block in self.blocks:
             h = block(h, c)
         shift, scale = self.ada_out(c).chunk(2, dim=1)
-        return self.head(modulate(self.norm_out(h), shift, scale))  # (B, L, V)
+        return self._logits(self.head(modulate(self.norm_out(h), shift, scale)))  # (B, L, V)
+
+
+def _coarse(grid: tuple[int, ...], patch: tuple[int, ...] | None) -> tuple[int, ...]:
+    return grid if patch is None else tuple(g // p for g, p in zip(grid, patch, strict=True))
 
 
 def build_model(config: ModelConfig) -> DiscreteDiT:

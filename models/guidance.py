@@ -60,12 +60,16 @@ def top_p_filter(logits: Tensor, p: float | None) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def exclude_class(logits: Tensor, class_id: int | None) -> Tensor:
-    """Gives one class (the [MASK] id) zero probability."""
-    if class_id is None or class_id >= logits.shape[-1]:
+def exclude_class(logits: Tensor, class_id: int | Tensor | None) -> Tensor:
+    """Gives one class (the [MASK] id) zero probability; class_id (L,) names one per position
+    (several modalities, each with its own [MASK]) for logits (B, L, V)."""
+    if isinstance(class_id, Tensor) and class_id.dim() == 1:
+        ids = class_id.to(logits.device)[None, :, None].expand(logits.shape[0], -1, 1)  # (B, L, 1)
+        return logits.scatter(-1, ids, float("-inf"))
+    if class_id is None or int(class_id) >= logits.shape[-1]:
         return logits
     logits = logits.clone()
-    logits[..., class_id] = float("-inf")
+    logits[..., int(class_id)] = float("-inf")
     return logits
 
 

@@ -98,7 +98,7 @@ class Sampler(ABC):
         *,
         batch_size: int,
         seq_len: int,
-        mask_id: int,
+        mask_id: int | Tensor,
         y: Tensor | None = None,
         x_init: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -108,13 +108,24 @@ class Sampler(ABC):
 
     @staticmethod
     def initial_tokens(
-        batch_size: int, seq_len: int, mask_id: int, x_init: Tensor | None, device: torch.device | str
+        batch_size: int,
+        seq_len: int,
+        mask_id: int | Tensor,
+        x_init: Tensor | None,
+        device: torch.device | str,
     ) -> Tensor:
+        """x_init, or all [MASK]; ``mask_id`` is an int or (L,) ids (one [MASK] per modality)."""
         if x_init is None:
-            return torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
+            return mask_tokens(mask_id, batch_size, seq_len, device)
         if tuple(x_init.shape) != (batch_size, seq_len):
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {(batch_size, seq_len)}")
         return x_init.clone().to(device)
+
+
+def mask_tokens(mask_id: int | Tensor, batch_size: int, seq_len: int, device: torch.device | str) -> Tensor:
+    """(B, L) all [MASK]: ``mask_id`` an int, or (L,) per-position ids."""
+    ids = torch.as_tensor(mask_id, dtype=torch.long, device=device)
+    return ids.expand(batch_size, seq_len).clone()
 
 
 def categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:

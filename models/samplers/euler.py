@@ -63,13 +63,15 @@ class EulerSampler(Sampler):
         *,
         batch_size: int,
         seq_len: int,
-        mask_id: int,
+        mask_id: int | Tensor,
         y: Tensor | None = None,
         x_init: Tensor | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         return_trajectory: bool = False,
     ) -> SampleResult:
+        if isinstance(mask_id, Tensor):
+            mask_id = mask_id.to(device)  # (L,): one [MASK] per modality
         x = self.initial_tokens(batch_size, seq_len, mask_id, x_init, device)  # (B, L)
         generated = x == mask_id  # positions this sampler may write
         start = (denoiser.count.calls, denoiser.count.unbatched)
@@ -105,7 +107,7 @@ class EulerSampler(Sampler):
                 remask = (
                     generated & ~masked & (torch.rand(x.shape, generator=generator, device=device) < p_remask)
                 )
-                x = torch.where(remask, torch.full_like(x, mask_id), x)
+                x = torch.where(remask, mask_id, x)
             if trajectory is not None:
                 trajectory.append(x.cpu())
         if self.reference_grid:

@@ -128,11 +128,19 @@ class MaskGITSampler(Sampler):
         UNMASK_SCHEDULES[self.schedule]  # fail now on an unknown name
         RANDOMIZATIONS[self.randomization]
 
-    def _time(self, x: Tensor, mask_id: int) -> Tensor:
+    def _time(self, x: Tensor, mask_id: int | Tensor, generated: Tensor) -> Tensor:
+        """t = kappa^-1(unmasked fraction). One modality: of the whole state the network sees
+        (a given part is data under the same single t). Several modalities (mask ids (L,)): of
+        the positions being generated, since the given modalities carry their own t = 1
+        (``models.modalities.GivenModalities``)."""
         B = x.shape[0]
         if self.reference_time or self.scheduler is None:
             return torch.zeros(B, device=x.device)
-        unmasked_fraction = (x != mask_id).float().mean(dim=1)  # (B,)
+        masked = (x == mask_id).sum(dim=1).float()  # (B,)
+        positions = (
+            generated.sum(dim=1) if isinstance(mask_id, Tensor) else torch.full_like(masked, x.shape[1])
+        )
+        unmasked_fraction = 1.0 - masked / positions.clamp_min(1).float()
         return invert_kappa(self.scheduler, unmasked_fraction)
 
     @torch.no_grad()
@@ -142,15 +150,18 @@ class MaskGITSampler(Sampler):
         *,
         batch_size: int,
         seq_len: int,
-        mask_id: int,
+        mask_id: int | Tensor,
         y: Tensor | None = None,
         x_init: Tensor | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         return_trajectory: bool = False,
     ) -> SampleResult:
+        if isinstance(mask_id, Tensor):
+            mask_id = mask_id.to(device)  # (L,): one [MASK] per modality
         x = self.initial_tokens(batch_size, seq_len, mask_id, x_init, device)  # (B, L)
-        num_masked = (x == mask_id).sum(dim=1)
+        generated = x == mask_id
+        num_masked = generated.sum(dim=1)
         if (num_masked != num_masked[0]).any():
             raise ValueError("MaskGIT sampling needs the same number of masked tokens in every sample")
         counts = maskgit_counts(self.schedule, self.num_steps, int(num_masked[0]))
@@ -159,7 +170,7 @@ class MaskGITSampler(Sampler):
         trajectory = [x.cpu()] if return_trajectory else None
         for k, count in enumerate(counts):
             logits = process_logits(
-                denoiser(x, self._time(x, mask_id), y),
+                denoiser(x, self._time(x, mask_id, generated), y),
                 temperature=self.temperature,
                 top_k=self.top_k,
                 top_p=self.top_p,
