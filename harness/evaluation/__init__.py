@@ -7,7 +7,7 @@ from files the user names, and domain extractors are trained by this project and
 """
 
 # Importing these modules registers their extractors.
-from harness.evaluation import animals, domain, i3d, inception, video  # noqa: F401
+from harness.evaluation import animals, canvases, domain, i3d, inception, video  # noqa: F401
 from harness.evaluation.domain import DIGITS_CNN, DomainExtractor, DomainSpec, register_domain_extractor
 from harness.evaluation.domain_cnn import DomainCNN, DomainCNNConfig, TrainConfig, train_domain_classifier
 from harness.evaluation.evaluator import Evaluator, default_metrics
