@@ -7,6 +7,7 @@
   run_study.py report STUDY                     rewrite report.md / report.html from MLflow
   run_study.py quickstart                       the embedded quickstart study (make study)
   run_study.py evaluate SAMPLES --dataset D     rescore samples saved on disk (no resampling)
+  run_study.py tokenize IMAGES OUT --tokenizer VQ   an image folder into a shard folder (resumable)
 
 Exit code 2 on invalid input, with nothing started.
 """
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default=None, help="feature extractor (default: the dataset's)")
     p.add_argument("--metrics", nargs="+", default=None, help="metric keys (default: all that apply)")
     p.add_argument("--weights", type=Path, default=None, help="weights file for extractors that need one")
+    from harness.tokenize_cli import add_parser as add_tokenize_parser  # stdlib only: cheap
+
+    add_tokenize_parser(sub)
     return parser
 
 
@@ -192,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "tokenize":
+            from harness.tokenize_cli import main as tokenize
+
+            return tokenize(args)
         if args.command == "report":
             from harness.runner import prepare
             from harness.tracking import Tracker, resolve_tracking_uri

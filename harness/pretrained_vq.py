@@ -42,15 +42,22 @@ class DiffusersVQTokenizer:
         side = image_size // 2 ** (len(config.block_out_channels) - 1)
         self.grid = (side, side)
         self.image_size, self.batch_size = image_size, batch_size
+        self.device = next(model.parameters()).device
+
+    def to(self, device: str | torch.device) -> DiffusersVQTokenizer:
+        """Run the model on ``device``; inputs may live anywhere, outputs come back on the CPU."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         out = []
         for i in range(0, images.shape[0], self.batch_size):
-            x = images[i : i + self.batch_size].float() * 2 - 1
+            x = images[i : i + self.batch_size].to(self.device).float() * 2 - 1  # (b, C, S, S) in [-1, 1]
             latents = self.model.encode(x).latents  # (b, D, g, g)
             _, _, (_, _, indices) = self.model.quantize(latents)
-            out.append(indices.reshape(x.shape[0], -1))
+            out.append(indices.reshape(x.shape[0], -1).cpu())
         return torch.cat(out).long() if out else torch.zeros(0, math.prod(self.grid), dtype=torch.long)
 
     @torch.no_grad()
@@ -59,11 +66,11 @@ class DiffusersVQTokenizer:
         tokens = tokens.long().clamp(0, self.vocab_size - 1)
         out = []
         for i in range(0, tokens.shape[0], self.batch_size):
-            chunk = tokens[i : i + self.batch_size]
+            chunk = tokens[i : i + self.batch_size].to(self.device)
             shape = (chunk.shape[0], *self.grid, self.embed_dim)
             z = self.model.quantize.get_codebook_entry(chunk.reshape(-1), shape)  # (b, D, g, g)
             x = self.model.decode(z, force_not_quantize=True).sample
-            out.append(((x + 1) / 2).clamp(0, 1))
+            out.append(((x + 1) / 2).clamp(0, 1).cpu())
         return torch.cat(out)
 
 

@@ -78,6 +78,20 @@ def read_manifest(options: ShardOptions) -> dict[str, Any]:
     return manifest
 
 
+def token_dtype(vocab_size: int) -> type:
+    """The smallest signed integer type that holds ids 0..vocab_size-1 (int16 up to 2**15 codes)."""
+    return np.int16 if vocab_size <= 2**15 else np.int32
+
+
+def verify_entry(root: Path, entry: dict[str, Any]) -> None:
+    """A shard's files against the manifest's checksums (tokens: ``sha256``; the others: ``files``)."""
+    checksums = {entry["tokens"]: entry["sha256"], **entry.get("files", {})}
+    for name, digest in checksums.items():
+        file = Path(root) / name
+        if not file.is_file() or sha256_file(file) != digest:
+            raise ShardError(f"{file}: checksum does not match the manifest (a partial or corrupt shard)")
+
+
 def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[Tensor, Tensor | None]:
     """(tokens (N, L) long, labels (N,) long or None) of a split, each shard checked."""
     if split not in SPLITS:
@@ -90,8 +104,8 @@ def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[
     tokens, labels = [], []
     for entry in entries:
         file = Path(options.path) / entry["tokens"]
-        if verify and sha256_file(file) != entry["sha256"]:
-            raise ShardError(f"{file}: checksum does not match the manifest (a partial or corrupt shard)")
+        if verify:
+            verify_entry(Path(options.path), entry)
         array = np.load(file, mmap_mode="r", allow_pickle=False)
         if array.shape != (entry["count"], L):
             raise ShardError(f"{file}: shape {array.shape}, manifest says ({entry['count']}, {L})")
@@ -106,7 +120,8 @@ def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[
 
 class ShardTokenizer:
     """Grid and vocabulary of pre-tokenized data; decodes through the tokenizer the manifest names
-    (``{"kind": "diffusers-vq", "path": ..., "image_size": ...}``, path relative to the folder)."""
+    (``harness.pretrained_vq.build_tokenizer``: ``{"kind": "diffusers-vq" | "original-vq" | "pixel",
+    "path": ..., "image_size": ...}``, a relative path relative to the folder)."""
 
     def __init__(self, options: ShardOptions, manifest: dict[str, Any]) -> None:
         self.grid, self.vocab_size, self.manifest = options.grid, options.vocab_size, manifest
@@ -115,15 +130,15 @@ class ShardTokenizer:
 
     def _tokenizer(self) -> Any:
         if self._decoder is None:
-            spec = self.manifest.get("tokenizer") or {}
-            if spec.get("kind") != "diffusers-vq":
-                raise ShardError(
-                    f"{self.root / MANIFEST}: tokenizer {spec or 'none'}; decoding needs"
-                    " {'kind': 'diffusers-vq', 'path': ..., 'image_size': ...}"
-                )
-            from harness.pretrained_vq import load_diffusers_vq
+            from harness.pretrained_vq import TOKENIZER_KINDS, build_tokenizer
 
-            self._decoder = load_diffusers_vq(self.root / spec["path"], int(spec["image_size"]))
+            spec = self.manifest.get("tokenizer") or {}
+            if spec.get("kind") not in TOKENIZER_KINDS:
+                raise ShardError(
+                    f"{self.root / MANIFEST}: tokenizer {spec or 'none'}; decoding needs one of kind"
+                    f" {TOKENIZER_KINDS} with its path and image_size"
+                )
+            self._decoder = build_tokenizer(spec, self.root)
             if tuple(self._decoder.grid) != tuple(self.grid) or self._decoder.vocab_size != self.vocab_size:
                 raise ShardError(
                     f"{self.root / MANIFEST}: its tokenizer makes {self._decoder.grid} grids of"
@@ -172,7 +187,7 @@ def write_shards(
     """Write token arrays as checksummed shards and their manifest (the manifest last, atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    dtype = np.int16 if vocab_size <= 2**15 else np.int32
+    dtype = token_dtype(vocab_size)
     manifest: dict[str, Any] = {"format": FORMAT, "grid": list(grid), "vocab_size": vocab_size,
                                 "num_classes": num_classes, "splits": {}}  # fmt: skip
     for split, (tokens, labels) in split_tokens.items():

@@ -1,0 +1,192 @@
+"""Image sources for the tokenize step, ADM's centre crop, and label maps on the token grid.
+
+Three layouts, each listed in a fixed order (the order of the shards):
+
+- ``class-folders`` (ImageNet): ``root/<class>/*.JPEG|jpg|png|...``; class ids are the ranks of
+  the sorted folder names, which the manifest keeps;
+- ``coco``: ``root/annotations/captions_*.json`` (``images: [{id, file_name}]``,
+  ``annotations: [{image_id, caption}]``), images under ``root/<split name of the JSON>/``
+  (``captions_train2017.json`` -> ``train2017/``) or ``root/images/``; ordered by image id;
+- ``label-maps``: ``root/images/x.png`` with ``root/labels/x.png`` (integer class per pixel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from models.registry import Registry
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SOURCES: Registry = Registry("image source")
+
+
+class SourceError(ValueError):
+    """An image source that cannot be read: names the path and what was expected."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One source image; ``label`` its class id, ``captions`` its captions, ``segments`` its label map."""
+
+    image: Path
+    label: int | None = None
+    captions: tuple[str, ...] | None = None
+    segments: Path | None = None
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    kind: str
+    root: Path
+    items: tuple[Item, ...]
+    class_names: tuple[str, ...] = ()
+
+    def describe(self) -> dict:
+        """What identifies the listing: kind, root, counts and a hash of the ordered items."""
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update(repr((str(item.image.relative_to(self.root)), item.label, item.captions)).encode())
+        return {"kind": self.kind, "root": str(self.root), "images": len(self.items),
+                "classes": len(self.class_names), "listing_sha256": h.hexdigest()}  # fmt: skip
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+@SOURCES.register("class-folders")
+def class_folders(root: Path) -> ImageSource:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise SourceError(f"{root}: no class folders (expected root/<class>/*.JPEG or *.png)")
+    items = tuple(Item(path, label=i) for i, name in enumerate(classes) for path in _images_in(root / name))
+    return ImageSource("class-folders", root, items, tuple(classes))
+
+
+def _captions_file(root: Path, captions: Path | None) -> Path:
+    if captions is not None:
+        return captions if captions.is_absolute() else root / captions
+    found = sorted((root / "annotations").glob("captions_*.json"))
+    if len(found) != 1:
+        raise SourceError(
+            f"{root}/annotations: found {[p.name for p in found]}; expected one captions_*.json (or name it)"
+        )
+    return found[0]
+
+
+@SOURCES.register("coco")
+def coco(root: Path, captions: Path | None = None) -> ImageSource:
+    path = _captions_file(root, captions)
+    try:
+        data = json.loads(path.read_text())
+        files = {int(im["id"]): im["file_name"] for im in data["images"]}
+        texts: dict[int, list[str]] = {i: [] for i in files}
+        for note in data["annotations"]:
+            texts[int(note["image_id"])].append(str(note["caption"]).strip())
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SourceError(f"{path}: not a COCO captions file ({type(err).__name__}: {err})") from None
+    folder = root / path.stem.removeprefix("captions_")
+    folder = folder if folder.is_dir() else root / "images"
+    items = tuple(Item(folder / files[i], captions=tuple(texts[i])) for i in sorted(files))
+    absent = [str(item.image) for item in items if not item.image.is_file()]
+    if absent:
+        raise SourceError(f"{path}: {len(absent)} listed images are missing, e.g. {absent[:3]}")
+    return ImageSource("coco", root, items)
+
+
+@SOURCES.register("label-maps")
+def label_maps(root: Path) -> ImageSource:
+    images, labels = root / "images", root / "labels"
+    if not labels.is_dir():
+        raise SourceError(f"{root}: no labels/ folder beside images/ (expected labels/<name>.png)")
+    items = tuple(Item(path, segments=labels / f"{path.stem}.png") for path in _images_in(images))
+    absent = [str(item.segments) for item in items if not item.segments.is_file()]
+    if absent:
+        raise SourceError(f"{labels}: {len(absent)} label maps are missing, e.g. {absent[:3]}")
+    return ImageSource("label-maps", root, items)
+
+
+def detect_kind(root: Path) -> str:
+    if list((root / "annotations").glob("captions_*.json")):
+        return "coco"
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return "label-maps"
+    return "class-folders"
+
+
+def open_source(root: str | Path, kind: str | None = None, captions: str | Path | None = None) -> ImageSource:
+    """The source at ``root`` (its kind detected when not given); a source without images is an error."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise SourceError(f"image source {str(root)!r}: no such folder")
+    kind = kind or detect_kind(root)
+    options = {"captions": Path(captions)} if captions is not None and kind == "coco" else {}
+    source = SOURCES[kind](root, **options)
+    if not source.items:
+        raise SourceError(f"{root}: no images found ({kind}; suffixes {IMAGE_SUFFIXES})")
+    return source
+
+
+def crop_geometry(
+    width: int, height: int, size: int
+) -> tuple[list[tuple[int, int]], tuple[int, int], tuple[int, int]]:
+    """ADM's ``center_crop_arr`` as sizes: the BOX halvings while the short side >= 2 * size, the
+    BICUBIC resize that makes the short side ``size`` (rounded), and the crop's (left, top)."""
+    halvings = []
+    while min(width, height) >= 2 * size:
+        width, height = width // 2, height // 2
+        halvings.append((width, height))
+    scale = size / min(width, height)
+    resized = (round(width * scale), round(height * scale))
+    return halvings, resized, ((resized[0] - size) // 2, (resized[1] - size) // 2)
+
+
+def center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """ADM (guided-diffusion) centre crop: repeated BOX downsampling by 2 (anti-aliasing), one
+    BICUBIC resize to a short side of ``size``, then the central size x size; (size, size[, C]) uint8."""
+    halvings, resized, (left, top) = crop_geometry(*image.size, size)
+    for step in halvings:
+        image = image.resize(step, resample=Image.BOX)
+    image = image.resize(resized, resample=Image.BICUBIC)
+    return np.asarray(image)[top : top + size, left : left + size]
+
+
+def center_crop_labels(label_map: Image.Image, size: int) -> np.ndarray:
+    """The same crop of a label map, resized once with NEAREST (labels are never blended)."""
+    _, resized, (left, top) = crop_geometry(*label_map.size, size)
+    return np.asarray(label_map.resize(resized, resample=Image.NEAREST))[top : top + size, left : left + size]
+
+
+def read_image(path: Path, mode: str) -> Image.Image:
+    """The image converted to ``mode`` ("RGB", "L"; label maps: "labels" keeps integer ids)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if mode != "labels":
+                return image.convert(mode)
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise SourceError(f"{path}: a label map must hold one integer id per pixel, not {image.mode}")
+            return image
+    except (OSError, UnidentifiedImageError) as err:
+        raise SourceError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def segment_tokens(label_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """A label map (S, S) on the token grid by majority vote: each cell takes the most frequent id
+    of its (S/g) x (S/g) pixels, ties to the smaller id (every id counts, 255 included); (g*g,)."""
+    S, g = label_map.shape[0], grid[0]
+    if label_map.shape != (S, S) or S % g or grid[0] != grid[1]:
+        raise ValueError(f"label map {label_map.shape} does not tile into a {grid} grid")
+    f = S // g
+    cells = label_map.reshape(g, f, g, f).transpose(0, 2, 1, 3).reshape(g * g, f * f).astype(np.int64)
+    counts = np.zeros((g * g, int(cells.max()) + 1), dtype=np.int64)  # (g*g, K)
+    np.add.at(counts, (np.repeat(np.arange(g * g), f * f), cells.reshape(-1)), 1)
+    return counts.argmax(axis=1)

@@ -1,0 +1,181 @@
+"""``run_study.py tokenize``: image folders -> shard folders (manifest, token values, labels, captions,
+label maps), resumable with byte-identical shards; ADM's centre crop; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ldm_reference import random_ldm_state
+from PIL import Image
+
+from harness.datasets import load_dataset
+from harness.image_sources import center_crop, crop_geometry, open_source, segment_tokens
+from harness.original_vq import OriginalVQConfig
+from run_study import main
+
+LEVELS, SIZE = 5, 8
+GREYS = {"cat": (0, 64, 128), "dog": (191, 255)}  # constant images: token round(v * 4 / 255) everywhere
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions: thread start-up dominates them on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _png(path, array) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def classes(tmp_path):
+    for name, greys in GREYS.items():
+        for i, v in enumerate(greys):  # sizes that need halving, upscaling, or a wide crop
+            _png(tmp_path / "src" / name / f"{i}.png", np.full(((12, 40, 5)[i], (20, 16, 9)[i], 3), v))
+    (tmp_path / "src" / "dog" / "notes.txt").write_text("not an image")
+    return tmp_path / "src"
+
+
+@pytest.fixture
+def noisy(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        _png(tmp_path / "noisy" / f"c{i % 2}" / f"{i}.png", rng.integers(0, 256, (10 + i, 12, 3)))
+    return tmp_path / "noisy"
+
+
+def _tokenize(src, out, *extra) -> int:
+    args = [str(src), str(out), "--pixel-levels", str(LEVELS), "--image-size", str(SIZE), "--no-progress"]
+    return main(["tokenize", *args, *extra])
+
+
+def _options(out, num_classes=2) -> dict:
+    return {"path": str(out), "grid": [SIZE, SIZE], "vocab_size": LEVELS, "num_classes": num_classes}
+
+
+def test_class_folders_give_labels_class_names_and_the_pixel_tokens(classes, tmp_path) -> None:
+    assert _tokenize(classes, tmp_path / "out", "--flip", "--shard-size", "3") == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["class_names"] == ["cat", "dog"] and manifest["counts"] == {"train": 10}
+    assert [e["count"] for e in manifest["splits"]["train"]] == [3, 3, 3, 1]
+    assert manifest["tokenizer"]["kind"] == "pixel" and manifest["sources"]["train"]["flip"] is True
+    assert not list((tmp_path / "out").glob(".tokenize-*"))  # the progress file is gone when complete
+    data = load_dataset("shards", "train", **_options(tmp_path / "out"))
+    greys = [v for vs in GREYS.values() for v in vs for _ in range(2)]  # each image, then its flip
+    expected = torch.tensor([round(v * (LEVELS - 1) / 255) for v in greys])
+    assert torch.equal(data.tokens, expected[:, None].expand(10, SIZE * SIZE))
+    assert data.labels.tolist() == [0] * 6 + [1] * 4
+    assert data.images().shape == (10, 1, SIZE, SIZE)  # decodes through the tokenizer the manifest names
+
+
+def test_an_interrupted_run_resumes_to_byte_identical_shards(noisy, tmp_path) -> None:
+    assert _tokenize(noisy, tmp_path / "whole", "--shard-size", "2") == 0
+    part = tmp_path / "part"
+    assert _tokenize(noisy, part, "--shard-size", "2", "--max-shards", "3") == 0  # stops after 3 of 4
+    assert not (part / "manifest.json").exists() and (part / "train-00002.npy").exists()
+    kept = (part / "train-00000.npy").stat().st_ino
+    (part / "train-00002.npy").unlink()  # lost with the interruption
+    np.save(part / "train-00001-labels.npy", np.zeros(2, dtype=np.int64))  # a torn write
+    assert _tokenize(noisy, part, "--shard-size", "2", "--batch-size", "3") == 0
+    assert (part / "train-00000.npy").stat().st_ino == kept  # verified and kept, not rewritten
+    names = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert names == sorted(p.name for p in part.iterdir())
+    for name in names:
+        assert (part / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert _tokenize(noisy, part, "--shard-size", "3") == 2  # another job into a finished split
+
+
+def test_coco_captions_are_stored_beside_the_shards(tmp_path) -> None:
+    root = tmp_path / "coco"
+    for i in (7, 3, 5):
+        _png(root / "val2017" / f"{i:012d}.png", np.full((9, 9, 3), 20 * i))
+    notes = [{"image_id": 5, "caption": " a five "}, {"image_id": 3, "caption": "three"},
+             {"image_id": 5, "caption": "another five"}]  # fmt: skip
+    images = [{"id": i, "file_name": f"{i:012d}.png"} for i in (7, 3, 5)]
+    (root / "annotations").mkdir()
+    (root / "annotations" / "captions_val2017.json").write_text(
+        json.dumps({"images": images, "annotations": notes})
+    )
+    assert _tokenize(root, tmp_path / "out", "--split", "heldout") == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 0 and manifest["sources"]["heldout"]["source"]["kind"] == "coco"
+    (entry,) = manifest["splits"]["heldout"]
+    assert "labels" not in entry
+    captions = json.loads((tmp_path / "out" / entry["captions"]).read_text())
+    assert captions == [["three"], ["a five", "another five"], []]  # by image id
+    tokens = load_dataset("shards", "heldout", **_options(tmp_path / "out", 0)).tokens
+    assert tokens[:, 0].tolist() == [round(20 * i * 4 / 255) for i in (3, 5, 7)]
+
+
+def test_label_maps_follow_the_crop_and_the_flip_onto_the_token_grid(tmp_path) -> None:
+    root = tmp_path / "seg"
+    labels = np.ones((16, 24), dtype=np.uint8)
+    labels[:, 12:] = 2  # left 1, right 2 around the crop's centre
+    labels[:8, 4:8] = 7
+    _png(root / "images" / "a.png", np.zeros((16, 24, 3)))
+    _png(root / "labels" / "a.png", labels)
+    assert _tokenize(root, tmp_path / "out", "--flip") == 0
+    (entry,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["splits"]["train"]
+    segments = np.load(tmp_path / "out" / entry["segments"]).reshape(2, SIZE, SIZE)
+    crop = labels.repeat(1, 0)[::2, ::2][:, 2:10]  # 24 x 16 -> 12 x 8 (one halving), centre 8 columns
+    assert np.array_equal(segments[0], crop) and np.array_equal(segments[1], crop[:, ::-1])
+    assert set(np.unique(segments[0])) == {1, 2, 7}
+
+
+def test_majority_vote_per_cell_with_ties_to_the_smaller_id() -> None:
+    label_map = np.array([[3, 3, 0, 1], [3, 5, 1, 0], [9, 9, 4, 4], [9, 9, 255, 255]])
+    assert segment_tokens(label_map, (2, 2)).tolist() == [3, 0, 9, 4]
+
+
+def test_an_original_checkpoint_tokenizes_through_the_cli(noisy, tmp_path) -> None:
+    cfg = OriginalVQConfig(n_embed=16, embed_dim=4, z_channels=4, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                           attn_resolutions=(8,), resolution=16, norm_num_groups=4)  # fmt: skip
+    torch.save({"state_dict": random_ldm_state(cfg, seed=1)}, tmp_path / "vq.ckpt")
+    (tmp_path / "vq.json").write_text(json.dumps(cfg.to_dict()))
+    vq = ["--tokenizer", str(tmp_path / "vq.ckpt"), "--tokenizer-config", str(tmp_path / "vq.json")]
+    args = ["tokenize", str(noisy), str(tmp_path / "out"), *vq, "--image-size", "16", "--no-progress"]
+    assert main(args) == 0
+    data = load_dataset(
+        "shards", "train", path=str(tmp_path / "out"), grid=[8, 8], vocab_size=16, num_classes=2
+    )
+    source = open_source(noisy)
+    crops = np.stack([center_crop(Image.open(item.image).convert("RGB"), 16) for item in source.items])
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255  # (7, 3, 16, 16)
+    tokenizer = data.tokenizer._tokenizer()
+    assert torch.equal(data.tokens, tokenizer.encode(x))
+    assert data.images().shape == (7, 3, 16, 16)
+
+
+def test_centre_crop_sizes_and_a_known_case() -> None:
+    for width, height in [(5, 7), (8, 8), (9, 31), (64, 17), (300, 200)]:
+        out = center_crop(Image.new("RGB", (width, height), (10, 20, 30)), 8)
+        assert out.shape == (8, 8, 3) and (out == [10, 20, 30]).all()  # bicubic keeps a constant
+    # 64 x 32 at 8: two BOX halvings (32 x 16, 16 x 8), no rescale, columns 4..11 of 16
+    stripes = np.repeat(np.arange(16, dtype=np.uint8) * 10, 4)[None, :].repeat(32, 0)  # 4-px stripes
+    assert crop_geometry(64, 32, 8) == ([(32, 16), (16, 8)], (16, 8), (4, 0))
+    out = center_crop(Image.fromarray(stripes), 8)
+    assert out.tolist() == [list(range(40, 120, 10))] * 8
+
+
+def test_bad_input_exits_2_with_the_reason(tmp_path, classes, capsys) -> None:
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    assert _tokenize(tmp_path / "absent", tmp_path / "o1") == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert _tokenize(tmp_path / "empty", tmp_path / "o2") == 2
+    assert "no images" in capsys.readouterr().err
+    (classes / "cat" / "broken.png").write_bytes(b"not a png")
+    assert _tokenize(classes, tmp_path / "o3") == 2
+    assert "broken.png: unreadable image" in capsys.readouterr().err
+    (tmp_path / "vq.ckpt").write_bytes(b"")
+    args = ["tokenize", str(classes), str(tmp_path / "o4"), "--tokenizer", str(tmp_path / "vq.ckpt")]
+    assert main([*args, "--tokenizer-preset", "ldm-vq-f16"]) == 2
+    assert "unknown tokenizer preset 'ldm-vq-f16'" in capsys.readouterr().err
+    assert main([*args, "--image-size", "0"]) == 2
+    assert "--image-size: 0" in capsys.readouterr().err
