@@ -14,6 +14,7 @@ import torch
 import yaml
 from ldm_reference import ldm_decode, ldm_encode, ldm_names, random_ldm_state
 from safetensors.torch import save_file
+from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
 from harness.original_vq import VQ_PRESETS, OriginalVQConfig, ldm_name, read_vq_config
 from harness.pretrained_vq import PretrainedWeightsError, build_tokenizer, load_original_vq
@@ -21,15 +22,6 @@ from models.registry import UnknownNameError
 
 CFG = OriginalVQConfig(n_embed=32, embed_dim=4, z_channels=4, ch=8, ch_mult=(1, 2, 2), num_res_blocks=2,
                        attn_resolutions=(4,), resolution=16, norm_num_groups=4)  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: thread start-up dominates them on a loaded 2-core machine (1.3 s vs 0.02 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(n: int, seed: int) -> torch.Tensor:

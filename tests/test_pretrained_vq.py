@@ -9,6 +9,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
+from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
 from harness.datasets import load_dataset
 from harness.pretrained_vq import PretrainedWeightsError, load_diffusers_vq

@@ -10,6 +10,7 @@ import pytest
 import torch
 from ldm_reference import random_ldm_state
 from PIL import Image
+from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
 from harness.datasets import load_dataset
 from harness.image_sources import center_crop, crop_geometry, open_source, segment_tokens
@@ -18,15 +19,6 @@ from run_study import main
 
 LEVELS, SIZE = 5, 8
 GREYS = {"cat": (0, 64, 128), "dog": (191, 255)}  # constant images: token round(v * 4 / 255) everywhere
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: thread start-up dominates them on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _png(path, array) -> None:
