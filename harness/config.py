@@ -84,6 +84,9 @@ class TrainSection(Section):
     bf16: bool = False
     compile: bool = False
     checkpoint_every: int = Field(default=500, ge=0)
+    tf32: bool = False  # TF32 float32 matmuls/convolutions on CUDA
+    fused_adamw: Literal["auto"] | bool = "auto"  # auto: fused on CUDA
+    activation_checkpointing: bool = False  # recompute blocks in backward (memory for compute)
 
     _scheduler = field_validator("scheduler")(lambda v: _known(v, SCHEDULERS, "scheduler"))
     _loss = field_validator("loss")(lambda v: _known(v, LOSSES, "loss weighting"))
@@ -195,15 +198,26 @@ class TrialConfig(Section):
 
     TRAINING_KEYS: ClassVar[tuple[str, ...]] = ("seed", "data", "model", "train")
 
+    def _dump(self, **kwargs) -> dict[str, Any]:
+        """model_dump without the fields added after checkpoints existed, while at their default:
+        a new option must not change the hash (and so orphan the checkpoint) of a config that
+        does not use it."""
+        d = self.model_dump(mode="json", **kwargs)
+        for dotted, default in OMITTED_AT_DEFAULT.items():
+            section, name = dotted.split(".")
+            if section in d and d[section].get(name, default) == default:
+                d[section].pop(name, None)
+        return d
+
     def training_part(self) -> dict[str, Any]:
         """What the checkpoint depends on. A data baseline trains nothing: only its data and seed."""
         keys = ("seed", "data") if self.sampler.is_baseline else self.TRAINING_KEYS
-        return {k: v for k, v in self.model_dump(mode="json").items() if k in keys}
+        return {k: v for k, v in self._dump().items() if k in keys}
 
     def identity(self) -> dict[str, Any]:
         """What the trial's result depends on: everything, except that a data baseline ignores the
         model, the training recipe and every sampler option but its name."""
-        d = self.model_dump(mode="json", exclude={"recipe"})  # a label: the settings say it all
+        d = self._dump(exclude={"recipe"})  # a label: the settings say it all
         if self.sampler.is_baseline:
             d = {**self.training_part(), "sampler": {"name": self.sampler.name}, "eval": d["eval"]}
         return d
@@ -213,6 +227,14 @@ class TrialConfig(Section):
 
     def trial_hash(self) -> str:
         return config_hash(self.identity())
+
+
+# "section.field" -> default, for fields added after checkpoints were cached (see TrialConfig._dump).
+OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "train.tf32": False,
+    "train.fused_adamw": "auto",
+    "train.activation_checkpointing": False,
+}
 
 
 def config_hash(d: dict[str, Any]) -> str:

@@ -1,9 +1,11 @@
-"""Ray Tune dispatch: the only module that imports Ray.
+"""Ray Tune dispatch: with harness.distributed (Ray Train), the only modules that import Ray.
 
 Grid studies run in two phases: every distinct training config not yet in the checkpoint
 store is trained once (one Tune trial each), then every sampling/evaluation trial not yet in
 the ledger runs against those checkpoints. Random and Optuna searches run one phase, each
 trial training its checkpoint if the store lacks it (trials sharing one wait on a lock).
+With ``resources.workers`` > 1 a trial's training runs on that many Ray Train workers
+(a TorchTrainer launched from inside the Tune trial), each holding the trial's cpu and gpu.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness.cache import CACHE_ENV
 from harness.config import TrialConfig
+from harness.distributed import DataParallelLauncher, check_workers_fit
 from harness.ledger import Ledger, TrialRecord
 from harness.store import CheckpointStore
 from harness.study import StudySpec, _axis_values, apply_assignment, metric_mode
@@ -32,6 +35,9 @@ RAY_ENV = {
 }
 
 
+DRIVER_MEMORY = 256 * 2**20  # bytes held by a training trial whose Ray Train workers do the work
+
+
 class TrialFailedError(RuntimeError):
     """Raised inside a Tune trial so that Tune's FailureConfig retries it."""
 
@@ -45,6 +51,15 @@ class TrialContext:
     cache_dir: str | None
     cpu: float
     gpu: float
+    workers: int = 1  # data-parallel training workers (Ray Train), each holding cpu and gpu
+
+
+def _launcher(ctx: TrialContext, report_to_tune: bool) -> DataParallelLauncher | None:
+    """Ray Train workers for the trial's training when the study asks for more than one."""
+    if ctx.workers == 1:
+        return None
+    storage = str((Path(ctx.study_dir) / "ray").resolve())
+    return DataParallelLauncher(ctx.workers, ctx.cpu, ctx.gpu, storage, ctx.cache_dir, report_to_tune)
 
 
 def _device(ctx: TrialContext) -> str:
@@ -68,7 +83,8 @@ def _train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     def on_log(step: int, metrics: dict) -> None:
         tune.report({"step": step, "steps": trial.train.steps, "loss": metrics["train/loss"]})
 
-    CheckpointStore(ctx.store_root).ensure(trial, device=_device(ctx), on_log=on_log)
+    store = CheckpointStore(ctx.store_root)
+    store.ensure(trial, device=_device(ctx), on_log=on_log, launcher=_launcher(ctx, report_to_tune=True))
     tune.report({"step": trial.train.steps, "steps": trial.train.steps, "done": 1})
 
 
@@ -114,7 +130,10 @@ def _sample_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
 def _search_trainable(config: dict[str, Any], ctx: TrialContext, spec: StudySpec) -> None:
     _worker_setup(ctx)
-    _finish(apply_assignment(spec, config), ctx)
+    trial = apply_assignment(spec, config)
+    if ctx.workers > 1 and not trial.sampler.is_baseline:  # train on the workers, then sample here
+        CheckpointStore(ctx.store_root).ensure(trial, launcher=_launcher(ctx, report_to_tune=False))
+    _finish(trial, ctx)
 
 
 def search_space(spec: StudySpec) -> dict[str, Any]:
@@ -232,6 +251,12 @@ class RayDispatcher:
 
         return dict(ray.cluster_resources())
 
+    def _with_workers(self, spec: StudySpec, ctx: TrialContext, trial_share: bool) -> TrialContext:
+        """The context with the study's training workers, refused if the cluster cannot hold them."""
+        if spec.resources.workers > 1:
+            check_workers_fit(spec.resources, self.cluster_resources(), trial_share)
+        return replace(ctx, workers=spec.resources.workers)
+
     def _tune(
         self,
         trainable,
@@ -244,10 +269,11 @@ class RayDispatcher:
         progress: _Progress,
         search_alg=None,
         scheduler=None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         from ray import tune
 
-        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        resources = resources or {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space=param_space,
@@ -279,7 +305,11 @@ class RayDispatcher:
     ) -> None:
         from ray import tune
 
+        ctx = self._with_workers(spec, ctx, trial_share=False)
         if trainings:
+            # With Ray Train workers the training trial itself only waits on them: it holds no CPU
+            # or GPU (Tune needs some resource: a little memory; the workers hold their own share).
+            driver = {"cpu": 0, "memory": DRIVER_MEMORY} if ctx.workers > 1 else None
             progress = _Progress(len(trainings), "train", None)
             space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trainings])}
             self._tune(
@@ -290,6 +320,7 @@ class RayDispatcher:
                 ctx=ctx,
                 num_samples=1,
                 progress=progress,
+                resources=driver,
             )
         if trials:
             progress = _Progress(len(trials), "trial", on_complete)
@@ -310,6 +341,7 @@ class RayDispatcher:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+        ctx = self._with_workers(spec, ctx, trial_share=True)
         mode = metric_mode(spec)
         search_alg = None
         if spec.search.algorithm == "optuna":

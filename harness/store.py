@@ -7,7 +7,9 @@
     <root>/<training_hash>/samples/<settings>/seed_<k>/samples.npz
 
 Trials that need the same checkpoint wait on a file lock instead of training twice; a
-training interrupted at any point continues from its last periodic checkpoint.
+training interrupted at any point continues from its last periodic checkpoint. A launcher
+(``harness.distributed``) can run the training data parallel: every worker calls
+``train_into`` with its rank, and rank 0 writes the checkpoint and the curve.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ import fcntl
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import TrialConfig
 from harness.datasets import TokenDataset, load_dataset
 from harness.ledger import atomic_write_text
 from models.backbone import ModelConfig
+from models.data_parallel import DataParallel
 from models.trainer import TrainConfig, train
+
+if TYPE_CHECKING:
+    import torch
+
+# launcher(trial, folder): trains the trial's checkpoint into the store folder (harness.distributed)
+Launcher = Callable[[TrialConfig, Path], None]
 
 
 def model_config_for(trial: TrialConfig, data: TokenDataset) -> ModelConfig:
@@ -78,10 +88,12 @@ class CheckpointStore:
         device: str = "cpu",
         progress: bool = False,
         on_log: Callable[[int, dict], None] | None = None,
+        launcher: Launcher | None = None,
     ) -> Path:
         """The finished checkpoint of the trial's training config, training it if needed.
 
-        ``on_log(step, metrics)`` is called at each logged step (about 20 per training).
+        ``on_log(step, metrics)`` is called at each logged step (about 20 per training) when
+        the training runs here; ``launcher`` runs it elsewhere instead (data parallel).
         """
         h = trial.training_hash()
         folder = self.folder(h)
@@ -93,34 +105,58 @@ class CheckpointStore:
             atomic_write_text(
                 folder / "config.json", json.dumps(trial.training_part(), indent=2, sort_keys=True)
             )
-            data = load_dataset(trial.data.name, "train", **trial.data.options)
             started = time.perf_counter()
-            with (folder / "curve.jsonl").open("a") as curve:
 
-                def log(step: int, metrics: dict) -> None:
-                    curve.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
-                    curve.flush()
-                    if on_log is not None:
-                        on_log(step, metrics)
-                    if progress:
-                        print(
-                            f"    [{h[:8]}] step {step}/{trial.train.steps} loss {metrics['train/loss']:.3f}",
-                            flush=True,
-                        )
+            def log(step: int, metrics: dict) -> None:
+                if on_log is not None:
+                    on_log(step, metrics)
+                if progress:
+                    print(
+                        f"    [{h[:8]}] step {step}/{trial.train.steps} loss {metrics['train/loss']:.3f}",
+                        flush=True,
+                    )
 
-                train(
-                    model_config_for(trial, data),
-                    train_config_for(trial),
-                    data.tokens,
-                    data.labels,
-                    checkpoint_path=self.checkpoint(h),
-                    device=device,
-                    log=log,
-                    log_every=max(1, trial.train.steps // 20),
-                )
+            if launcher is None:
+                train_into(trial, folder, device, on_log=log)
+            else:
+                launcher(trial, folder)
             atomic_write_text(folder / "done.json", json.dumps({"seconds": time.perf_counter() - started}))
         return self.checkpoint(h)
 
     def training_seconds(self, training_hash: str) -> float:
         path = self.folder(training_hash) / "done.json"
         return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
+
+
+def train_into(
+    trial: TrialConfig,
+    folder: Path,
+    device: str | torch.device = "cpu",
+    *,
+    parallel: DataParallel | None = None,
+    on_log: Callable[[int, dict], None] | None = None,
+) -> None:
+    """Trains (or resumes) the trial's checkpoint in its store folder; the only process, or rank 0
+    of ``parallel``, appends each logged step to ``curve.jsonl``. Every rank loads the data."""
+    data = load_dataset(trial.data.name, "train", **trial.data.options)
+    writes = parallel is None or parallel.rank == 0
+    with (folder / "curve.jsonl").open("a") if writes else nullcontext() as curve:
+
+        def log(step: int, metrics: dict) -> None:
+            if curve is not None:
+                curve.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+                curve.flush()
+            if on_log is not None:
+                on_log(step, metrics)
+
+        train(
+            model_config_for(trial, data),
+            train_config_for(trial),
+            data.tokens,
+            data.labels,
+            checkpoint_path=folder / "checkpoint.pt",
+            device=device,
+            log=log,
+            log_every=max(1, trial.train.steps // 20),
+            parallel=parallel,
+        )

@@ -49,9 +49,13 @@ class SchedulerSpec(BaseModel):
 
 
 class Resources(BaseModel):
+    """Per trial; with ``workers`` > 1 each training runs data parallel on that many Ray Train
+    workers of ``cpu`` and ``gpu`` each (harness.distributed), the same steps as one process."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
+    workers: int = Field(default=1, ge=1)
 
 
 class StudySpec(BaseModel):
@@ -217,7 +221,13 @@ def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, se
         for key, value in layer.items():
             set_dotted(d, key, value)
     d["seed"] = seed
-    return build_trial(d, where=f"trial (variant {variant}, {assignment})" if assignment else "trial")
+    trial = build_trial(d, where=f"trial (variant {variant}, {assignment})" if assignment else "trial")
+    if trial.train.batch_size % spec.resources.workers:
+        raise ConfigError(
+            f"train.batch_size = {trial.train.batch_size} is not divisible by resources.workers = "
+            f"{spec.resources.workers}: each worker trains batch_size / workers rows"
+        )
+    return trial
 
 
 def validate_study(spec: StudySpec) -> None:

@@ -321,8 +321,14 @@ class DiscreteDiT(nn.Module):
         if self.time_embed is not None:
             c = c + self._time(t)
         h = self._embed(x_t)  # (B, L', D)
+        # activation_checkpointing (set by the trainer): keep only each block's input and
+        # recompute the block in backward, so a long sequence at a large batch fits in memory.
+        recompute = getattr(self, "activation_checkpointing", False) and self.training
         for block in self.blocks:
-            h = block(h, c)
+            if recompute and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
         shift, scale = self.ada_out(c).chunk(2, dim=1)
         return self._logits(self.head(modulate(self.norm_out(h), shift, scale)))  # (B, L, V)
 

@@ -1,11 +1,14 @@
 """One training loop for every recipe: AdamW, warm-up, grad clip, EMA, bf16, accumulation.
 
 All randomness (batches, t, masks, condition dropout) comes from one ``torch.Generator``
-whose state is checkpointed, so a resumed run continues bit for bit on CPU.
+whose state is checkpointed, so a resumed run continues bit for bit on CPU. Data-parallel
+training (``DataParallel``) draws the same global micro-batch on every rank and trains each
+rank on its rows, so N workers take the same optimizer steps as one process on the whole batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -14,20 +17,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from models.backbone import DiscreteDiT, ModelConfig, check_keys
 from models.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
+from models.data_parallel import DataParallel, draw_micro_batch, mean_over_ranks
 from models.losses import LOSSES, masked_positions
-from models.path import maskgit_corrupt, sample_t, sample_x_t
 from models.schedulers import KappaScheduler, build_scheduler
 
 CORRUPTIONS = ("interpolant", "maskgit")
+FUSED_ADAMW = ("auto", True, False)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe. ``corruption="maskgit"`` is the MaskGIT baseline's exact-count masking."""
+    """Training recipe. ``corruption="maskgit"`` is the MaskGIT baseline's exact-count masking.
+
+    tf32: float32 matmuls and convolutions in TF32 on CUDA (set when training starts; no effect
+    on CPU). fused_adamw: "auto" (fused on CUDA), True (fused; an error where torch has no fused
+    kernel for the device) or False. activation_checkpointing: recompute each block's
+    activations in the backward pass (less memory, about a third more compute; same gradients).
+    """
 
     steps: int = 1000
     batch_size: int = 64
@@ -49,9 +60,14 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     checkpoint_every: int = 0
+    tf32: bool = False
+    fused_adamw: str | bool = "auto"
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
+        if not (self.fused_adamw == "auto" or isinstance(self.fused_adamw, bool)):
+            raise ValueError(f"train.fused_adamw: {self.fused_adamw!r}; expected one of {FUSED_ADAMW}")
         LOSSES[self.loss]
         build_scheduler(self.scheduler, **self.scheduler_params)
         if self.corruption not in CORRUPTIONS:
@@ -92,20 +108,47 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     step: int = 0
-    forward: Callable | None = None  # torch.compile'd model when config.compile, else the model
+    forward: Callable | None = None  # the compiled and/or DDP-wrapped model, else the model
+    parallel: DataParallel | None = None
+    wrapped: nn.Module | None = None  # the DDP module (for no_sync during accumulation)
 
     def __post_init__(self) -> None:
         if self.forward is None:
             self.forward = self.model
 
 
+def set_tf32(enabled: bool, device: str | torch.device) -> None:
+    """TF32 for float32 matmuls (cuBLAS) and convolutions (cuDNN) on CUDA, on or off as asked, so
+    that a reused worker does not keep a previous training's choice; CPU is left alone. Uses
+    torch's fp32_precision settings: mixing them with the legacy ``allow_tf32`` flags raises."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+
+
+def use_fused_adamw(config: TrainConfig, device: str | torch.device) -> bool:
+    """ "auto": fused on CUDA only; True where torch has no fused kernel for the device is an error."""
+    kind = torch.device(device).type
+    if config.fused_adamw == "auto":
+        return kind == "cuda"
+    supported = _get_fused_kernels_supported_devices()
+    if config.fused_adamw and kind not in supported:
+        raise ValueError(
+            f"train.fused_adamw = True but torch has no fused AdamW for device {kind!r} "
+            f"(it has for {supported}); use 'auto' or false"
+        )
+    return config.fused_adamw
+
+
 def init_state(
     model_config: ModelConfig, config: TrainConfig, device: str | torch.device = "cpu"
 ) -> TrainState:
+    fused = use_fused_adamw(config, device)  # a bad choice fails before anything is built
     torch.manual_seed(config.seed)  # parameter init only; training draws from the generator
     model = DiscreteDiT(model_config).to(device)
+    model.activation_checkpointing = config.activation_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False)
-    fused = torch.device(device).type == "cuda"
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config.lr,
@@ -118,14 +161,11 @@ def init_state(
     return TrainState(model, ema, optimizer, generator, forward=forward)
 
 
-def corrupt(
-    x_1: Tensor, config: TrainConfig, scheduler: KappaScheduler, mask_id: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Returns (x_t, t) for one batch under the configured corruption."""
-    t = sample_t(x_1.shape[0], eps=config.t_eps, generator=generator)
-    if config.corruption == "maskgit":
-        return maskgit_corrupt(x_1, mask_id, generator=generator), t
-    return sample_x_t(x_1, t, scheduler, mask_id, generator=generator), t
+def parallelize(state: TrainState, parallel: DataParallel, config: TrainConfig) -> None:
+    """Makes ``state`` train as one rank of ``parallel`` (the DDP wrap, compiled if asked)."""
+    state.parallel = parallel
+    state.wrapped = parallel.wrap(state.model)
+    state.forward = torch.compile(state.wrapped) if config.compile else state.wrapped
 
 
 def train_step(
@@ -136,26 +176,26 @@ def train_step(
     scheduler: KappaScheduler,
     device: str | torch.device,
 ) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss."""
-    model, cfg, g = state.model, state.model.config, state.generator
+    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss (over all ranks)."""
+    model, parallel = state.model, state.parallel
+    shard = (parallel.rank, parallel.world_size) if parallel else (0, 1)
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.step, config)
     total = 0.0
-    for _ in range(config.grad_accum):
-        idx = torch.randint(0, tokens.shape[0], (config.batch_size,), generator=g)
-        x_1 = tokens[idx]  # (B, L)
-        x_t, t = corrupt(x_1, config, scheduler, cfg.mask_id, g)
-        y = None
-        if labels is not None:
-            y = labels[idx]
-            drop = torch.rand(config.batch_size, generator=g) < config.class_dropout
-            y = torch.where(drop, torch.full_like(y, cfg.null_class), y)
-            y = y.to(device)
-        x_1, x_t, t = x_1.to(device), x_t.to(device), t.to(device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = state.forward(x_t, t, y)  # (B, L, V)
-        loss = LOSSES[config.loss](logits, x_1, masked_positions(x_t, cfg.mask_id), t, scheduler)
-        (loss / config.grad_accum).backward()
+    for k in range(config.grad_accum):
+        batch = draw_micro_batch(tokens, labels, config, scheduler, model.config, state.generator, shard)
+        x_1, x_t, t = batch.x_1.to(device), batch.x_t.to(device), batch.t.to(device)
+        y = None if batch.y is None else batch.y.to(device)
+        last = k == config.grad_accum - 1  # DDP averages gradients once, after the last micro-batch
+        no_sync = getattr(state.wrapped, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits = state.forward(x_t, t, y)  # (b, L, V)
+            masked = masked_positions(x_t, model.config.mask_id)  # (b, L)
+            loss = LOSSES[config.loss](logits, x_1, masked, t, scheduler)
+            if batch.weight != 1.0:
+                loss = loss * batch.weight
+            (loss / config.grad_accum).backward()
         total += loss.item()
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -167,7 +207,7 @@ def train_step(
         for p_ema, p in zip(state.ema.parameters(), model.parameters(), strict=True):
             p_ema.lerp_(p, 1.0 - decay)
     state.step += 1
-    return total / config.grad_accum
+    return mean_over_ranks(total / config.grad_accum, parallel, device)
 
 
 def save_state(path: str | Path, state: TrainState, config: TrainConfig, extra: dict | None = None) -> None:
@@ -208,18 +248,29 @@ def train(
     device: str | torch.device = "cpu",
     log: Callable[[int, dict], None] | None = None,
     log_every: int = 50,
+    parallel: DataParallel | None = None,
 ) -> TrainState:
     """Trains to ``config.steps``, resuming from ``checkpoint_path`` if it exists.
 
     tokens: (N, L) long training set; labels: (N,) long or None. Saves the final state (and
-    every ``checkpoint_every`` steps) to ``checkpoint_path``.
+    every ``checkpoint_every`` steps) to ``checkpoint_path``. With ``parallel`` every rank calls
+    this with the same arguments: each trains on B / N rows of every micro-batch, ``log`` gets
+    the mean loss over ranks on every rank, and only rank 0 writes the checkpoint.
     """
     if labels is not None and model_config.num_classes == 0:
         labels = None
+    if parallel is not None and config.batch_size % parallel.world_size:
+        raise ValueError(
+            f"train.batch_size {config.batch_size} is not divisible by {parallel.world_size} workers"
+        )
+    set_tf32(config.tf32, device)  # here, at the entry of training, never at import
     resume = checkpoint_path is not None and Path(checkpoint_path).is_file()
     state = (
         restore_state(checkpoint_path, config, device) if resume else init_state(model_config, config, device)
     )
+    if parallel is not None:
+        parallelize(state, parallel, config)
+    writes = checkpoint_path is not None and (parallel is None or parallel.rank == 0)
     scheduler = config.build_scheduler()
     state.model.train()
     started, window = time.perf_counter(), []
@@ -237,7 +288,7 @@ def train(
             )
             window = []
         periodic = config.checkpoint_every and state.step % config.checkpoint_every == 0
-        if checkpoint_path is not None and (periodic or done):
+        if writes and (periodic or done):
             save_state(checkpoint_path, state, config)
     state.model.eval()
     state.ema.eval()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+from harness.config import ConfigError, TrialConfig, build_trial
 from harness.datasets import load_dataset
+from models import trainer
 from models.backbone import ModelConfig
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from models.diagnostics import context_check, heldout_masked_ce, unigram_entropy
-from models.trainer import TrainConfig, lr_at, save_state, train
+from models.trainer import TrainConfig, init_state, lr_at, save_state, set_tf32, train
 
 SMALL = {"size": "tiny", "depth": 1, "width": 32, "heads": 2}
 
@@ -101,6 +109,116 @@ def test_bad_train_config_names_the_field():
         TrainConfig(corruption="bert")
     with pytest.raises(KeyError, match="cosine"):
         TrainConfig(scheduler="cosin")
+
+
+def test_new_train_options_leave_existing_hashes_alone():
+    """Checkpoints cached before tf32 / fused_adamw / activation_checkpointing existed keep their
+    address: a default TrialConfig hashes as before these options (values computed before the
+    change), spelled-out defaults too; a non-default value is another training."""
+    default = TrialConfig()
+    assert (default.training_hash(), default.trial_hash()) == ("4c010d3d5219b402", "2d8c9e70bd57f275")
+    explicit = build_trial(
+        {"train": {"tf32": False, "fused_adamw": "auto", "activation_checkpointing": False}}
+    )
+    assert explicit.training_hash() == default.training_hash()
+    for key, value in (("tf32", True), ("fused_adamw", True), ("fused_adamw", False)):
+        assert build_trial({"train": {key: value}}).training_hash() != default.training_hash()
+    with pytest.raises(ConfigError, match=r"train.fused_adamw\S* = 'sometimes': Input should be 'auto'"):
+        build_trial({"train": {"fused_adamw": "sometimes"}})
+
+
+def test_tf32_is_set_when_training_starts_and_only_for_cuda(digits):
+    flags = lambda: (torch.get_float32_matmul_precision(), torch.backends.cudnn.conv.fp32_precision)  # noqa: E731
+    before = flags()
+    model_config, config = _configs(tf32=True)
+    train(model_config, config, digits[0].tokens, digits[0].labels)  # on CPU: nothing changes
+    assert flags() == before
+    try:
+        set_tf32(True, "cuda")  # setting the flags needs no GPU
+        assert flags() == ("high", "tf32") and torch.backends.cuda.matmul.fp32_precision == "tf32"
+        set_tf32(False, "cuda")  # a reused worker drops a previous training's TF32
+        assert flags() == ("highest", "ieee")
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.conv.fp32_precision = before[1]
+
+
+def test_fused_adamw_auto_true_false(monkeypatch):
+    model_config, _ = _configs()
+    assert not init_state(model_config, TrainConfig(), "cpu").optimizer.defaults["fused"]  # auto: CUDA only
+    assert init_state(model_config, TrainConfig(fused_adamw=True), "cpu").optimizer.defaults["fused"]
+    assert not init_state(model_config, TrainConfig(fused_adamw=False), "cpu").optimizer.defaults["fused"]
+    monkeypatch.setattr(trainer, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    with pytest.raises(ValueError, match=r"train.fused_adamw = True .* device 'cpu'"):
+        init_state(model_config, TrainConfig(fused_adamw=True), "cpu")
+    with pytest.raises(ValueError, match="train.fused_adamw"):
+        TrainConfig(fused_adamw="yes")
+
+
+def test_activation_checkpointing_recomputes_blocks_and_keeps_gradients(digits):
+    model_config, _ = _configs()
+    x_t = digits[0].tokens[:8].clone()
+    x_t[:, ::2] = model_config.mask_id
+    t, y = torch.rand(8), digits[0].labels[:8]
+    calls, grads = [], []
+    for flag in (False, True):
+        state = init_state(model_config, TrainConfig(activation_checkpointing=flag))
+        with torch.no_grad():  # non-zero head and modulation, so that every gradient is non-trivial
+            for p in state.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        state.model.blocks[0].register_forward_pre_hook(lambda *_, flag=flag: calls.append(flag))
+        state.model.train()
+        state.model(x_t, t, y).logsumexp(-1).mean().backward()
+        grads.append([p.grad for p in state.model.parameters()])
+    assert calls.count(False) == 1 and calls.count(True) == 2  # the block ran again in backward
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+def test_gpu_check_runs_every_path_tiny_on_cpu(tmp_path):
+    """The prepared GPU check (benchmarks/gpu_check.py) at tiny sizes on CPU: training, sampling
+    with CFG and the DiT-XL probe (here a small model) all run and report their figures."""
+    out = tmp_path / "gpu_check.json"
+    args = ["--device", "cpu", "--tiny", "--threads", "1", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, str(GPU_CHECK), *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    train, sample = report["train"], report["sample"]
+    assert train["fits"] and train["batch"] == 8 and torch.isfinite(torch.tensor(train["loss"]))
+    assert train["tokens_per_s"] == pytest.approx(train["samples_per_s"] * 64)
+    assert sample["samples_per_s"] > 0 and sample["nfe"] == 2
+    assert {k: v["fits"] for k, v in report["xl_probe"].items()} == {"plain": True, "checkpointing": True}
+    assert "samples/s" in result.stdout and "GiB" in result.stdout
+
+
+def test_gpu_check_halves_the_batch_until_it_fits():
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_check", gpu_check)  # its dataclasses look their module up
+    spec.loader.exec_module(gpu_check)
+    tried = []
+
+    def run(batch: int) -> dict:
+        tried.append(batch)
+        if batch > 48:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"peak_gib": 1.0}
+
+    cpu = torch.device("cpu")
+    result = gpu_check.largest_fitting(run, 256, cpu)
+    assert tried == [256, 128, 64, 32] and result == {"batch": 32, "fits": True, "peak_gib": 1.0}
+    assert gpu_check.largest_fitting(lambda b: run(10**6), 4, cpu) == {"fits": False}
+
+    def broken(batch: int) -> dict:
+        raise RuntimeError("not a memory error")
+
+    with pytest.raises(RuntimeError, match="not a memory error"):  # only memory errors halve the batch
+        gpu_check.largest_fitting(broken, 4, cpu)
 
 
 @pytest.mark.slow

@@ -1,0 +1,113 @@
+"""Data-parallel training: rank shards partition one micro-batch, DDP with N workers takes the same
+steps as one process on the whole batch, and a study with resources.workers = 2 trains through
+Ray Train (gloo on CPU) inside its Tune trial."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_runs_root, study_file
+
+from harness.config import ConfigError, build_trial
+from harness.distributed import check_workers_fit
+from harness.ledger import Ledger
+from harness.runner import execute, prepare
+from harness.store import CheckpointStore, train_into
+from harness.study import Resources
+from models.backbone import ModelConfig
+from models.checkpoint import load_checkpoint, model_from_checkpoint
+from models.data_parallel import draw_micro_batch
+from models.losses import LOSSES, masked_positions
+from models.trainer import TrainConfig
+
+MODEL = ModelConfig(vocab_size=17, grid=(4, 4), num_classes=3, size="tiny")
+
+
+def _draw(config: TrainConfig, shard: tuple[int, int], tokens, labels):
+    generator = torch.Generator().manual_seed(7)
+    batch = draw_micro_batch(tokens, labels, config, config.build_scheduler(), MODEL, generator, shard)
+    return batch, generator.get_state()
+
+
+@pytest.mark.parametrize("loss", ["masked_ce", "elbo", "all_token_ce"])
+@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("corruption", ["interpolant", "maskgit"])
+def test_shards_partition_the_micro_batch_and_weights_give_its_loss(loss, world_size, corruption):
+    """Rank r keeps rows [r B/N, (r+1) B/N) of the one micro-batch every rank draws (the
+    generator ends alike on every rank), and mean_r(w_r loss(shard_r)) = loss(whole batch) for
+    any logits, so DDP's mean of the ranks' gradients is the whole batch's gradient."""
+    config = TrainConfig(batch_size=24, loss=loss, corruption=corruption, class_dropout=0.3)
+    tokens, labels = torch.randint(0, 17, (50, 16)), torch.randint(0, 3, (50,))
+    full, full_state = _draw(config, (0, 1), tokens, labels)
+    shards = [_draw(config, (r, world_size), tokens, labels) for r in range(world_size)]
+    for batch, state in shards:
+        assert batch.x_1.shape == (24 // world_size, 16) and torch.equal(state, full_state)
+    for field in ("x_1", "x_t", "t", "y"):
+        joined = torch.cat([getattr(batch, field) for batch, _ in shards])
+        assert torch.equal(joined, getattr(full, field))
+    logits = torch.randn(24, 16, 18, generator=torch.Generator().manual_seed(1))  # (B, L, V)
+    scheduler, fn = config.build_scheduler(), LOSSES[loss]
+
+    def loss_of(batch, rows):
+        return fn(logits[rows], batch.x_1, masked_positions(batch.x_t, MODEL.mask_id), batch.t, scheduler)
+
+    b = 24 // world_size
+    weighted = [
+        batch.weight * loss_of(batch, slice(r * b, (r + 1) * b)) for r, (batch, _) in enumerate(shards)
+    ]
+    assert torch.stack(weighted).mean() == pytest.approx(loss_of(full, slice(None)).item(), rel=1e-5)
+    if loss == "masked_ce" and corruption == "interpolant":
+        assert len({round(batch.weight, 6) for batch, _ in shards}) > 1  # unequal masked counts
+
+
+def test_worker_requests_are_checked_against_the_cluster():
+    check_workers_fit(Resources(cpu=1, workers=2), {"CPU": 2.0}, trial_share=False)
+    with pytest.raises(ConfigError, match=r"resources.workers = 2 .* needs 3 CPU"):
+        check_workers_fit(Resources(cpu=1, workers=2), {"CPU": 2.0}, trial_share=True)
+    with pytest.raises(ConfigError, match=r"resources.gpu = 1.0 each needs 4 GPU"):
+        check_workers_fit(Resources(cpu=1, gpu=1, workers=4), {"CPU": 8.0, "GPU": 2.0}, trial_share=False)
+
+
+def test_batch_size_must_split_over_the_workers(tmp_path):
+    from harness.study import load_study
+
+    path = study_file(tmp_path, "odd", overrides={"train.batch_size": 15}, resources={"cpu": 1, "workers": 2})
+    with pytest.raises(ConfigError, match=r"train.batch_size = 15 is not divisible by resources.workers = 2"):
+        load_study(path)
+
+
+def test_two_ray_train_workers_take_the_steps_of_one_process(tmp_path, warm_eval_cache, ray_session):
+    """A grid study with resources.workers = 2: its training runs on two gloo workers (a
+    TorchTrainer inside the Tune trial), its checkpoint loads and samples, and its weights
+    equal those of one process trained on the whole batch (lr high enough that a wrong shard
+    or loss weight shows)."""
+    root = make_runs_root(tmp_path / "runs", warm_eval_cache)
+    overrides = {
+        "train.steps": 4,
+        "train.batch_size": 16,
+        "train.grad_accum": 2,
+        "train.lr": 0.02,
+        "train.warmup_steps": 0,
+        "model.depth": 1,
+        "model.width": 32,
+        "model.heads": 2,
+    }
+    study = study_file(tmp_path, "ddp", overrides=overrides, resources={"cpu": 1, "workers": 2})
+    run = prepare(study, root)
+    (trial,) = run.plan.trials
+    records = execute(run)
+    assert [r.status for r in records] == ["finished"]
+    assert Ledger(root / "ddp").get(trial.trial_hash()).status == "finished"
+    store = CheckpointStore(root / "checkpoints")
+    assert store.is_done(trial.training_hash())
+    _, ckpt = model_from_checkpoint(store.checkpoint(trial.training_hash()))
+    assert ckpt["step"] == 4 and [step for step, _ in store.curve(trial.training_hash())] == [1, 2, 3, 4]
+
+    single = tmp_path / "single"
+    single.mkdir()
+    train_into(build_trial(trial.model_dump(mode="json")), single)
+    reference = load_checkpoint(single / "checkpoint.pt")
+    for name, value in reference["model"].items():
+        torch.testing.assert_close(ckpt["model"][name], value, rtol=1e-4, atol=1e-5)
+    losses = [m["train/loss"] for _, m in store.curve(trial.training_hash())]
+    assert losses == pytest.approx([m["train/loss"] for _, m in CheckpointStore(tmp_path).curve("single")])
