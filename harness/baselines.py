@@ -26,7 +26,11 @@ def class_marginals(train: TokenDataset, heldout: TokenDataset, num_samples: int
     classes = labels if labels is not None else torch.zeros(num_samples, dtype=torch.long)
     train_classes = train.labels if labels is not None else torch.zeros(len(train), dtype=torch.long)
     V, L = train.vocab_size, train.seq_len
-    counts = torch.ones(max(1, train.num_classes), L, V)  # (C, L, V)
+    # Add-one smoothing over the codes a position may take (a joint dataset's position: only
+    # its own modality's codes).
+    layout = getattr(train.tokenizer, "layout", None)
+    prior = torch.ones(L, V) if layout is None else layout.allowed()[:, :V].float()  # (L, V)
+    counts = prior.repeat(max(1, train.num_classes), 1, 1)  # (C, L, V)
     index = train_classes[:, None].expand(-1, L) * L * V + torch.arange(L) * V + train.tokens  # (N, L)
     counts.view(-1).index_add_(0, index.flatten(), torch.ones(index.numel()))
     probs = counts[classes]  # (S, L, V)

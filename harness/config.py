@@ -21,6 +21,7 @@ from models.backbone import SIZE_PRESETS
 from models.losses import LOSSES
 from models.samplers import RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDULES
 from models.schedulers import SCHEDULERS
+from models.text import TextConfig
 
 
 class ConfigError(ValueError):
@@ -60,8 +61,19 @@ class ModelSection(Section):
     heads: int | None = Field(default=None, ge=1)
     mlp_ratio: float = Field(default=4.0, gt=0)
     time_scale: float = Field(default=1000.0, gt=0)
+    patch: tuple[int, ...] | None = None  # tokens per transformer position along each grid axis
+    # Captions as the condition: models.text.TextConfig fields ({encoder: learned} or
+    # {encoder: clip, path: FOLDER}); the data must be captioned. None: class labels, if any.
+    text: dict[str, Any] | None = None
 
     _size = field_validator("size")(lambda v: _known(v, SIZE_PRESETS, "model size"))
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            TextConfig.from_dict(v)  # unknown keys and bad values fail here, naming them
+        return v
 
 
 class TrainSection(Section):
@@ -118,6 +130,9 @@ class SamplerSection(Section):
     exclude_mask: bool = True
     euler: EulerOptions = Field(default_factory=EulerOptions)
     maskgit: MaskGITOptions = Field(default_factory=MaskGITOptions)
+    # A joint dataset's modality given from held-out data (clamped) while the others are generated:
+    # "image" segments (scored by mIoU), "labels" draws images for label maps. None: joint generation.
+    condition_on: str | None = None
 
     _name = field_validator("name")(lambda v: _known(v, [*SAMPLERS, *BASELINES], "sampler"))
 
@@ -209,6 +224,37 @@ class TrialConfig(Section):
                 d[section].pop(name, None)
         return d
 
+    @model_validator(mode="after")
+    def _patch_tiles_grid(self) -> TrialConfig:
+        patch, shape = self.model.patch, dataset_shape(self.data.name, **self.data.options)
+        if patch is not None and not shape.modalities:
+            grid = shape.grid
+            if len(patch) != len(grid) or any(p < 1 or g % p for g, p in zip(grid, patch, strict=True)):
+                raise ValueError(f"model.patch: {list(patch)} does not tile the data grid {list(grid)}")
+        return self
+
+    @model_validator(mode="after")
+    def _condition_on(self) -> TrialConfig:
+        given = self.sampler.condition_on
+        if given is not None:
+            names = [m.name for m in dataset_shape(self.data.name, **self.data.options).modalities or ()]
+            if given not in names:
+                raise ValueError(
+                    f"sampler.condition_on: {given!r} is not a modality of dataset {self.data.name!r}; "
+                    f"expected one of {list(names)} (a joint dataset)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _text_needs_captions(self) -> TrialConfig:
+        if self.model.text is not None:
+            if not dataset_shape(self.data.name, **self.data.options).caption_vocabulary:
+                raise ValueError(
+                    f"model.text: dataset {self.data.name!r} has no captions; expected a captioned "
+                    "dataset (captioned-canvases)"
+                )
+        return self
+
     def training_part(self) -> dict[str, Any]:
         """What the checkpoint depends on. A data baseline trains nothing: only its data and seed."""
         keys = ("seed", "data") if self.sampler.is_baseline else self.TRAINING_KEYS
@@ -219,7 +265,8 @@ class TrialConfig(Section):
         model, the training recipe and every sampler option but its name."""
         d = self._dump(exclude={"recipe"})  # a label: the settings say it all
         if self.sampler.is_baseline:
-            d = {**self.training_part(), "sampler": {"name": self.sampler.name}, "eval": d["eval"]}
+            sampler = {k: v for k, v in d["sampler"].items() if k in ("name", "condition_on")}
+            d = {**self.training_part(), "sampler": sampler, "eval": d["eval"]}
         return d
 
     def training_hash(self) -> str:
@@ -231,6 +278,9 @@ class TrialConfig(Section):
 
 # "section.field" -> default, for fields added after checkpoints were cached (see TrialConfig._dump).
 OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "model.patch": None,
+    "model.text": None,
+    "sampler.condition_on": None,
     "train.tf32": False,
     "train.fused_adamw": "auto",
     "train.activation_checkpointing": False,
@@ -257,7 +307,7 @@ def valid_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[s
 def check_key(key: str) -> None:
     """Raises ConfigError for an unknown dotted key, suggesting the closest valid one."""
     keys = valid_keys()
-    if key in keys or key.startswith(("data.options.", "train.scheduler_params.")):
+    if key in keys or key.startswith(("data.options.", "train.scheduler_params.", "model.text.")):
         return
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -293,5 +343,6 @@ def build_trial(d: dict[str, Any], where: str = "config") -> TrialConfig:
         lines = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-            lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}")
+            # A whole-config check (no location) names its field in the message itself.
+            lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}" if loc else f"  {e['msg']}")
         raise ConfigError(f"invalid {where}:\n" + "\n".join(lines)) from None

@@ -33,6 +33,8 @@ class DatasetShape:
     grid: tuple[int, ...]
     vocab_size: int
     num_classes: int
+    modalities: tuple | None = None  # a joint dataset's models.modalities.Modality entries
+    caption_vocabulary: tuple[str, ...] = ()  # the words of its captions; empty: no captions
 
 
 class Tokenizer(Protocol):
@@ -48,17 +50,18 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class PixelTokenizer:
-    """Grey levels as tokens: level i of ``levels`` <-> intensity i / (levels - 1)."""
+    """Grey levels as tokens: level i of ``levels`` <-> intensity i / (levels - 1); grid (H, W)
+    for images, (T, H, W) for clips (decoded to (N, 1, T, H, W))."""
 
     levels: int
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
 
     @property
     def vocab_size(self) -> int:
         return self.levels
 
     def encode(self, images: Tensor) -> Tensor:
-        q = torch.round(images.clamp(0, 1) * (self.levels - 1)).long()  # (N, 1, H, W)
+        q = torch.round(images.clamp(0, 1) * (self.levels - 1)).long()  # (N, 1, *grid)
         return q.reshape(q.shape[0], -1)
 
     def decode(self, tokens: Tensor) -> Tensor:
@@ -76,6 +79,7 @@ class TokenDataset:
     labels: Tensor | None
     num_classes: int
     tokenizer: Tokenizer
+    captions: tuple[str, ...] | None = None  # one per example: the text condition (harness.text_data)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -155,6 +159,76 @@ def animals_images(
     from harness.animals import animal_split
 
     return animal_split(split, seed=seed, num_heldout=num_heldout)
+
+
+@DATASETS.register("moving-digits")
+def moving_digits(split: str = "train", **options) -> TokenDataset:
+    """Clips (T, H, W) of real digits moving on a canvas, grey levels as tokens (``data.options:
+    {conditional, levels, motion}``); see ``harness.video_data``."""
+    from harness.video_data import moving_digits as load
+
+    return load(split, **options)
+
+
+@SHAPES.register("moving-digits")
+def moving_digits_shape(**options) -> DatasetShape:
+    from harness.video_data import moving_digits_shape as shape
+
+    return shape(**options)
+
+
+@REAL_IMAGES.register("moving-digits")
+def moving_digits_clips(split: str = "train", **options) -> tuple[Tensor, Tensor | None]:
+    """The real clips (N, 1, T, H, W) of the split, before quantisation."""
+    from harness.video_data import moving_digits_clips as clips
+
+    return clips(split, **options)
+
+
+@DATASETS.register("digit-canvases")
+def digit_canvases(split: str = "train", **options) -> TokenDataset:
+    """Two real digits on a canvas, image and label map as two modalities (``data.options:
+    {canvas, num_train, num_heldout}``); see ``harness.canvas_data``."""
+    from harness.canvas_data import digit_canvases as load
+
+    return load(split, **options)
+
+
+@SHAPES.register("digit-canvases")
+def digit_canvases_shape(**options) -> DatasetShape:
+    from harness.canvas_data import digit_canvases_shape as shape
+
+    return shape(**options)
+
+
+@REAL_IMAGES.register("digit-canvases")
+def digit_canvas_images(split: str = "train", **options) -> tuple[Tensor, Tensor | None]:
+    from harness.canvas_data import digit_canvas_images as images
+
+    return images(split, **options)
+
+
+@DATASETS.register("captioned-canvases")
+def captioned_canvases(split: str = "train", **options) -> TokenDataset:
+    """Two real digits on a canvas as pixel tokens, the scene class as label and a caption
+    ("a 3 to the left of a 7") as the text condition; see ``harness.text_data``."""
+    from harness.text_data import captioned_canvases as load
+
+    return load(split, **options)
+
+
+@SHAPES.register("captioned-canvases")
+def captioned_canvases_shape(**options) -> DatasetShape:
+    from harness.text_data import captioned_canvases_shape as shape
+
+    return shape(**options)
+
+
+@REAL_IMAGES.register("captioned-canvases")
+def captioned_canvas_images(split: str = "train", **options) -> tuple[Tensor, Tensor | None]:
+    from harness.text_data import captioned_canvas_images as images
+
+    return images(split, **options)
 
 
 @DATASETS.register("shards")

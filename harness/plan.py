@@ -14,6 +14,7 @@ from harness.datasets import DatasetShape, dataset_shape
 from harness.ledger import Ledger
 from harness.store import CheckpointStore
 from harness.study import StudySpec, expand_grid, sample_random
+from harness.text_data import conditioning_fields
 from models.backbone import DiscreteDiT
 
 
@@ -58,13 +59,13 @@ class Plan:
 def parameter_count(trial: TrialConfig, shape: DatasetShape) -> int:
     """Parameters of the trial's network, built on the meta device (no memory, no time)."""
     from models.backbone import ModelConfig
+    from models.modalities import Layout
 
-    config = ModelConfig(
-        vocab_size=shape.vocab_size,
-        grid=shape.grid,
-        num_classes=shape.num_classes,
-        **trial.model.model_dump(),
-    )
+    fields = {**trial.model.model_dump(), **conditioning_fields(trial.model.text, shape)}  # classes or text
+    if shape.modalities:  # a joint dataset: one segment per modality
+        config = ModelConfig.joint(Layout(shape.modalities), **fields)
+    else:
+        config = ModelConfig(vocab_size=shape.vocab_size, grid=shape.grid, **fields)
     with torch.device("meta"):
         return sum(p.numel() for p in DiscreteDiT(config).parameters())
 
@@ -79,7 +80,8 @@ def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
     for t in trials:
         shape = dataset_shape(t.data.name, **t.data.options)
         params = parameter_count(t, shape)
-        tokens = float(math.prod(shape.grid))
+        # Transformer positions: patches of prod(patch) tokens each (FLOPs ~ params x positions).
+        tokens = float(math.prod(shape.grid)) / math.prod(t.model.patch or (1,))
         if t in pending_trainings:
             train_flops += 6 * params * tokens * t.train.batch_size * t.train.grad_accum * t.train.steps
         if t in pending:

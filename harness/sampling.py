@@ -17,13 +17,15 @@ from models.schedulers import KappaScheduler
 
 @dataclass(frozen=True)
 class SampleSet:
-    """tokens (N, L), labels (N,) or None, and what producing them cost."""
+    """tokens (N, L), labels (N,) or None, and what producing them cost; captions: the text
+    condition of each sample (a text model's samples), labels then their classes."""
 
     tokens: Tensor
     labels: Tensor | None
     nfe: int
     nfe_unbatched: int
     seconds: float
+    captions: tuple[str, ...] | None = None
 
     @property
     def seconds_per_sample(self) -> float:
@@ -55,11 +57,18 @@ def generate(
     cfg_scale: float = 1.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    x_init: Tensor | None = None,
+    conditions: Tensor | None = None,
 ) -> SampleSet:
-    """Exactly ``num_samples`` samples, deterministic for ``seed``; NFE is per batch (the same for all)."""
+    """Exactly ``num_samples`` samples, deterministic for ``seed``; NFE is per batch (the same for all).
+
+    x_init (num_samples, L): given tokens to keep (not [MASK]), e.g. a joint model's given modality.
+    conditions: the condition of every sample, (num_samples,) class ids or (num_samples, S)
+    caption ids (returned as the labels); default: every class equally often.
+    """
     cfg = net.config
-    labels = balanced_labels(num_samples, cfg.num_classes)
-    denoiser = Denoiser(net, cfg_scale=cfg_scale, null_class=cfg.null_class if cfg.num_classes else None)
+    labels = balanced_labels(num_samples, cfg.num_classes) if conditions is None else conditions
+    denoiser = Denoiser(net, cfg_scale=cfg_scale, null_class=cfg.null_class if cfg.conditional else None)
     generator = torch.Generator(device=device).manual_seed(seed)
     chunks, nfe, nfe_unbatched = [], 0, 0
     started = time.perf_counter()
@@ -72,6 +81,7 @@ def generate(
             seq_len=cfg.seq_len,
             mask_id=cfg.mask_id,
             y=y,
+            x_init=None if x_init is None else x_init[start:stop].to(device),
             generator=generator,
             device=device,
         )
@@ -82,7 +92,11 @@ def generate(
 
 
 def save_image_grid(images: Tensor, path: str | Path, *, nrow: int = 10, scale: int = 4) -> Path:
-    """images (N, C, H, W) in [0, 1] -> a PNG grid, each image upscaled ``scale`` times."""
+    """images (N, C, H, W) in [0, 1] -> a PNG grid, ``nrow`` images a row, each upscaled ``scale``
+    times; clips (N, C, T, H, W) -> one clip a row, its T frames left to right."""
+    if images.ndim == 5:
+        N, C, T, H, W = images.shape
+        images, nrow = images.transpose(1, 2).reshape(N * T, C, H, W), T  # (N * T, C, H, W)
     N, C, H, W = images.shape
     ncol = min(nrow, N)
     rows = -(-N // ncol)

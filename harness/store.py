@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.config import TrialConfig
-from harness.datasets import TokenDataset, load_dataset
+from harness.datasets import TokenDataset, dataset_shape, load_dataset
 from harness.ledger import atomic_write_text
+from harness.text_data import conditioning_fields, training_conditions
 from models.backbone import ModelConfig
 from models.data_parallel import DataParallel
 from models.trainer import TrainConfig, train
@@ -37,9 +38,12 @@ Launcher = Callable[[TrialConfig, Path], None]
 
 
 def model_config_for(trial: TrialConfig, data: TokenDataset) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=data.vocab_size, grid=data.grid, num_classes=data.num_classes, **trial.model.model_dump()
-    )
+    shape = dataset_shape(trial.data.name, **trial.data.options)
+    fields = {**trial.model.model_dump(), **conditioning_fields(trial.model.text, shape)}  # classes or text
+    layout = getattr(data.tokenizer, "layout", None)  # a joint dataset: one segment per modality
+    if layout is not None:
+        return ModelConfig.joint(layout, **fields)
+    return ModelConfig(vocab_size=data.vocab_size, grid=data.grid, **fields)
 
 
 def train_config_for(trial: TrialConfig) -> TrainConfig:
@@ -139,6 +143,7 @@ def train_into(
     """Trains (or resumes) the trial's checkpoint in its store folder; the only process, or rank 0
     of ``parallel``, appends each logged step to ``curve.jsonl``. Every rank loads the data."""
     data = load_dataset(trial.data.name, "train", **trial.data.options)
+    model_config = model_config_for(trial, data)
     writes = parallel is None or parallel.rank == 0
     with (folder / "curve.jsonl").open("a") if writes else nullcontext() as curve:
 
@@ -150,10 +155,10 @@ def train_into(
                 on_log(step, metrics)
 
         train(
-            model_config_for(trial, data),
+            model_config,
             train_config_for(trial),
             data.tokens,
-            data.labels,
+            training_conditions(model_config, data),
             checkpoint_path=folder / "checkpoint.pt",
             device=device,
             log=log,

@@ -6,6 +6,7 @@ setting, one file per sample seed) -> evaluation -> a ledger record.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 import traceback
@@ -14,12 +15,15 @@ from pathlib import Path
 import torch
 
 from harness.baselines import BASELINES
+from harness.cache import sha256_file
 from harness.config import TrialConfig
 from harness.datasets import load_dataset
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
+from harness.joint_tasks import clamp_given, conditioned_network, mask_metrics, score_label_maps
 from harness.ledger import Ledger, TrialRecord, atomic_write_text
 from harness.sampling import SampleSet, build_sampler, generate, save_image_grid
 from harness.store import CheckpointStore, train_config_for
+from harness.text_data import generation_conditions, training_conditions
 from models.checkpoint import model_from_checkpoint
 from models.diagnostics import heldout_masked_ce
 
@@ -27,7 +31,13 @@ from models.diagnostics import heldout_masked_ce
 def sampling_settings(trial: TrialConfig) -> dict:
     """Every setting that changes the samples (besides the checkpoint and the seed)."""
     s = trial.sampler
-    settings = {"sampler": s.name, "cfg_scale": s.cfg_scale, "n": trial.eval.num_samples, **s.options()}
+    settings = {
+        "sampler": s.name,
+        "cfg_scale": s.cfg_scale,
+        "n": trial.eval.num_samples,
+        "given": s.condition_on,
+        **s.options(),
+    }
     return {k: v for k, v in settings.items() if v is not None}
 
 
@@ -35,7 +45,12 @@ def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str
     net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
     scheduler = train_config_for(trial).build_scheduler()
     sampler = build_sampler(trial.sampler.name, scheduler, **trial.sampler.options())
-    return generate(
+    text = None  # captions as the condition: the held-out captions
+    if net.config.text is not None:
+        heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
+        text = generation_conditions(net.config, heldout, trial.eval.num_samples)
+    net, x_init = conditioned_network(trial, net, trial.eval.num_samples)
+    result = generate(
         net,
         sampler,
         num_samples=trial.eval.num_samples,
@@ -43,7 +58,10 @@ def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str
         cfg_scale=trial.sampler.cfg_scale,
         seed=seed,
         device=device,
+        x_init=x_init,
+        conditions=None if text is None else text.ids,
     )
+    return result if text is None else dataclasses.replace(result, labels=text.labels, captions=text.captions)
 
 
 def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device: str = "cpu") -> Path:
@@ -56,6 +74,7 @@ def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device
     if trial.sampler.is_baseline:
         heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
         result = BASELINES[trial.sampler.name](data, heldout, trial.eval.num_samples, seed)
+        result = dataclasses.replace(result, tokens=clamp_given(trial, result.tokens))
     else:
         result = _generate(trial, store, seed, device)
     meta = {
@@ -66,7 +85,8 @@ def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device
         "training_hash": h,
         **sampling_settings(trial),
     }
-    save_samples(folder, result.tokens, data.tokenizer.decode(result.tokens), result.labels, meta)
+    images = data.tokenizer.decode(result.tokens)
+    save_samples(folder, result.tokens, images, result.labels, meta, captions=result.captions)
     return folder
 
 
@@ -85,25 +105,29 @@ def trial_evaluators(trial: TrialConfig, cache_dir: Path | None) -> list[tuple[s
             data_options=trial.data.options,
         )
 
-    out = [("", None, build(trial.eval.extractor, trial.eval.metrics))]
+    image_metrics = [m for m in trial.eval.metrics if m not in mask_metrics(trial)]
+    out = [("", None, build(trial.eval.extractor, image_metrics))] if image_metrics else []
     for e in trial.eval.extra_protocols:
         out.append((f"{e.extractor}/", e.num_samples, build(e.extractor, e.metrics, e.num_reference)))
     return out
 
 
 def evaluate_trial(
-    trial: TrialConfig, folders: list[Path], cache_dir: Path | None
+    trial: TrialConfig, folders: list[Path], cache_dir: Path | None, checkpoint: Path | None = None
 ) -> tuple[dict, dict, dict]:
-    """(metrics, intervals, protocols) over the trial's sample seeds, for every protocol."""
+    """(metrics, intervals, protocols) over the trial's sample seeds, for every protocol
+    (label-map metrics of a joint model need its ``checkpoint``, whose sha256 they record)."""
     sets = [load_samples(f) for f in folders]
     seeds = [int(s.meta["sample_seed"]) for s in sets]
-    metrics, intervals, protocols = {}, {}, {}
+    segmenter = sha256_file(checkpoint) if checkpoint else "none (a data baseline)"
+    metrics, intervals, protocols = score_label_maps(trial, sets, segmenter)
     for prefix, num, evaluator in trial_evaluators(trial, cache_dir):
         images = [s.images[:num] for s in sets]
+        labels = [None if s.labels is None else s.labels[:num] for s in sets]  # caption agreement
         if len(sets) == 1:
-            results = evaluator.evaluate(images[0], seeds[0])
+            results = evaluator.evaluate(images[0], seeds[0], labels=labels[0])
         else:
-            results = evaluator.evaluate_seeds(images, seeds)
+            results = evaluator.evaluate_seeds(images, seeds, labels)
         for r in results:
             name = prefix + r.name
             metrics[name] = float(r.value)
@@ -147,10 +171,12 @@ def run_trial(
         if not trial.sampler.is_baseline:
             store.ensure(trial, device=device, progress=progress)
         folders = [sample_to_disk(trial, store, seed, device) for seed in trial.eval.sample_seeds]
-        metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir)
+        checkpoint = None if trial.sampler.is_baseline else store.checkpoint(trial.training_hash())
+        metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir, checkpoint)
         if not trial.sampler.is_baseline:
             metrics["heldout_masked_ce"] = heldout_ce(trial, store, device)
-        grid = save_image_grid(load_samples(folders[0]).images[:100], folders[0] / "grid.png")
+        shown = load_samples(folders[0]).images  # (N, C, H, W), or clips (N, C, T, H, W): one a row
+        grid = save_image_grid(shown[: 100 if shown.ndim == 4 else 20], folders[0] / "grid.png")
         record = TrialRecord(
             **base,
             status="finished",
@@ -184,12 +210,16 @@ def heldout_ce(trial: TrialConfig, store: CheckpointStore, device: str) -> float
     value = heldout_masked_ce(
         net,
         heldout.tokens.to(device),
-        None if heldout.labels is None else heldout.labels.to(device),
+        _to(training_conditions(net.config, heldout), device),
         train_config_for(trial).build_scheduler(),
         net.config.mask_id,
     )
     atomic_write_text(path, repr(value))  # trials sharing the checkpoint may read it at any moment
     return value
+
+
+def _to(x: torch.Tensor | None, device: str) -> torch.Tensor | None:
+    return None if x is None else x.to(device)
 
 
 def set_threads(cpus: float) -> None:

@@ -2,6 +2,9 @@
 
 Input x_t (B, L) with ids in [0, K] (K = [MASK]); output logits (B, L, V), V = K + 1.
 Conditioning enters by adaLN-Zero from c = class embedding (+ timestep embedding for ETM).
+With ``text`` (``models.text``) y is caption ids (B, S): c = the caption's pooled features
+(+ time), and its token features (B, S, D) are prepended to the sequence as an in-context
+prefix (so word order can matter); logits are returned for the image positions only.
 
 Several modalities (``models.modalities``): the sequence is their segments in order, ids
 global (V = K + M, a [MASK] per modality), each position's logits restricted to its own
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 
 from models.modalities import Layout
 from models.patching import patchify, unpatchify
+from models.text import PAD, TextConfig, build_text_encoder
 
 TIMESTEP_MODES = ("explicit", "implicit")
 
@@ -43,6 +47,8 @@ class ModelConfig:
 
     vocab_size: K data codes ([MASK] is id K). grid: token grid shape, (L,), (H, W) or (T, H, W).
     num_classes: 0 for unconditional; id num_classes is the null class (CFG).
+    text: a TextConfig (captions as the condition; exclusive with num_classes): the null
+        condition is the empty caption, all PAD.
     timestep: "explicit" (ETM, t embedded) or "implicit" (ITM, no t).
     time_scale: t is embedded as t * time_scale; 1000 matches the sinusoidal frequencies
         (the reference feeds raw t, i.e. time_scale = 1, which leaves little time signal).
@@ -60,9 +66,14 @@ class ModelConfig:
     time_scale: float = 1000.0
     modalities: tuple = ()  # Modality entries; empty: one modality (vocab_size, grid)
     patch: tuple[int, ...] | None = None
+    text: TextConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if isinstance(self.text, dict):
+            object.__setattr__(self, "text", TextConfig.from_dict(self.text))
+        if self.text is not None and self.num_classes:
+            raise ValueError(f"model: text conditioning excludes num_classes, got {self.num_classes}")
         if self.modalities:
             layout = Layout.from_list(self.modalities)
             object.__setattr__(self, "modalities", layout.modalities)
@@ -123,15 +134,21 @@ class ModelConfig:
 
     @property
     def null_class(self) -> int:
-        return self.num_classes
+        """The null condition's id: ``torch.full_like(y, null_class)`` for class ids and captions."""
+        return PAD if self.text is not None else self.num_classes
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0 or self.text is not None
 
     def to_dict(self) -> dict:
-        """JSON-able; the multi-modality and patch fields only when used (older checkpoints lack them)."""
+        """JSON-able; modalities, patch and text only when used (older checkpoints lack them)."""
         d = asdict(self)
         d["grid"] = list(self.grid)
         d["modalities"] = self.layout.to_list() if self.modalities else None
         d["patch"] = list(self.patch) if self.patch else None
-        return {k: v for k, v in d.items() if k not in ("modalities", "patch") or v}
+        d["text"] = self.text.to_dict() if self.text else None
+        return {k: v for k, v in d.items() if k not in ("modalities", "patch", "text") or v}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -246,11 +263,13 @@ class DiscreteDiT(nn.Module):
         self.register_buffer("pos_embed", torch.cat(pos), persistent=False)  # (L', D)
         if M > 1:
             self.modality_embed = nn.Parameter(torch.randn(M, width) * 0.02)
-            counts = torch.tensor([length // P for _, length in config.segments])
-            self.register_buffer("segment_ids", torch.repeat_interleave(torch.arange(M), counts), False)
+            ids = [m for m, (_, length) in enumerate(config.segments) for _ in range(length // P)]
+            self.register_buffer("segment_ids", torch.tensor(ids), persistent=False)  # (L',)
             self.register_buffer("disallowed", ~config.layout.allowed(), persistent=False)  # (L, V)
-        self.class_embed = nn.Embedding(config.num_classes + 1, width)
-        nn.init.normal_(self.class_embed.weight, std=0.02)
+        self.text = build_text_encoder(config.text, width) if config.text else None
+        if config.text is None:
+            self.class_embed = nn.Embedding(config.num_classes + 1, width)
+            nn.init.normal_(self.class_embed.weight, std=0.02)
         self.time_embed = None
         if config.timestep == "explicit":
             embed = [TimestepEmbedder(width, config.time_scale) for _ in range(M)]
@@ -309,18 +328,30 @@ class DiscreteDiT(nn.Module):
             logits = logits.masked_fill(self.disallowed, -1e9)
         return logits  # (B, L, V)
 
+    def _condition(self, y: Tensor | None, B: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """c (B, D) from y (class ids (B,) or caption ids (B, S); None: the null condition), and
+        the caption's token features (B, S, D) as the sequence prefix (None without one)."""
+        text = self.config.text
+        if y is None:
+            shape = (B,) if text is None else (B, text.max_length)
+            y = torch.full(shape, self.config.null_class, dtype=torch.long, device=device)
+        if self.text is None:
+            return self.class_embed(y), None  # (B, D)
+        tokens, pooled = self.text(y)  # (B, S, D), (B, D)
+        return pooled, tokens if text.prefix else None
+
     def forward(self, x_t: Tensor, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         B, L = x_t.shape
         if L != self.config.seq_len:
             raise ValueError(
                 f"got {L} tokens per sample; the model's grid {self.config.grid} has {self.config.seq_len}"
             )
-        if y is None:
-            y = torch.full((B,), self.config.null_class, dtype=torch.long, device=x_t.device)
-        c = self.class_embed(y)  # (B, D)
+        c, prefix = self._condition(y, B, x_t.device)  # (B, D), (B, S, D) | None
         if self.time_embed is not None:
             c = c + self._time(t)
         h = self._embed(x_t)  # (B, L', D)
+        if prefix is not None:
+            h = torch.cat([prefix, h], dim=1)  # (B, S + L', D)
         # activation_checkpointing (set by the trainer): keep only each block's input and
         # recompute the block in backward, so a long sequence at a large batch fits in memory.
         recompute = getattr(self, "activation_checkpointing", False) and self.training
@@ -329,6 +360,8 @@ class DiscreteDiT(nn.Module):
                 h = torch.utils.checkpoint.checkpoint(block, h, c, use_reentrant=False)
             else:
                 h = block(h, c)
+        if prefix is not None:
+            h = h[:, prefix.shape[1] :]  # (B, L', D): logits for the image positions only
         shift, scale = self.ada_out(c).chunk(2, dim=1)
         return self._logits(self.head(modulate(self.norm_out(h), shift, scale)))  # (B, L, V)
 

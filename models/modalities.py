@@ -89,7 +89,8 @@ class Layout:
 
     def position_modality(self) -> Tensor:
         """(L,) long: the modality index of every position."""
-        return torch.repeat_interleave(torch.arange(len(self.modalities)), torch.tensor(self.lengths))
+        lengths = torch.tensor(self.lengths)
+        return torch.repeat_interleave(torch.arange(len(self.modalities)), lengths, output_size=self.seq_len)
 
     def mask_ids(self) -> Tensor:
         """(L,) long: the [MASK] id of every position (K + its modality index)."""
@@ -108,7 +109,8 @@ class Layout:
             t = t[:, None].expand(-1, len(self.modalities))
         if t.shape[1] != len(self.modalities):
             raise ValueError(f"{t.shape[1]} times for {len(self.modalities)} modalities")
-        return torch.repeat_interleave(t, torch.tensor(self.lengths, device=t.device), dim=1)
+        lengths = torch.tensor(self.lengths, device=t.device)
+        return torch.repeat_interleave(t, lengths, dim=1, output_size=self.seq_len)
 
     def join(self, parts: dict[str, Tensor]) -> Tensor:
         """Local codes {name: (B, L_m)} (None or missing: all [MASK]) -> global ids (B, L)."""

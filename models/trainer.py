@@ -252,12 +252,13 @@ def train(
 ) -> TrainState:
     """Trains to ``config.steps``, resuming from ``checkpoint_path`` if it exists.
 
-    tokens: (N, L) long training set; labels: (N,) long or None. Saves the final state (and
+    tokens: (N, L) long training set; labels: the conditions, class ids (N,) or caption ids
+    (N, S) (``model_config.text``), or None. Saves the final state (and
     every ``checkpoint_every`` steps) to ``checkpoint_path``. With ``parallel`` every rank calls
     this with the same arguments: each trains on B / N rows of every micro-batch, ``log`` gets
     the mean loss over ranks on every rank, and only rank 0 writes the checkpoint.
     """
-    if labels is not None and model_config.num_classes == 0:
+    if labels is not None and not model_config.conditional:
         labels = None
     if parallel is not None and config.batch_size % parallel.world_size:
         raise ValueError(

@@ -1,0 +1,104 @@
+"""The joint image + label-map dataset of digit canvases (segmentation as unmasking).
+
+Each example is two modalities in one sequence (``models.modalities``): ``image`` (grey levels
+0..16 of the 16 x 16 canvas, as the pixel digits) and ``labels`` (the per-pixel label map,
+0 background, 1 + digit). One model trained on the joint distribution then segments (image
+given, labels generated), draws images for label maps (labels given) or both at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from harness.canvases import NUM_LABELS, canvases_split
+from harness.datasets import SPLITS, DatasetShape, PixelTokenizer, TokenDataset
+from models.modalities import Layout, Modality
+
+LEVELS = 17
+DEFAULT_COUNTS = {"train": 4000, "heldout": 500}
+
+
+def canvas_layout(canvas: int = 16) -> Layout:
+    return Layout(
+        (Modality("image", LEVELS, (canvas, canvas)), Modality("labels", NUM_LABELS, (canvas, canvas)))
+    )
+
+
+@dataclass(frozen=True)
+class JointTokenizer:
+    """Joint token ids <-> the image modality (what image metrics score) and the label maps."""
+
+    layout: Layout
+    pixels: PixelTokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layout.vocab_size
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return (self.layout.seq_len,)
+
+    def encode(self, images: Tensor, label_maps: Tensor | None = None) -> Tensor:
+        """images (N, 1, H, W) in [0, 1], label maps (N, H, W) or None (all [MASK]) -> (N, L)."""
+        parts = {"image": self.pixels.encode(images)}
+        if label_maps is not None:
+            parts["labels"] = label_maps.reshape(label_maps.shape[0], -1)
+        return self.layout.join(parts)
+
+    def decode(self, tokens: Tensor) -> Tensor:
+        """(N, L) -> the image modality (N, 1, H, W) in [0, 1]."""
+        return self.pixels.decode(self.layout.split(tokens)["image"])
+
+    def decode_labels(self, tokens: Tensor) -> Tensor:
+        """(N, L) -> label maps (N, H, W); a position left [MASK] decodes as background."""
+        local = self.layout.split(tokens)["labels"]
+        local = torch.where(local >= NUM_LABELS, 0, local)
+        return local.reshape(local.shape[0], *self.pixels.grid)
+
+
+def _check(split: str, canvas: int, num_train: int, num_heldout: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
+    if canvas < 16 or canvas % 2:
+        raise ValueError(f"data.options.canvas: {canvas!r}; expected an even size >= 16")
+    if min(num_train, num_heldout) < 1:
+        raise ValueError(f"data.options.num_train / num_heldout must be >= 1, got {num_train}, {num_heldout}")
+
+
+def digit_canvases(
+    split: str = "train",
+    *,
+    canvas: int = 16,
+    num_train: int = DEFAULT_COUNTS["train"],
+    num_heldout: int = DEFAULT_COUNTS["heldout"],
+) -> TokenDataset:
+    _check(split, canvas, num_train, num_heldout)
+    count = num_train if split == "train" else num_heldout
+    c = canvases_split(split, count, canvas)
+    tokenizer = JointTokenizer(canvas_layout(canvas), PixelTokenizer(LEVELS, (canvas, canvas)))
+    tokens = tokenizer.encode(c.images, c.label_maps)  # (N, 2 canvas^2)
+    return TokenDataset("digit-canvases", split, tokens, None, 0, tokenizer)
+
+
+def digit_canvases_shape(
+    *,
+    canvas: int = 16,
+    num_train: int = DEFAULT_COUNTS["train"],
+    num_heldout: int = DEFAULT_COUNTS["heldout"],
+) -> DatasetShape:
+    _check("train", canvas, num_train, num_heldout)
+    layout = canvas_layout(canvas)
+    return DatasetShape((layout.seq_len,), layout.vocab_size, 0, modalities=layout.modalities)
+
+
+def digit_canvas_images(split: str = "train", **options) -> tuple[Tensor, None]:
+    """The real canvases of the split (what labels -> image samples are scored against)."""
+    data = digit_canvases(split, **options)
+    return data.images(), None
+
+
+__all__ = ["JointTokenizer", "canvas_layout", "digit_canvases", "digit_canvases_shape"]
