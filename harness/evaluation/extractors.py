@@ -25,18 +25,21 @@ class WeightsNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Features:
-    """features (N, D) float32 and, for classifiers, logits (N, K) float32."""
+    """features (N, D) float32 and, for classifiers, logits (N, K) float32; labels (N,): the
+    class each generated sample was conditioned on, when known (scored by caption agreement)."""
 
     features: Tensor
     logits: Tensor | None = None
+    labels: Tensor | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
     def select(self, index: Tensor) -> Features:
-        """Rows ``index`` of both tensors (used by the bootstrap)."""
+        """Rows ``index`` of every tensor (used by the bootstrap)."""
         logits = None if self.logits is None else self.logits[index]
-        return Features(self.features[index], logits)
+        labels = None if self.labels is None else self.labels[index]
+        return Features(self.features[index], logits, labels)
 
 
 class FeatureExtractor(nn.Module):
@@ -63,6 +66,8 @@ DEFAULT_EXTRACTORS: dict[str, str] = {
     "digits": "digits-cnn",
     "animals": "animals-cnn",
     "moving-digits": "moving-digits-cnn3d",
+    "captioned-canvases": "canvases-cnn",
+    "digit-canvases": "canvases-cnn",
 }
 
 
