@@ -40,6 +40,25 @@ def given_tokens(trial: TrialConfig, num_samples: int) -> Tensor:
     return layout.join({given: layout.split(heldout.tokens[idx])[given]})
 
 
+JOINT_IMAGE_LABELS = ("digit-canvases",)  # datasets whose tokenizer has decode_labels
+# tab10's colours for the digits 0..9; background black.
+PALETTE = torch.tensor(
+    [[0, 0, 0], [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+     [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]]
+) / 255.0  # fmt: skip
+
+
+def preview(trial: TrialConfig, samples: SampleSet) -> Tensor:
+    """What a sample grid shows: the images, and for a joint image + label-map dataset each
+    image beside its label map in colour, (N, 3, H, 2 W)."""
+    if trial.data.name not in JOINT_IMAGE_LABELS:
+        return samples.images
+    data = given_examples(trial)
+    maps = data.tokenizer.decode_labels(samples.tokens)  # (N, H, W)
+    colours = PALETTE[maps.clamp(0, len(PALETTE) - 1)].permute(0, 3, 1, 2)  # (N, 3, H, W)
+    return torch.cat([samples.images.expand(-1, 3, -1, -1), colours], dim=3)
+
+
 def clamp_given(trial: TrialConfig, tokens: Tensor) -> Tensor:
     """A data baseline's samples with the given modality put back (its chance level at the task)."""
     if trial.sampler.condition_on is None:
@@ -98,4 +117,11 @@ def score_label_maps(
     return metrics, intervals, protocols
 
 
-__all__ = ["clamp_given", "conditioned_network", "given_tokens", "mask_metrics", "score_label_maps"]
+__all__ = [
+    "preview",
+    "clamp_given",
+    "conditioned_network",
+    "given_tokens",
+    "mask_metrics",
+    "score_label_maps",
+]

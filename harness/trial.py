@@ -19,7 +19,7 @@ from harness.cache import sha256_file
 from harness.config import TrialConfig
 from harness.datasets import load_dataset
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
-from harness.joint_tasks import clamp_given, conditioned_network, mask_metrics, score_label_maps
+from harness.joint_tasks import clamp_given, conditioned_network, mask_metrics, preview, score_label_maps
 from harness.ledger import Ledger, TrialRecord, atomic_write_text
 from harness.sampling import SampleSet, build_sampler, generate, save_image_grid
 from harness.store import CheckpointStore, train_config_for
@@ -175,7 +175,7 @@ def run_trial(
         metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir, checkpoint)
         if not trial.sampler.is_baseline:
             metrics["heldout_masked_ce"] = heldout_ce(trial, store, device)
-        shown = load_samples(folders[0]).images  # (N, C, H, W), or clips (N, C, T, H, W): one a row
+        shown = preview(trial, load_samples(folders[0]))  # (N, C, H, W), or clips (N, C, T, H, W): a row each
         grid = save_image_grid(shown[: 100 if shown.ndim == 4 else 20], folders[0] / "grid.png")
         record = TrialRecord(
             **base,
