@@ -196,7 +196,9 @@ class _Progress:
     def tick(self, trial, status: str) -> None:
         self.done += 1
         result = trial.last_result or {}
-        shown = {k: round(v, 4) for k, v in result.items() if k in ("fid", "nfe", "precision", "recall")}
+        shown = {
+            k: round(v, 4) for k, v in result.items() if k in ("fid", "fvd", "nfe", "precision", "recall")
+        }
         print(f"  [{self.label} {self.done}/{self.total}] {status} {shown or ''}", flush=True)
         if self.on_complete is not None:
             self.on_complete()

@@ -246,29 +246,24 @@ def data_section(study_dir: Path) -> list[str]:
     path = Path(study_dir) / "datasets.json"
     if not path.is_file():
         return []
+    datasets = json.loads(path.read_text())
+    learned = any(d.get("tokenizer") for d in datasets)  # pixel tokens (digits, clips) have no columns
+    columns = _TOKENIZER_COLUMNS if learned else {}
     rows = []
-    for d in json.loads(path.read_text()):
+    for d in datasets:
         tok = d.get("tokenizer") or {}
         options = json.dumps(d.get("options") or {}, sort_keys=True)
         grid = "x".join(str(g) for g in d["grid"])
         rows.append(
             [d["name"], options, str(d["num_train"]), str(d["num_heldout"]), grid, str(d["vocab_size"])]
-            + [format_value(tok.get(k)) for k in _TOKENIZER_COLUMNS]
+            + [format_value(tok.get(k)) for k in columns]
         )
-    headers = [
-        "dataset",
-        "options",
-        "train",
-        "held out",
-        "tokens",
-        "vocabulary",
-        *_TOKENIZER_COLUMNS.values(),
-    ]
+    headers = ["dataset", "options", "train", "held out", "tokens", "vocabulary", *columns.values()]
     note = (
         "Reconstruction FID: held-out images through the tokenizer against the real training"
         " images; held-out real FID: the held-out images themselves. Both use every held-out image."
     )
-    return ["## Data", "", *markdown_table(headers, rows), "", note, ""]
+    return ["## Data", "", *markdown_table(headers, rows), "", *([note, ""] if learned else [])]
 
 
 _TOKENIZER_COLUMNS = {
