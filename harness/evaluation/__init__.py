@@ -1,4 +1,5 @@
-"""Evaluator: FID, IS, KID, precision/recall, FVD and mIoU, each number tied to its protocol.
+"""Evaluator: FID, IS, KID, precision/recall, FVD, mIoU and caption agreement, each number tied
+to its protocol.
 
 Pure stages -- features (extractors) -> statistics (Gaussian fits, cached for the reference)
 -> metric -- with metric keys as constants. Nothing here downloads anything: the FID
@@ -24,6 +25,7 @@ from harness.evaluation.extractors import (
 from harness.evaluation.frechet import GaussianStats, frechet_distance, gaussian_stats
 from harness.evaluation.inception import CleanFidInception, shipped_inception_path
 from harness.evaluation.metrics import (
+    CAPTION_AGREEMENT,
     FID,
     FVD,
     IS,
@@ -42,6 +44,7 @@ from harness.evaluation.segmentation import mean_iou, miou_result, per_class_iou
 from harness.evaluation.video import moving_digit_clips, moving_digits_reference
 
 __all__ = [
+    "CAPTION_AGREEMENT",
     "DEFAULT_EXTRACTORS",
     "DIGITS_CNN",
     "EXTRACTORS",

@@ -10,6 +10,7 @@ per Evaluator (a domain extractor is trained on first use and cached).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from torch import Tensor
@@ -21,7 +22,7 @@ from harness.evaluation.extractors import (
     default_extractor_name,
     extract_features,
 )
-from harness.evaluation.metrics import LOGITS, MASKS, METRICS, Metric
+from harness.evaluation.metrics import LABELS, LOGITS, MASKS, METRICS, Metric
 from harness.evaluation.protocol import MetricResult, Protocol
 from harness.evaluation.reference import ReferenceSet, ReferenceStats, dataset_reference, reference_stats
 from harness.evaluation.samples import load_samples
@@ -31,11 +32,12 @@ DTYPE = "features float32; statistics float64"
 
 
 def default_metrics(extractor: FeatureExtractor) -> list[str]:
-    """Every registered metric that applies to this extractor (IS only when it has logits)."""
+    """Every registered metric that applies to this extractor (IS only when it has logits; not
+    those that need the samples' conditions, which only conditional samples have)."""
     return [
         name
         for name in METRICS.names()
-        if METRICS[name].needs != MASKS
+        if METRICS[name].needs not in (MASKS, LABELS)
         and extractor.input_kind in METRICS[name].kinds
         and (METRICS[name].needs != LOGITS or extractor.num_logits is not None)
     ]
@@ -48,7 +50,7 @@ def _check_metric(metric: Metric, extractor: FeatureExtractor) -> Metric:
         raise ValueError(
             f"{metric.key} applies to {metric.kinds} inputs; {extractor.name} takes {extractor.input_kind}s"
         )
-    if metric.needs == LOGITS and extractor.num_logits is None:
+    if metric.needs in (LOGITS, LABELS) and extractor.num_logits is None:
         raise ValueError(
             f"{metric.key} needs class logits, which {extractor.name} lacks (try inception-v3-compat)"
         )
@@ -99,16 +101,22 @@ class Evaluator:
             )
         return self._reference_stats
 
-    def features(self, samples: Tensor) -> Features:
-        """Features of exactly the N given samples (N, C, [T,] H, W) in [0, 1]."""
+    def features(self, samples: Tensor, labels: Tensor | None = None) -> Features:
+        """Features of exactly the N given samples (N, C, [T,] H, W) in [0, 1], with the class
+        each was conditioned on (N,) when given."""
         if samples.shape[0] < 2:
             raise ValueError(f"need at least 2 samples to score; got {samples.shape[0]}")
-        return extract_features(self.extractor, samples, self.batch_size)
+        if labels is not None and labels.shape[0] != samples.shape[0]:
+            raise ValueError(f"got {labels.shape[0]} labels for {samples.shape[0]} samples")
+        features = extract_features(self.extractor, samples, self.batch_size)
+        return replace(features, labels=None if labels is None else labels.long().cpu())
 
     def protocol(self, metric: Metric, num_samples: int, seeds: Sequence[int], uncertainty: str) -> Protocol:
         """The protocol of ``metric`` on num_samples samples against this reference."""
         ref = self.reference_stats
         options = metric.options(num_samples, ref.num)
+        if metric.extractor_options is not None:
+            options = {**options, **metric.extractor_options(self.extractor)}
         return Protocol(
             metric=metric.key,
             extractor=self.extractor.name,
@@ -126,14 +134,21 @@ class Evaluator:
         )
 
     def evaluate(
-        self, samples: Tensor, sample_seed: int, *, bootstrap: int = 0, bootstrap_seed: int = 0
+        self,
+        samples: Tensor,
+        sample_seed: int,
+        *,
+        bootstrap: int = 0,
+        bootstrap_seed: int = 0,
+        labels: Tensor | None = None,
     ) -> list[MetricResult]:
         """Every metric on one sample set; with bootstrap = B > 1 each also gets a 95% percentile interval.
+        labels (N,): the class each sample was conditioned on (caption agreement needs them).
 
         The value is always the full-set value. See uncertainty.py for why the bootstrap interval
         of FID-like set metrics is shifted; ``evaluate_seeds`` is the sounder interval for them.
         """
-        generated, ref = self.features(samples), self.reference_stats
+        generated, ref = self.features(samples, labels), self.reference_stats
         results = []
         for metric in self.metrics:
             options = metric.options(len(generated), ref.num)
@@ -154,15 +169,21 @@ class Evaluator:
         return results
 
     def evaluate_seeds(
-        self, sample_sets: Sequence[Tensor], sample_seeds: Sequence[int]
+        self,
+        sample_sets: Sequence[Tensor],
+        sample_seeds: Sequence[int],
+        labels: Sequence[Tensor | None] | None = None,
     ) -> list[MetricResult]:
-        """Each metric's mean over k sample sets (one per seed) with a Student-t 95% interval."""
+        """Each metric's mean over k sample sets (one per seed) with a Student-t 95% interval;
+        labels: each set's conditioning classes (or None)."""
         if len(sample_sets) != len(sample_seeds) or not sample_sets:
             raise ValueError("give one sample seed per sample set, and at least one set")
         if len({s.shape[0] for s in sample_sets}) != 1:
             raise ValueError("every sample set must have the same N (N is part of the protocol)")
+        labels = [None] * len(sample_sets) if labels is None else labels
         per_set = [
-            self.evaluate(samples, seed) for samples, seed in zip(sample_sets, sample_seeds, strict=True)
+            self.evaluate(samples, seed, labels=y)
+            for samples, seed, y in zip(sample_sets, sample_seeds, labels, strict=True)
         ]
         results = []
         for i, metric in enumerate(self.metrics):
@@ -180,4 +201,5 @@ class Evaluator:
         samples = load_samples(path)
         if "sample_seed" not in samples.meta:
             raise ValueError(f"{path}: the samples' meta has no 'sample_seed'; it is part of the protocol")
-        return self.evaluate(samples.images, int(samples.meta["sample_seed"]), bootstrap=bootstrap)
+        seed = int(samples.meta["sample_seed"])
+        return self.evaluate(samples.images, seed, bootstrap=bootstrap, labels=samples.labels)

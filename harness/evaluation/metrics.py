@@ -4,6 +4,12 @@ Stages: features (extractors.py) -> statistics (frechet.py, reference.py) -> met
 Every metric declares its key, whether higher is better, what it consumes (features of both
 sets, logits of the generated set, or segmentation masks), which extractor kinds it applies to,
 who computes it, and its settings, which enter the protocol.
+
+Caption agreement (needs LABELS: a classifier's logits of the generated samples and the class
+each was conditioned on) is the fraction of samples whose predicted class is the class of
+their condition: for captioned canvases, the scene the domain classifier reads equals the
+caption's scene. Its protocol records the classifier's held-out accuracy: the agreement of
+real held-out data, the ceiling a perfect generator reaches under this classifier.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ IS = "is_mean"
 PRECISION = "precision"
 RECALL = "recall"
 MIOU = "miou"
+CAPTION_AGREEMENT = "caption_agreement"
 
-FEATURES, LOGITS, MASKS = "features", "logits", "masks"
+FEATURES, LOGITS, MASKS, LABELS = "features", "logits", "masks", "labels"
 UNMASK_LIBRARY = "unmask-evaluation 1"
 TORCH_FIDELITY_LIBRARY = f"torch-fidelity {torch_fidelity.__version__}"
 KID_SUBSETS, KID_SUBSET_SIZE, RNG_SEED = 100, 1000, 2020
@@ -42,9 +49,10 @@ Options = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class Metric:
-    """key; higher_is_better; needs: FEATURES | LOGITS | MASKS; kinds: extractor input kinds it
-    applies to; library: who computes it; compute(generated, reference, options) -> float;
-    options(n_generated, n_reference) -> the settings used (recorded in the protocol)."""
+    """key; higher_is_better; needs: FEATURES | LOGITS | MASKS | LABELS; kinds: extractor input
+    kinds it applies to; library: who computes it; compute(generated, reference, options) -> float;
+    options(n_generated, n_reference) -> the settings used (recorded in the protocol);
+    extractor_options(extractor) -> facts of the extractor the protocol records, if any."""
 
     key: str
     higher_is_better: bool
@@ -53,6 +61,7 @@ class Metric:
     library: str
     compute: Callable[..., float]
     options: Callable[[int, int], dict[str, Any]]
+    extractor_options: Callable[[Any], dict[str, Any]] | None = None
 
     def __call__(
         self, generated: Features, reference: ReferenceStats, options: Options | None = None
@@ -138,6 +147,24 @@ def _inception_score(generated: Features, reference: ReferenceStats, options: Op
     return inception_score(probs, splits=options["splits"], shuffle_seed=options["seed"])[0]
 
 
+def _caption_agreement(generated: Features, reference: ReferenceStats, options: Options) -> float:
+    """mean_i [argmax_k logits_ik == labels_i] over the N generated samples."""
+    if generated.logits is None or generated.labels is None:
+        raise ValueError(
+            "caption_agreement needs a classifier's logits and the class each sample was conditioned "
+            "on (the labels saved with the samples)"
+        )
+    return float((generated.logits.argmax(dim=1) == generated.labels).double().mean())
+
+
+def _agreement_options(n_gen: int, n_ref: int) -> dict[str, Any]:
+    return {"prediction": "argmax of the classifier's logits"}
+
+
+def _classifier_ceiling(extractor: Any) -> dict[str, Any]:
+    return {"classifier_heldout_accuracy": getattr(extractor, "heldout_accuracy", None)}
+
+
 def _frechet_options(n_gen: int, n_ref: int) -> dict[str, Any]:
     return {"eps": DEFAULT_EPS, "cov": "unbiased", "sqrtm": f"scipy {scipy.__version__}"}
 
@@ -171,3 +198,15 @@ register(Metric(PRECISION, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _precis
 register(Metric(RECALL, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _recall, _prc_options))
 register(Metric(IS, True, LOGITS, (IMAGE,), UNMASK_LIBRARY, _inception_score, _is_options))
 register(Metric(MIOU, True, MASKS, (), UNMASK_LIBRARY, _not_a_feature_metric, _miou_options))
+register(
+    Metric(
+        CAPTION_AGREEMENT,
+        True,
+        LABELS,
+        (IMAGE,),
+        UNMASK_LIBRARY,
+        _caption_agreement,
+        _agreement_options,
+        _classifier_ceiling,
+    )
+)

@@ -1,7 +1,8 @@
 """Samples go to disk before they are scored, in a folder named after every sampling setting.
 
 A sample file ``<folder>/samples.npz`` holds ``tokens`` (N, L) int, ``images`` (N, C, H, W)
-float in [0, 1] or uint8 in [0, 255] (videos (N, C, T, H, W)), optional ``labels`` (N,), and
+float in [0, 1] or uint8 in [0, 255] (videos (N, C, T, H, W)), optional ``labels`` (N,), optional
+``captions`` (N,) strings (a text model's conditions; labels are then their classes), and
 ``meta_json``: the sampling settings and the sample seed as JSON. It is written atomically.
 """
 
@@ -36,6 +37,7 @@ class SampleSet:
     images: Tensor
     labels: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    captions: tuple[str, ...] | None = None
 
 
 def _samples_file(path: str | Path) -> Path:
@@ -49,11 +51,12 @@ def save_samples(
     images: Tensor,
     labels: Tensor | None = None,
     meta: dict[str, Any] | None = None,
+    captions: tuple[str, ...] | None = None,
 ) -> Path:
     """Write ``path/samples.npz`` (or ``path`` if it ends in .npz) atomically; returns the file."""
     n = tokens.shape[0]
-    if images.shape[0] != n or (labels is not None and labels.shape[0] != n):
-        raise ValueError("tokens, images and labels must have the same N")
+    if images.shape[0] != n or any(x is not None and len(x) != n for x in (labels, captions)):
+        raise ValueError("tokens, images, labels and captions must have the same N")
     arrays: dict[str, np.ndarray] = {
         "tokens": tokens.detach().cpu().numpy(),
         "images": images.detach().cpu().numpy(),
@@ -61,6 +64,8 @@ def save_samples(
     }
     if labels is not None:
         arrays["labels"] = labels.detach().cpu().numpy()
+    if captions is not None:
+        arrays["captions"] = np.array(captions, dtype=str)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return atomic_write(_samples_file(path), lambda f: f.write(buffer.getvalue()))
@@ -73,7 +78,8 @@ def load_samples(path: str | Path) -> SampleSet:
         images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
         meta = json.loads(str(data["meta_json"])) if "meta_json" in data else {}
-        return SampleSet(torch.from_numpy(data["tokens"]).long(), images, labels, meta)
+        captions = tuple(str(c) for c in data["captions"]) if "captions" in data else None
+        return SampleSet(torch.from_numpy(data["tokens"]).long(), images, labels, meta, captions)
 
 
 def _format(value: Any) -> str:

@@ -30,7 +30,9 @@ class Denoiser:
 
     With ``cfg_scale != 1`` and a condition, the conditional and unconditional halves run as
     one forward of a (2B, L) batch (``cfg_batched=True``, the default) or as two forwards
-    (the reference code's way). Returns guided raw logits, before temperature.
+    (the reference code's way). Returns guided raw logits, before temperature. The null
+    condition is ``full_like(y, null_class)``: the null class for class ids (B,), the empty
+    caption (all PAD, ``null_class`` = 0) for caption ids (B, S).
     """
 
     def __init__(
@@ -60,7 +62,7 @@ class Denoiser:
 
     @torch.no_grad()
     def __call__(self, x_t: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        """x_t (B, L), t (B,), y (B,) or None -> logits (B, L, V)."""
+        """x_t (B, L), t (B,), y (B,) / (B, S) or None -> logits (B, L, V)."""
         if not self.guided or y is None:
             self.count.unbatched += 1
             return self._forward(x_t, t, y)
