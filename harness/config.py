@@ -247,12 +247,12 @@ class TrialConfig(Section):
 
     @model_validator(mode="after")
     def _text_needs_captions(self) -> TrialConfig:
-        if self.model.text is not None:
-            if not dataset_shape(self.data.name, **self.data.options).caption_vocabulary:
-                raise ValueError(
-                    f"model.text: dataset {self.data.name!r} has no captions; expected a captioned "
-                    "dataset (captioned-canvases)"
-                )
+        shape = dataset_shape(self.data.name, **self.data.options)
+        if self.model.text is not None and not shape.caption_vocabulary:
+            raise ValueError(
+                f"model.text: dataset {self.data.name!r} has no captions; expected a captioned "
+                "dataset (captioned-canvases)"
+            )
         return self
 
     def training_part(self) -> dict[str, Any]:
@@ -315,10 +315,13 @@ def check_key(key: str) -> None:
 
 
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    """d["a"]["b"] = value for key "a.b", creating sections as needed."""
+    """d["a"]["b"] = value for key "a.b", creating sections as needed (also where the section is
+    None, e.g. ``model.text.prefix`` over the base's ``model.text: null``)."""
     *parents, leaf = key.split(".")
     for part in parents:
-        d = d.setdefault(part, {})
+        if d.get(part) is None:
+            d[part] = {}
+        d = d[part]
     d[leaf] = value
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from harness.canvases import canvases_split
-from harness.config import ConfigError, build_trial
+from harness.config import ConfigError, build_trial, set_dotted
 from harness.datasets import dataset_shape, load_dataset
 from harness.evaluation import Evaluator, load_samples, register_domain_extractor
 from harness.evaluation.domain import DomainSpec
@@ -153,6 +153,12 @@ def test_model_text_leaves_the_hash_of_configs_without_it_unchanged() -> None:
     untexted = build_trial({"data": {"name": "captioned-canvases"}})
     assert texted.training_hash() != untexted.training_hash()
     assert "text" not in untexted.training_part()["model"]
+
+
+def test_a_study_can_set_one_text_field_over_the_bases_null() -> None:
+    d = {"model": {"text": None}}
+    set_dotted(d, "model.text.prefix", False)
+    assert d == {"model": {"text": {"prefix": False}}}
 
 
 def test_text_config_errors_name_the_field() -> None:
