@@ -55,6 +55,8 @@ METHOD_KEYS = (
     "sampler.euler.argmax_fill",
     "sampler.maskgit.randomization",
     "sampler.maskgit.schedule",
+    "model.text.encoder",
+    "model.text.prefix",
 )
 WORDS: dict[tuple[str, Any], str] = {
     ("recipe", "maskgit"): "MaskGIT recipe",
@@ -69,6 +71,10 @@ WORDS: dict[tuple[str, Any], str] = {
     ("train.corruption", "interpolant"): "interpolant masking",
     ("sampler.euler.argmax_fill", True): "argmax fill",
     ("sampler.euler.argmax_fill", False): "sampled fill",
+    ("model.text.encoder", "learned"): "learned text encoder",
+    ("model.text.encoder", "clip"): "CLIP text encoder",
+    ("model.text.prefix", True): "caption tokens as prefix",
+    ("model.text.prefix", False): "pooled caption only",
 }
 SECONDS = "seconds_per_sample"
 NFE = "nfe"
@@ -80,6 +86,7 @@ METRIC_WORDS = {
     "kid_mean": "KID",
     "fvd": "FVD",
     "miou": "mIoU",
+    "caption_agreement": "caption agreement",
     NFE: "network calls (NFE)",
     SECONDS: "seconds per sample",
 }
@@ -110,7 +117,7 @@ def varying(table: pd.DataFrame, keys: tuple[str, ...] | list[str]) -> list[str]
 
 
 # For runs logged without a direction in their protocol; anything else unknown: lower is better.
-HIGHER_IS_BETTER = ("is_mean", "precision", "recall", "miou")
+HIGHER_IS_BETTER = ("is_mean", "precision", "recall", "miou", "caption_agreement")
 
 
 def direction(table: pd.DataFrame, metric: str) -> str:

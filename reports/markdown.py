@@ -226,6 +226,22 @@ def protocol_section(ordered: list[dict], metric: str) -> list[str]:
     return ["## Protocols", "", *markdown_table(["metric", "trial", *order], table), ""]
 
 
+CEILING = "option.classifier_heldout_accuracy"  # caption agreement's protocol: real data's agreement
+
+
+def ceiling_section(ordered: list[dict]) -> list[str]:
+    """For each metric whose protocol records its classifier's held-out accuracy (caption
+    agreement), that accuracy: the agreement of real held-out data, the ceiling of the column."""
+    lines = []
+    for name, protocol in sorted(ordered[0]["protocols"].items()) if ordered else []:
+        if protocol.get(CEILING) is not None:
+            lines.append(
+                f"- `{name}` ceiling: real held-out data agree {format_value(protocol[CEILING])} under "
+                f"{protocol.get('extractor', 'the classifier')} (its held-out accuracy)"
+            )
+    return ["## Ceilings", "", *lines, ""] if lines else []
+
+
 def failed_section(failed: list[dict], keys: list[str]) -> list[str]:
     """One line per failed trial: its varying settings and the first line of its error."""
     if not failed:
@@ -318,7 +334,8 @@ def write_markdown_report(study_dir: Path, title: str, metric: str, mode: str) -
     lines = _header(study_dir, title, metric, mode, (len(finished), len(failed)))
     if ordered:
         lines += trials_section(ordered, metric, keys) + _groups_section(ordered, metric, keys)
-        lines += protocol_section(ordered, metric) + _samples_section(ordered[0], study_dir)
+        lines += ceiling_section(ordered) + protocol_section(ordered, metric)
+        lines += _samples_section(ordered[0], study_dir)
     else:
         lines += ["No finished trials.", ""]
     lines += failed_section(failed, keys) + data_section(study_dir)

@@ -34,6 +34,7 @@ from reports.figures import (
 from reports.findings import paper_section
 from reports.markdown import (
     atomic_write,
+    ceiling_section,
     data_section,
     failed_section,
     flatten,
@@ -183,7 +184,7 @@ def render_markdown(
         by_hash = {r["trial_hash"]: r for r in recs}
         best = _best_per_method(table, by_hash, metric, mode)
         figures = study_figures(table, metric, study_dir / FILES)
-        lines += _best_section(best, metric, keys)
+        lines += _best_section(best, metric, keys) + ceiling_section(ordered)
         lines += paper_section(table, metric, reference) if reference else []
         lines += _figures_section(figures, study_dir)
         lines += _samples_section(best, tracking_uri, study_dir)

@@ -354,3 +354,15 @@ def test_a_tiny_text_trial_samples_with_captions_and_logs_caption_agreement(tmp_
         json.loads(tag)["option.classifier_heldout_accuracy"]
         == protocol["option.classifier_heldout_accuracy"]
     )
+
+
+def test_the_report_states_the_caption_agreement_ceiling() -> None:
+    from reports.markdown import ceiling_section
+
+    protocol = {"extractor": "canvases-cnn", "option.classifier_heldout_accuracy": 0.861}
+    record = {"protocols": {"caption_agreement": protocol, "fid": {"extractor": "canvases-cnn"}}}
+    lines = ceiling_section([record])
+    assert lines[0] == "## Ceilings"
+    assert [line for line in lines if "0.861" in line and "caption_agreement" in line]
+    assert not [line for line in lines if "`fid`" in line]
+    assert ceiling_section([{"protocols": {"fid": {}}}]) == [] == ceiling_section([])
