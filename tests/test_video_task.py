@@ -10,6 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from PIL import Image
+from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny networks on loaded cores)
 
 from harness.config import ConfigError, TrialConfig, build_trial
 from harness.datasets import dataset_shape, load_dataset, real_images
