@@ -22,8 +22,8 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from models.backbone import DiscreteDiT, ModelConfig, check_keys
 from models.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
-from models.data_parallel import DataParallel, draw_micro_batch, mean_over_ranks
-from models.losses import LOSSES, masked_positions
+from models.data_parallel import DataParallel, draw_micro_batch, mean_over_ranks, training_loss
+from models.losses import LOSSES
 from models.schedulers import KappaScheduler, build_scheduler
 
 CORRUPTIONS = ("interpolant", "maskgit")
@@ -191,10 +191,7 @@ def train_step(
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = state.forward(x_t, t, y)  # (b, L, V)
-            masked = masked_positions(x_t, model.config.mask_id)  # (b, L)
-            loss = LOSSES[config.loss](logits, x_1, masked, t, scheduler)
-            if batch.weight != 1.0:
-                loss = loss * batch.weight
+            loss = training_loss(logits, x_1, x_t, t, config, scheduler, model.config, batch.weights)
             (loss / config.grad_accum).backward()
         total += loss.item()
     if config.grad_clip > 0:

@@ -16,8 +16,9 @@ from harness.store import CheckpointStore, train_into
 from harness.study import Resources
 from models.backbone import ModelConfig
 from models.checkpoint import load_checkpoint, model_from_checkpoint
-from models.data_parallel import draw_micro_batch
+from models.data_parallel import draw_micro_batch, training_loss
 from models.losses import LOSSES, masked_positions
+from models.modalities import Layout, Modality
 from models.trainer import TrainConfig
 
 MODEL = ModelConfig(vocab_size=17, grid=(4, 4), num_classes=3, size="tiny")
@@ -53,11 +54,40 @@ def test_shards_partition_the_micro_batch_and_weights_give_its_loss(loss, world_
 
     b = 24 // world_size
     weighted = [
-        batch.weight * loss_of(batch, slice(r * b, (r + 1) * b)) for r, (batch, _) in enumerate(shards)
+        batch.weights[0] * loss_of(batch, slice(r * b, (r + 1) * b)) for r, (batch, _) in enumerate(shards)
     ]
     assert torch.stack(weighted).mean() == pytest.approx(loss_of(full, slice(None)).item(), rel=1e-5)
     if loss == "masked_ce" and corruption == "interpolant":
-        assert len({round(batch.weight, 6) for batch, _ in shards}) > 1  # unequal masked counts
+        assert len({round(batch.weights[0], 6) for batch, _ in shards}) > 1  # unequal masked counts
+
+
+@pytest.mark.parametrize("loss", ["masked_ce", "elbo"])
+def test_joint_model_shards_weight_each_modality(loss):
+    """Several modalities: each modality's masked CE has its own normaliser, so each gets its
+    own w_r, and the mean over ranks of the weighted per-modality sums is the whole batch's loss."""
+    layout = Layout((Modality("a", 5, (4, 4)), Modality("b", 3, (2, 2))))
+    model_config = ModelConfig.joint(layout)
+    config = TrainConfig(batch_size=24, loss=loss)
+    tokens = layout.join({"a": torch.randint(0, 5, (50, 16)), "b": torch.randint(0, 3, (50, 4))})
+    scheduler = config.build_scheduler()
+
+    def draw(shard):
+        generator = torch.Generator().manual_seed(3)
+        return draw_micro_batch(tokens, None, config, scheduler, model_config, generator, shard)
+
+    full = draw((0, 1))
+    assert full.t.shape == (24, 2)  # one time per modality
+    logits = torch.randn(24, 20, layout.num_ids, generator=torch.Generator().manual_seed(2))
+    whole = training_loss(logits, full.x_1, full.x_t, full.t, config, scheduler, model_config)
+    parts = []
+    for r in range(2):
+        batch, rows = draw((r, 2)), slice(r * 12, (r + 1) * 12)
+        parts.append(
+            training_loss(
+                logits[rows], batch.x_1, batch.x_t, batch.t, config, scheduler, model_config, batch.weights
+            )
+        )
+    assert torch.stack(parts).mean().item() == pytest.approx(whole.item(), rel=1e-5)
 
 
 def test_worker_requests_are_checked_against_the_cluster():

@@ -225,9 +225,6 @@ def test_corruption_masks_each_modality_at_its_own_rate_with_its_own_mask():
             assert gap < 5 * math.sqrt(0.25 / (rows.sum().item() * m.seq_len)), (m.name, k, gap)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: data_parallel.corrupt draws one t (B,) for all modalities, not (B, M)"
-)
 def test_corruption_draws_independent_times_per_modality():
     config, model_config = TrainConfig(batch_size=2000), ModelConfig.joint(LAYOUT)
     batch = draw(config, model_config, joint_tokens(100))
@@ -237,9 +234,6 @@ def test_corruption_draws_independent_times_per_modality():
     assert abs(corr) < 5 / math.sqrt(2000)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: path.maskgit_corrupt calls full_like(x_1, mask_id) with (L,) mask ids"
-)
 def test_maskgit_corruption_uses_each_modality_mask():
     config, model_config = TrainConfig(batch_size=64, corruption="maskgit"), ModelConfig.joint(LAYOUT)
     batch = draw(config, model_config, joint_tokens(50))
@@ -248,9 +242,6 @@ def test_maskgit_corruption_uses_each_modality_mask():
     assert masked.any() and torch.equal(batch.x_t[masked], mask_ids[masked])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: train_step pools masked positions of all modalities into one loss"
-)
 @pytest.mark.parametrize("loss", ["masked_ce", "elbo"])
 def test_joint_loss_is_the_sum_of_per_modality_losses(loss):
     """train_step's loss on a batch == sum over m of the loss of segment m alone, at t_m."""
