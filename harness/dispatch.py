@@ -197,7 +197,9 @@ class _Progress:
         self.done += 1
         result = trial.last_result or {}
         shown = {
-            k: round(v, 4) for k, v in result.items() if k in ("fid", "fvd", "nfe", "precision", "recall")
+            k: round(v, 4)
+            for k, v in result.items()
+            if k in ("fid", "fvd", "caption_agreement", "nfe", "precision", "recall")
         }
         print(f"  [{self.label} {self.done}/{self.total}] {status} {shown or ''}", flush=True)
         if self.on_complete is not None:

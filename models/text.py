@@ -170,10 +170,14 @@ class ClipTextEncoder(nn.Module):
 
     def __init__(self, config: TextConfig, width: int) -> None:
         super().__init__()
-        from transformers import CLIPTextModel
+        from transformers import CLIPTextConfig, CLIPTextModel
 
         self.config = config
-        self.clip = _load(CLIPTextModel, config.path).requires_grad_(False).eval()
+        if torch.empty(0).device.type == "meta":  # counting parameters (plans): the architecture only
+            clip = CLIPTextModel(_load(CLIPTextConfig, config.path))
+        else:
+            clip = _load(CLIPTextModel, config.path)
+        self.clip = clip.requires_grad_(False).eval()
         tokenizer = ClipCaptionTokenizer(config.path, config.max_length)
         empty_ids, empty_mask = tokenizer.clip_ids([""])  # (1, S) each
         self.register_buffer("empty_ids", (empty_ids + 1) * empty_mask, persistent=False)

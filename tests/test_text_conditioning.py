@@ -227,6 +227,9 @@ def test_clip_text_encoder_from_a_local_folder(tmp_path: Path) -> None:
     torch.testing.assert_close(pooled[2:], expected)
     net.train()
     assert not net.text.clip.training
+    with torch.device("meta"):  # plans count parameters without loading weights
+        counted = sum(p.numel() for p in DiscreteDiT(config).parameters())
+    assert counted == sum(p.numel() for p in net.parameters())
     randomize(net)
     logits = net(torch.full((2, 16), 5), torch.rand(2), ids[:2])
     assert (logits[0] - logits[1]).abs().max() > 1e-4
