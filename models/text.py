@@ -147,7 +147,9 @@ class LearnedTextEncoder(nn.Module):
         WordTokenizer(config.vocabulary, config.max_length)  # an empty vocabulary fails here
         self.config = config
         self.embed = nn.Embedding(2 + len(config.vocabulary), width)
-        self.positions = nn.Parameter(torch.randn(config.max_length, width) * 0.02)
+        # Positions on the scale of the N(0, 1) word embeddings: at the usual 0.02 the words drown
+        # them and the encoder is a bag of words ("a 3 left of a 7" read as "a 7 left of a 3").
+        self.positions = nn.Parameter(torch.randn(config.max_length, width))
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 width, config.heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
