@@ -16,6 +16,7 @@ from harness.datasets import dataset_shape, load_dataset
 from harness.evaluation import Evaluator, load_samples, register_domain_extractor
 from harness.evaluation.domain import DomainSpec
 from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
+from harness.study import expand_grid, load_study
 from harness.text_data import CAPTION_VOCABULARY, conditioning_fields, generation_conditions, scene_caption
 from harness.tracking_schema import TAG_PROTOCOL_PREFIX
 from models.backbone import DiscreteDiT, ModelConfig
@@ -24,6 +25,7 @@ from models.samplers import Denoiser
 from models.text import PAD, LearnedTextEncoder, TextConfig, WordTokenizer, caption_tokenizer
 from models.trainer import TrainConfig as ModelTrainConfig
 
+REPO = Path(__file__).resolve().parents[1]
 TEXT = TextConfig(vocabulary=CAPTION_VOCABULARY, max_length=10, depth=1, heads=2)
 LEFT = "a 3 to the left of a 7"
 SWAPPED = "a 7 to the left of a 3"
@@ -315,24 +317,36 @@ def test_caption_agreement_is_the_fraction_whose_predicted_scene_is_the_captions
         evaluator.evaluate(images, 0)
 
 
+def quickstart_trials() -> list:
+    return expand_grid(load_study(REPO / "search_spaces" / "text_quickstart.yaml"))
+
+
+def test_the_text_quickstart_plans_a_text_model_a_scene_id_model_and_the_baseline() -> None:
+    trials = quickstart_trials()
+    assert len(trials) == 17 and len({t.training_hash() for t in trials if not t.sampler.is_baseline}) == 2
+    texted = [t for t in trials if t.model.text is not None and not t.sampler.is_baseline]
+    assert len(texted) == 8 and {t.sampler.cfg_scale for t in texted} == {1.0, 2.0, 3.0, 4.0}
+    assert all(t.data.name == "captioned-canvases" and "caption_agreement" in t.eval.metrics for t in trials)
+    assert [t.sampler.name for t in trials if t.sampler.is_baseline] == ["class_marginals"]
+
+
 def test_a_tiny_text_trial_samples_with_captions_and_logs_caption_agreement(tmp_path, session_eval_cache):
+    """The quickstart's text trial at CFG 2, shrunk: few canvases, steps and samples, a tiny classifier."""
     from harness.tracking import _metric_entities, _trial_tags
     from harness.trial import run_trial, set_threads
 
-    trial = build_trial(
-        {
-            "data": {"name": "captioned-canvases", "options": SMALL},
-            "model": {"text": {"encoder": "learned", "depth": 1}, "patch": [4, 4]},
-            "train": {"steps": 10, "warmup_steps": 2, "batch_size": 16, "checkpoint_every": 0},
-            "sampler": {"num_steps": 2, "cfg_scale": 2.0},
-            "eval": {
-                "num_samples": 40,
-                "batch_size": 40,
-                "metrics": ["fid", "caption_agreement"],
-                "extractor": "test-small-canvases-cnn",
-            },
-        }
-    )
+    (chosen,) = [
+        t
+        for t in quickstart_trials()
+        if t.model.text is not None and t.sampler.cfg_scale == 2.0 and t.sampler.num_steps == 4
+    ]
+    d = chosen.model_dump(mode="json")
+    d["data"]["options"] = SMALL
+    d["model"]["text"]["depth"] = 1
+    d["train"].update(steps=10, warmup_steps=2, batch_size=16, checkpoint_every=0)
+    d["sampler"]["num_steps"] = 2
+    d["eval"].update(num_samples=40, batch_size=40, extractor="test-small-canvases-cnn")
+    trial = build_trial(d)
     threads = torch.get_num_threads()
     set_threads(1)  # as a trial given one cpu
     try:
