@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from harness.canvas_data import LEVELS, _check  # the options of the joint digit canvases
 from harness.canvases import RELATIONS, canvases_split, caption
-from harness.datasets import SPLITS, DatasetShape, PixelTokenizer, TokenDataset
+from harness.datasets import DatasetShape, PixelTokenizer, TokenDataset
 from models.backbone import ModelConfig
 from models.text import TextConfig, caption_tokenizer
 
 NAME = "captioned-canvases"
-LEVELS = 17
 NUM_SCENES = 10 * len(RELATIONS) * 10
 # The counts the canvases-cnn classifier uses, so the canvases are composed (and cached) once.
 DEFAULT_COUNTS = {"train": 12000, "heldout": 1000}
@@ -40,15 +40,6 @@ def scene_caption(scene: int) -> str:
 
 # Every word a caption can use, in a fixed order (the learned encoder's vocabulary).
 CAPTION_VOCABULARY = tuple(sorted({w for s in range(NUM_SCENES) for w in scene_caption(s).split()}))
-
-
-def _check(split: str, canvas: int, num_train: int, num_heldout: int) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
-    if canvas < 16 or canvas % 2:
-        raise ValueError(f"data.options.canvas: {canvas!r}; expected an even size >= 16")
-    if min(num_train, num_heldout) < 2:
-        raise ValueError(f"data.options.num_train / num_heldout must be >= 2, got {num_train}, {num_heldout}")
 
 
 def captioned_canvases(
