@@ -180,6 +180,11 @@ class ClipTextEncoder(nn.Module):
         else:
             clip = _load(CLIPTextModel, config.path)
         self.clip = clip.requires_grad_(False).eval()
+        if config.max_length > clip.config.max_position_embeddings:
+            raise ValueError(
+                f"model.text.max_length: {config.max_length} exceeds the CLIP model's "
+                f"{clip.config.max_position_embeddings} positions"
+            )
         tokenizer = ClipCaptionTokenizer(config.path, config.max_length)
         empty_ids, empty_mask = tokenizer.clip_ids([""])  # (1, S) each
         self.register_buffer("empty_ids", (empty_ids + 1) * empty_mask, persistent=False)
