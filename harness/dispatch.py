@@ -231,7 +231,10 @@ class RayDispatcher:
         if self.address:
             ray.init(address=self.address, log_to_driver=self.verbose, logging_level=self._level)
         else:
+            # "local": a Ray of our own, even when another was started on this machine with
+            # `ray start` (a bare ray.init() would attach to that one, and die with it).
             ray.init(
+                address="local",
                 num_cpus=self.num_cpus,
                 include_dashboard=False,
                 log_to_driver=self.verbose,
