@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.canvases import NUM_LABELS, canvases_split
+from harness.canvases import NUM_LABELS, Canvases, canvases_split
 from harness.datasets import SPLITS, DatasetShape, PixelTokenizer, TokenDataset
 from models.modalities import Layout, Modality
 
@@ -60,13 +60,20 @@ class JointTokenizer:
         return local.reshape(local.shape[0], *self.pixels.grid)
 
 
-def _check(split: str, canvas: int, num_train: int, num_heldout: int) -> None:
+def check_options(split: str, canvas: int, num_train: int, num_heldout: int) -> None:
+    """The canvas datasets' options (digit-canvases, captioned-canvases), named on error."""
     if split not in SPLITS:
         raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
     if canvas < 16 or canvas % 2:
         raise ValueError(f"data.options.canvas: {canvas!r}; expected an even size >= 16")
     if min(num_train, num_heldout) < 1:
         raise ValueError(f"data.options.num_train / num_heldout must be >= 1, got {num_train}, {num_heldout}")
+
+
+def split_canvases(split: str, canvas: int, num_train: int, num_heldout: int) -> Canvases:
+    """The split's canvases under checked options (shared by the joint and the captioned datasets)."""
+    check_options(split, canvas, num_train, num_heldout)
+    return canvases_split(split, num_train if split == "train" else num_heldout, canvas)
 
 
 def digit_canvases(
@@ -76,9 +83,7 @@ def digit_canvases(
     num_train: int = DEFAULT_COUNTS["train"],
     num_heldout: int = DEFAULT_COUNTS["heldout"],
 ) -> TokenDataset:
-    _check(split, canvas, num_train, num_heldout)
-    count = num_train if split == "train" else num_heldout
-    c = canvases_split(split, count, canvas)
+    c = split_canvases(split, canvas, num_train, num_heldout)
     tokenizer = JointTokenizer(canvas_layout(canvas), PixelTokenizer(LEVELS, (canvas, canvas)))
     tokens = tokenizer.encode(c.images, c.label_maps)  # (N, 2 canvas^2)
     return TokenDataset("digit-canvases", split, tokens, None, 0, tokenizer)
@@ -90,7 +95,7 @@ def digit_canvases_shape(
     num_train: int = DEFAULT_COUNTS["train"],
     num_heldout: int = DEFAULT_COUNTS["heldout"],
 ) -> DatasetShape:
-    _check("train", canvas, num_train, num_heldout)
+    check_options("train", canvas, num_train, num_heldout)
     layout = canvas_layout(canvas)
     return DatasetShape((layout.seq_len,), layout.vocab_size, 0, modalities=layout.modalities)
 

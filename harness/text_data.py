@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness.canvas_data import LEVELS, _check  # the options of the joint digit canvases
-from harness.canvases import RELATIONS, canvases_split, caption
+from harness.canvas_data import LEVELS, check_options, split_canvases
+from harness.canvases import RELATIONS, caption
 from harness.datasets import DatasetShape, PixelTokenizer, TokenDataset
 from models.backbone import ModelConfig
 from models.text import TextConfig, caption_tokenizer
@@ -50,8 +50,7 @@ def captioned_canvases(
     num_heldout: int = DEFAULT_COUNTS["heldout"],
 ) -> TokenDataset:
     """tokens (N, canvas^2) grey levels, labels (N,) scene classes, captions: N strings."""
-    _check(split, canvas, num_train, num_heldout)
-    c = canvases_split(split, num_train if split == "train" else num_heldout, canvas)
+    c = split_canvases(split, canvas, num_train, num_heldout)
     tokenizer = PixelTokenizer(LEVELS, (canvas, canvas))
     tokens = tokenizer.encode(c.images)  # (N, canvas^2)
     return TokenDataset(NAME, split, tokens, c.scene_class, NUM_SCENES, tokenizer, captions=tuple(c.captions))
@@ -63,7 +62,7 @@ def captioned_canvases_shape(
     num_train: int = DEFAULT_COUNTS["train"],
     num_heldout: int = DEFAULT_COUNTS["heldout"],
 ) -> DatasetShape:
-    _check("train", canvas, num_train, num_heldout)
+    check_options("train", canvas, num_train, num_heldout)
     return DatasetShape((canvas, canvas), LEVELS, NUM_SCENES, caption_vocabulary=CAPTION_VOCABULARY)
 
 
