@@ -3,7 +3,9 @@
 - ``class_marginals``: every position drawn independently from its per-class token
   distribution on the training split (the trivial baseline: no token dependencies).
 - ``heldout_tokens``: held-out images' own tokens (decoded: the tokenizer's reconstructions,
-  the best a token model can reach), each image used once before any is repeated.
+  the best a token model can reach), each image used once before any is repeated; a class
+  with no held-out image (captioned canvases: 199 of 200 scenes are held out) takes its
+  training images instead.
 Both give class-balanced sets like ``harness.sampling.generate``.
 """
 
@@ -46,11 +48,18 @@ def heldout_tokens(train: TokenDataset, heldout: TokenDataset, num_samples: int,
     labels = balanced_labels(num_samples, heldout.num_classes)
     classes = labels if labels is not None else torch.zeros(num_samples, dtype=torch.long)
     pools = heldout.labels if labels is not None else torch.zeros(len(heldout), dtype=torch.long)
+    tokens = heldout.tokens
     idx = torch.empty(num_samples, dtype=torch.long)
     for c in classes.unique().tolist():
         pool = (pools == c).nonzero().flatten()
+        if len(pool) == 0:  # no held-out image of class c: its training images, appended
+            extra = train.tokens[train.labels == c]
+            if len(extra) == 0:
+                raise ValueError(f"heldout_tokens: class {c} has no image in the held-out or training split")
+            pool = torch.arange(len(tokens), len(tokens) + len(extra))
+            tokens = torch.cat([tokens, extra])
         rows = (classes == c).nonzero().flatten()
         repeats = -(-len(rows) // len(pool))  # ceil
         order = torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(repeats)])
         idx[rows] = order[: len(rows)]
-    return SampleSet(heldout.tokens[idx], labels, nfe=0, nfe_unbatched=0, seconds=0.0)
+    return SampleSet(tokens[idx], labels, nfe=0, nfe_unbatched=0, seconds=0.0)

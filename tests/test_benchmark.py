@@ -47,6 +47,25 @@ def test_heldout_tokens_uses_every_image_before_repeating_one(counts, num_sample
     assert torch.equal(again.tokens, out.tokens)
 
 
+def test_heldout_tokens_takes_training_images_of_a_class_the_heldout_split_lacks() -> None:
+    heldout = _dataset([0, 0, 2])  # class 1 has no held-out image
+    train = TokenDataset(
+        "toy",
+        "train",
+        torch.tensor([[7] * 3, [8] * 3, [9] * 3]),
+        torch.tensor([1, 0, 1]),
+        3,
+        heldout.tokenizer,
+    )
+    out = heldout_tokens(train, heldout, 9, seed=0)
+    assert set(out.tokens[out.labels == 1, 0].tolist()) == {7, 9}  # class 1: its training images
+    assert set(out.tokens[out.labels == 0, 0].tolist()) == {0, 1}  # the others: held-out only
+    assert set(out.tokens[out.labels == 2, 0].tolist()) == {2}
+    empty = TokenDataset("toy", "train", torch.tensor([[7] * 3]), torch.tensor([0]), 3, heldout.tokenizer)
+    with pytest.raises(ValueError, match="class 1 has no image"):
+        heldout_tokens(empty, heldout, 9, seed=0)
+
+
 def test_class_marginals_follows_per_class_position_frequencies() -> None:
     g = torch.Generator().manual_seed(0)
     V, L, C = 4, 3, 2
