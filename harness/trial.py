@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from harness.baselines import BASELINES
-from harness.cache import sha256_file
 from harness.config import TrialConfig
 from harness.datasets import load_dataset
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
@@ -113,14 +112,12 @@ def trial_evaluators(trial: TrialConfig, cache_dir: Path | None) -> list[tuple[s
 
 
 def evaluate_trial(
-    trial: TrialConfig, folders: list[Path], cache_dir: Path | None, checkpoint: Path | None = None
+    trial: TrialConfig, folders: list[Path], cache_dir: Path | None
 ) -> tuple[dict, dict, dict]:
-    """(metrics, intervals, protocols) over the trial's sample seeds, for every protocol
-    (label-map metrics of a joint model need its ``checkpoint``, whose sha256 they record)."""
+    """(metrics, intervals, protocols) over the trial's sample seeds, for every protocol."""
     sets = [load_samples(f) for f in folders]
     seeds = [int(s.meta["sample_seed"]) for s in sets]
-    segmenter = sha256_file(checkpoint) if checkpoint else "none (a data baseline)"
-    metrics, intervals, protocols = score_label_maps(trial, sets, segmenter)
+    metrics, intervals, protocols = score_label_maps(trial, sets)
     for prefix, num, evaluator in trial_evaluators(trial, cache_dir):
         images = [s.images[:num] for s in sets]
         labels = [None if s.labels is None else s.labels[:num] for s in sets]  # caption agreement
@@ -171,8 +168,7 @@ def run_trial(
         if not trial.sampler.is_baseline:
             store.ensure(trial, device=device, progress=progress)
         folders = [sample_to_disk(trial, store, seed, device) for seed in trial.eval.sample_seeds]
-        checkpoint = None if trial.sampler.is_baseline else store.checkpoint(trial.training_hash())
-        metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir, checkpoint)
+        metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir)
         if not trial.sampler.is_baseline:
             metrics["heldout_masked_ce"] = heldout_ce(trial, store, device)
         shown = preview(trial, load_samples(folders[0]))  # (N, C, H, W), or clips (N, C, T, H, W): a row each

@@ -114,6 +114,10 @@ def test_segmentation_trials_log_miou_with_its_protocol(segmentation_study) -> N
         protocol = r.protocols["miou"]
         assert protocol["direction"] == "max" and protocol["num_samples"] == 20
         assert "2 sample sets" in protocol["uncertainty"]
+    # The samplers and the chance line are what is compared, not part of how: one protocol,
+    # so the report ranks them in one column.
+    assert len({r.protocols["miou"]["key"] for r in segment}) == 1
+    assert {r.config["sampler"]["name"] for r in segment} == {"euler", "maskgit", "class_marginals"}
     table = study_table(segmentation_study["uri"], "seg").table
     assert table["miou"].notna().sum() == 5 and table["fid"].notna().sum() == 4
 
