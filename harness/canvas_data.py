@@ -8,13 +8,10 @@ given, labels generated), draws images for label maps (labels given) or both at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 from torch import Tensor
 
 from harness.canvases import NUM_LABELS, Canvases, canvases_split
-from harness.datasets import SPLITS, DatasetShape, PixelTokenizer, TokenDataset
+from harness.datasets import SPLITS, DatasetShape, JointTokenizer, PixelTokenizer, TokenDataset
 from models.modalities import Layout, Modality
 
 LEVELS = 17
@@ -25,39 +22,6 @@ def canvas_layout(canvas: int = 16) -> Layout:
     return Layout(
         (Modality("image", LEVELS, (canvas, canvas)), Modality("labels", NUM_LABELS, (canvas, canvas)))
     )
-
-
-@dataclass(frozen=True)
-class JointTokenizer:
-    """Joint token ids <-> the image modality (what image metrics score) and the label maps."""
-
-    layout: Layout
-    pixels: PixelTokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.layout.vocab_size
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        return (self.layout.seq_len,)
-
-    def encode(self, images: Tensor, label_maps: Tensor | None = None) -> Tensor:
-        """images (N, 1, H, W) in [0, 1], label maps (N, H, W) or None (all [MASK]) -> (N, L)."""
-        parts = {"image": self.pixels.encode(images)}
-        if label_maps is not None:
-            parts["labels"] = label_maps.reshape(label_maps.shape[0], -1)
-        return self.layout.join(parts)
-
-    def decode(self, tokens: Tensor) -> Tensor:
-        """(N, L) -> the image modality (N, 1, H, W) in [0, 1]."""
-        return self.pixels.decode(self.layout.split(tokens)["image"])
-
-    def decode_labels(self, tokens: Tensor) -> Tensor:
-        """(N, L) -> label maps (N, H, W); a position left [MASK] decodes as background."""
-        local = self.layout.split(tokens)["labels"]
-        local = torch.where(local >= NUM_LABELS, 0, local)
-        return local.reshape(local.shape[0], *self.pixels.grid)
 
 
 def check_options(split: str, canvas: int, num_train: int, num_heldout: int) -> None:

@@ -11,9 +11,15 @@ Layout (written by the tokenize step for real data, by the tests for stand-ins):
          "tokenizer": {"kind": "diffusers-vq", "path": "vq", "image_size": 256}}  # to decode
 
 Study configs name the folder and the shape they expect (``data.options: {path, grid,
-vocab_size, num_classes}``), so that plans and dry runs need no data; loading checks the
-manifest against them, and every shard against its count, range and checksum, before any
-work. Token files are read through memory maps into int64 tensors.
+vocab_size, num_classes, segment_classes}``), so that plans and dry runs need no data; loading
+checks the manifest against them, and every shard against its count, range and checksum, before
+any work. Token files are read through memory maps into int64 tensors.
+
+``segment_classes: K`` (> 0) reads each shard's label maps on the token grid (``-segments.npy``,
+written by ``run_study.py tokenize`` from image + label-map pairs) as a second modality: the
+dataset is then joint (``image`` codes and ``labels`` 0..K-1, each with its own [MASK]), for
+segmentation as unmasking on real data. Label ids must lie in [0, K): a void id such as 255 is
+a class of its own (K = 256) or is remapped before tokenizing.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import torch
 from torch import Tensor
 
 from harness.cache import sha256_file
-from harness.datasets import SPLITS, DatasetShape, TokenDataset
+from harness.datasets import SPLITS, DatasetShape, JointTokenizer, TokenDataset
+from models.modalities import Layout, Modality
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -44,21 +51,40 @@ class ShardOptions:
     grid: tuple[int, ...]
     vocab_size: int
     num_classes: int = 0
+    segment_classes: int = 0  # > 0: the label maps as a second modality (a joint dataset)
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> ShardOptions:
         missing = [k for k in ("path", "grid", "vocab_size") if k not in options]
         if missing:
             raise ValueError(f"data.options for 'shards': missing {missing}; expected path, grid, vocab_size")
-        unknown = sorted(set(options) - {"path", "grid", "vocab_size", "num_classes"})
+        unknown = sorted(set(options) - {"path", "grid", "vocab_size", "num_classes", "segment_classes"})
         if unknown:
             raise ValueError(f"data.options for 'shards': unknown {unknown}")
+        segment_classes = options.get("segment_classes", 0)
+        if not isinstance(segment_classes, int) or segment_classes < 0 or segment_classes == 1:
+            raise ValueError(
+                f"data.options.segment_classes: {segment_classes!r}; expected 0 (no label maps) or"
+                " the number of label classes (>= 2)"
+            )
         return cls(str(options["path"]), tuple(options["grid"]), int(options["vocab_size"]),
-                   int(options.get("num_classes", 0)))  # fmt: skip
+                   int(options.get("num_classes", 0)), segment_classes)  # fmt: skip
+
+    @property
+    def layout(self) -> Layout | None:
+        """image + labels for a folder read with its label maps; None for tokens alone."""
+        if not self.segment_classes:
+            return None
+        image = Modality("image", self.vocab_size, self.grid)
+        return Layout((image, Modality("labels", self.segment_classes, self.grid)))
 
     @property
     def shape(self) -> DatasetShape:
-        return DatasetShape(self.grid, self.vocab_size, self.num_classes)
+        layout = self.layout
+        if layout is None:
+            return DatasetShape(self.grid, self.vocab_size, self.num_classes)
+        joint = (layout.seq_len,), layout.vocab_size, self.num_classes
+        return DatasetShape(*joint, modalities=layout.modalities)
 
 
 def read_manifest(options: ShardOptions) -> dict[str, Any]:
@@ -93,7 +119,8 @@ def verify_entry(root: Path, entry: dict[str, Any]) -> None:
 
 
 def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[Tensor, Tensor | None]:
-    """(tokens (N, L) long, labels (N,) long or None) of a split, each shard checked."""
+    """(tokens (N, L) long, labels (N,) long or None) of a split, each shard checked; with
+    ``segment_classes`` the tokens are the joint image + label-map sequences (N, 2 L)."""
     if split not in SPLITS:
         raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
     manifest = read_manifest(options)
@@ -111,11 +138,34 @@ def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[
             raise ShardError(f"{file}: shape {array.shape}, manifest says ({entry['count']}, {L})")
         if array.size and (int(array.max()) >= options.vocab_size or int(array.min()) < 0):
             raise ShardError(f"{file}: token ids outside [0, {options.vocab_size})")
-        tokens.append(torch.from_numpy(np.asarray(array, dtype=np.int64)))
+        part = torch.from_numpy(np.asarray(array, dtype=np.int64))
+        tokens.append(part if options.layout is None else join_segments(options, entry, part))
         if entry.get("labels"):
             labels.append(torch.from_numpy(np.load(Path(options.path) / entry["labels"]).astype(np.int64)))
     label_tensor = torch.cat(labels) if labels and len(labels) == len(entries) else None
     return torch.cat(tokens), label_tensor
+
+
+def join_segments(options: ShardOptions, entry: dict[str, Any], image: Tensor) -> Tensor:
+    """A shard's image tokens (n, L) joined with its label maps (n, L) into (n, 2 L), checked."""
+    name = entry.get("segments")
+    if not name:
+        raise ShardError(
+            f"{Path(options.path) / entry['tokens']}: no label maps (-segments.npy) beside it, but"
+            f" data.options.segment_classes is {options.segment_classes} (tokenize image + label-map pairs)"
+        )
+    file = Path(options.path) / name
+    segments = np.load(file, mmap_mode="r", allow_pickle=False)
+    if segments.shape != tuple(image.shape):
+        raise ShardError(f"{file}: shape {segments.shape}, the tokens are {tuple(image.shape)}")
+    if segments.size and (int(segments.min()) < 0 or int(segments.max()) >= options.segment_classes):
+        raise ShardError(
+            f"{file}: label ids {int(segments.min())}..{int(segments.max())} outside [0,"
+            f" {options.segment_classes}) (data.options.segment_classes; a void id such as 255 needs"
+            " segment_classes 256 or a remap before tokenizing)"
+        )
+    labels = torch.from_numpy(np.asarray(segments, dtype=np.int64))
+    return options.layout.join({"image": image, "labels": labels})
 
 
 class ShardTokenizer:
@@ -157,7 +207,10 @@ def shards(split: str = "train", **options: Any) -> TokenDataset:
     parsed = ShardOptions.parse(options)
     tokens, labels = load_split(parsed, split)
     manifest = read_manifest(parsed)
-    return TokenDataset("shards", split, tokens, labels, parsed.num_classes, ShardTokenizer(parsed, manifest))
+    tokenizer: Any = ShardTokenizer(parsed, manifest)
+    if parsed.layout is not None:
+        tokenizer = JointTokenizer(parsed.layout, tokenizer)
+    return TokenDataset("shards", split, tokens, labels, parsed.num_classes, tokenizer)
 
 
 def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor | None]:

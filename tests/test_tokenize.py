@@ -12,9 +12,12 @@ from ldm_reference import random_ldm_state
 from PIL import Image
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
-from harness.datasets import load_dataset
+from harness.config import build_trial
+from harness.datasets import dataset_shape, load_dataset
 from harness.image_sources import center_crop, crop_geometry, open_source, segment_tokens
 from harness.original_vq import OriginalVQConfig
+from harness.shards import ShardError
+from harness.trial import run_trial
 from run_study import main
 
 LEVELS, SIZE = 5, 8
@@ -119,6 +122,77 @@ def test_label_maps_follow_the_crop_and_the_flip_onto_the_token_grid(tmp_path) -
     crop = labels.repeat(1, 0)[::2, ::2][:, 2:10]  # 24 x 16 -> 12 x 8 (one halving), centre 8 columns
     assert np.array_equal(segments[0], crop) and np.array_equal(segments[1], crop[:, ::-1])
     assert set(np.unique(segments[0])) == {1, 2, 7}
+
+
+@pytest.fixture
+def segmented(tmp_path):
+    """Tokenized image + label-map pairs, a train and a held-out split: the left half labelled 1
+    in dark images and 2 in bright ones, the right half always 3."""
+    for split in ("train", "heldout"):
+        for i in range(6):
+            grey = (30, 220)[i % 2]
+            labels = np.zeros((SIZE, SIZE), dtype=np.uint8)
+            labels[:, : SIZE // 2], labels[:, SIZE // 2 :] = 1 + (i % 2), 3
+            _png(tmp_path / split / "images" / f"{i}.png", np.full((SIZE, SIZE, 3), grey))
+            _png(tmp_path / split / "labels" / f"{i}.png", labels)
+    for split in ("train", "heldout"):
+        assert _tokenize(tmp_path / split, tmp_path / f"out-{split}") == 0
+    out = tmp_path / "out"  # one folder with both splits: the held-out manifest entry moved over
+    (tmp_path / "out-train").rename(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    held = json.loads((tmp_path / "out-heldout" / "manifest.json").read_text())["splits"]["train"]
+    for entry in held:
+        for key in ("tokens", "segments"):
+            new = entry[key].replace("train", "heldout")
+            (tmp_path / "out-heldout" / entry[key]).rename(out / new)
+            entry["files"] = {new if k == entry[key] else k: v for k, v in entry.get("files", {}).items()}
+            entry[key] = new
+    manifest["splits"]["heldout"] = held
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_label_maps_of_a_shard_folder_are_a_second_modality(segmented) -> None:
+    plain = load_dataset("shards", "train", **_options(segmented, 0))
+    options = {**_options(segmented, 0), "segment_classes": 4}
+    joint = load_dataset("shards", "train", **options)
+    layout = joint.tokenizer.layout
+    assert layout.names == ["image", "labels"] and joint.tokens.shape == (6, 2 * SIZE * SIZE)
+    assert torch.equal(layout.split(joint.tokens)["image"], plain.tokens)
+    maps = joint.tokenizer.decode_labels(joint.tokens)  # (N, SIZE, SIZE)
+    assert (maps[:, :, SIZE // 2 :] == 3).all() and torch.equal(maps[:, 0, 0], 1 + torch.arange(6) % 2)
+    assert torch.equal(joint.tokenizer.decode(joint.tokens), plain.tokenizer.decode(plain.tokens))
+    shape = dataset_shape("shards", **options)
+    assert [m.name for m in shape.modalities] == ["image", "labels"]
+    assert shape.vocab_size == LEVELS + 4  # the codes; the two [MASK] ids follow
+    with pytest.raises(ShardError, match=r"label ids 1\.\.3 outside \[0, 3\).*segment_classes"):
+        load_dataset("shards", "train", **{**options, "segment_classes": 3})
+    with pytest.raises(ValueError, match="segment_classes: 1; expected 0"):
+        dataset_shape("shards", **{**options, "segment_classes": 1})
+
+
+def test_a_class_folder_has_no_label_maps_to_read(classes, tmp_path) -> None:
+    assert _tokenize(classes, tmp_path / "out") == 0
+    with pytest.raises(ShardError, match="no label maps"):
+        load_dataset("shards", "train", **{**_options(tmp_path / "out"), "segment_classes": 4})
+
+
+def test_a_segmentation_trial_on_tokenized_label_maps_is_scored_by_miou(segmented, tmp_path) -> None:
+    data = {"name": "shards", "options": {**_options(segmented, 0), "segment_classes": 4}}
+    trial = build_trial(
+        {
+            "data": data,
+            "model": {"timestep": "explicit"},
+            "train": {"steps": 150, "batch_size": 16, "warmup_steps": 5, "checkpoint_every": 0},
+            "sampler": {"name": "euler", "num_steps": 2, "condition_on": "image", "temperature": 0.5},
+            "eval": {"num_samples": 12, "batch_size": 12, "metrics": ["miou"]},
+        }
+    )
+    record = run_trial(trial, store_root=tmp_path / "checkpoints", study_dir=tmp_path / "study")
+    assert record.status == "finished", record.error
+    assert record.protocols["miou"]["reference"] == "shards/heldout label maps"
+    # the left half's label read from the image: blind to it, mIoU would be (1 + 1/3 + 1/3) / 3
+    assert record.metrics["miou"] > 0.9, record.metrics
 
 
 def test_majority_vote_per_cell_with_ties_to_the_smaller_id() -> None:
