@@ -20,6 +20,11 @@ written by ``run_study.py tokenize`` from image + label-map pairs) as a second m
 dataset is then joint (``image`` codes and ``labels`` 0..K-1, each with its own [MASK]), for
 segmentation as unmasking on real data. Label ids must lie in [0, K): a void id such as 255 is
 a class of its own (K = 256) or is remapped before tokenizing.
+
+``captions: true`` reads each shard's captions (``-captions.json``, from COCO-style sources):
+the first caption of each image is its text condition (an image without one has the empty
+caption, the CFG null), and the learned text encoder's vocabulary is the whitespace-separated
+words of the training captions (read from the folder when a study is planned).
 """
 
 from __future__ import annotations
@@ -52,13 +57,15 @@ class ShardOptions:
     vocab_size: int
     num_classes: int = 0
     segment_classes: int = 0  # > 0: the label maps as a second modality (a joint dataset)
+    captions: bool = False  # the first caption of each image as its text condition
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> ShardOptions:
         missing = [k for k in ("path", "grid", "vocab_size") if k not in options]
         if missing:
             raise ValueError(f"data.options for 'shards': missing {missing}; expected path, grid, vocab_size")
-        unknown = sorted(set(options) - {"path", "grid", "vocab_size", "num_classes", "segment_classes"})
+        known = {"path", "grid", "vocab_size", "num_classes", "segment_classes", "captions"}
+        unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"data.options for 'shards': unknown {unknown}")
         segment_classes = options.get("segment_classes", 0)
@@ -67,8 +74,11 @@ class ShardOptions:
                 f"data.options.segment_classes: {segment_classes!r}; expected 0 (no label maps) or"
                 " the number of label classes (>= 2)"
             )
+        captions = options.get("captions", False)
+        if not isinstance(captions, bool):
+            raise ValueError(f"data.options.captions: {captions!r}; expected true or false")
         return cls(str(options["path"]), tuple(options["grid"]), int(options["vocab_size"]),
-                   int(options.get("num_classes", 0)), segment_classes)  # fmt: skip
+                   int(options.get("num_classes", 0)), segment_classes, captions)  # fmt: skip
 
     @property
     def layout(self) -> Layout | None:
@@ -81,10 +91,11 @@ class ShardOptions:
     @property
     def shape(self) -> DatasetShape:
         layout = self.layout
+        words = caption_vocabulary(self) if self.captions else ()
         if layout is None:
-            return DatasetShape(self.grid, self.vocab_size, self.num_classes)
+            return DatasetShape(self.grid, self.vocab_size, self.num_classes, caption_vocabulary=words)
         joint = (layout.seq_len,), layout.vocab_size, self.num_classes
-        return DatasetShape(*joint, modalities=layout.modalities)
+        return DatasetShape(*joint, modalities=layout.modalities, caption_vocabulary=words)
 
 
 def read_manifest(options: ShardOptions) -> dict[str, Any]:
@@ -168,6 +179,29 @@ def join_segments(options: ShardOptions, entry: dict[str, Any], image: Tensor) -
     return options.layout.join({"image": image, "labels": labels})
 
 
+def split_captions(options: ShardOptions, split: str) -> tuple[str, ...]:
+    """The first caption of every sample of a split ("" where an image has none), in shard order."""
+    out: list[str] = []
+    for entry in read_manifest(options)["splits"].get(split) or []:
+        name = entry.get("captions")
+        if not name:
+            raise ShardError(
+                f"{Path(options.path) / entry['tokens']}: no captions (-captions.json) beside it, but"
+                " data.options.captions is true (tokenize a COCO-style source)"
+            )
+        per_image = json.loads((Path(options.path) / name).read_text())
+        if len(per_image) != entry["count"]:
+            count = entry["count"]
+            raise ShardError(f"{Path(options.path) / name}: {len(per_image)} entries, the shard has {count}")
+        out += [texts[0] if texts else "" for texts in per_image]
+    return tuple(out)
+
+
+def caption_vocabulary(options: ShardOptions) -> tuple[str, ...]:
+    """The words of the training captions, sorted: what a learned text encoder reads."""
+    return tuple(sorted({word for text in split_captions(options, "train") for word in text.split()}))
+
+
 class ShardTokenizer:
     """Grid and vocabulary of pre-tokenized data; decodes through the tokenizer the manifest names
     (``harness.pretrained_vq.build_tokenizer``: ``{"kind": "diffusers-vq" | "original-vq" | "pixel",
@@ -210,7 +244,8 @@ def shards(split: str = "train", **options: Any) -> TokenDataset:
     tokenizer: Any = ShardTokenizer(parsed, manifest)
     if parsed.layout is not None:
         tokenizer = JointTokenizer(parsed.layout, tokenizer)
-    return TokenDataset("shards", split, tokens, labels, parsed.num_classes, tokenizer)
+    captions = split_captions(parsed, split) if parsed.captions else None
+    return TokenDataset("shards", split, tokens, labels, parsed.num_classes, tokenizer, captions)
 
 
 def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor | None]:

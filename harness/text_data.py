@@ -107,7 +107,7 @@ class Conditions:
     agreement); captions: the N captions (saved with the samples)."""
 
     ids: Tensor
-    labels: Tensor
+    labels: Tensor | None  # None: a dataset without classes (e.g. COCO-style shards)
     captions: tuple[str, ...]
 
 
@@ -118,7 +118,8 @@ def generation_conditions(config: ModelConfig, heldout: TokenDataset, num_sample
         return None
     index = torch.arange(num_samples) % len(heldout)  # (N,)
     captions = tuple(_captions(heldout)[i] for i in index.tolist())
-    return Conditions(caption_tokenizer(config.text)(captions), heldout.labels[index], captions)
+    labels = None if heldout.labels is None else heldout.labels[index]
+    return Conditions(caption_tokenizer(config.text)(captions), labels, captions)
 
 
 __all__ = [

@@ -17,7 +17,9 @@ from harness.datasets import dataset_shape, load_dataset
 from harness.image_sources import center_crop, crop_geometry, open_source, segment_tokens
 from harness.original_vq import OriginalVQConfig
 from harness.shards import ShardError
+from harness.text_data import conditioning_fields, generation_conditions, training_conditions
 from harness.trial import run_trial
+from models.backbone import ModelConfig
 from run_study import main
 
 LEVELS, SIZE = 5, 8
@@ -87,8 +89,8 @@ def test_an_interrupted_run_resumes_to_byte_identical_shards(noisy, tmp_path) ->
     assert _tokenize(noisy, part, "--shard-size", "3") == 2  # another job into a finished split
 
 
-def test_coco_captions_are_stored_beside_the_shards(tmp_path) -> None:
-    root = tmp_path / "coco"
+def _coco(root):
+    """A COCO-style source: images 7, 3, 5 (grey 20 i) with captions for 5 (two) and 3 (one)."""
     for i in (7, 3, 5):
         _png(root / "val2017" / f"{i:012d}.png", np.full((9, 9, 3), 20 * i))
     notes = [{"image_id": 5, "caption": " a five "}, {"image_id": 3, "caption": "three"},
@@ -98,6 +100,11 @@ def test_coco_captions_are_stored_beside_the_shards(tmp_path) -> None:
     (root / "annotations" / "captions_val2017.json").write_text(
         json.dumps({"images": images, "annotations": notes})
     )
+    return root
+
+
+def test_coco_captions_are_stored_beside_the_shards(tmp_path) -> None:
+    root = _coco(tmp_path / "coco")
     assert _tokenize(root, tmp_path / "out", "--split", "heldout") == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["num_classes"] == 0 and manifest["sources"]["heldout"]["source"]["kind"] == "coco"
@@ -107,6 +114,31 @@ def test_coco_captions_are_stored_beside_the_shards(tmp_path) -> None:
     assert captions == [["three"], ["a five", "another five"], []]  # by image id
     tokens = load_dataset("shards", "heldout", **_options(tmp_path / "out", 0)).tokens
     assert tokens[:, 0].tolist() == [round(20 * i * 4 / 255) for i in (3, 5, 7)]
+
+
+def test_captions_of_a_shard_folder_are_the_text_condition(tmp_path) -> None:
+    root = _coco(tmp_path / "coco")
+    for split in ("train", "heldout"):
+        assert _tokenize(root, tmp_path / "out", "--split", split) == 0
+    options = {**_options(tmp_path / "out", 0), "captions": True}
+    train, heldout = (load_dataset("shards", split, **options) for split in ("train", "heldout"))
+    assert train.captions == ("three", "a five", "")  # the first caption; none: the empty caption
+    shape = dataset_shape("shards", **options)
+    assert shape.caption_vocabulary == ("a", "five", "three")
+    fields = conditioning_fields({"encoder": "learned", "max_length": 3}, shape)
+    config = ModelConfig(vocab_size=LEVELS, grid=(SIZE, SIZE), **fields)
+    ids = training_conditions(config, train)  # (3, 3): words 2 + index, pad 0
+    assert ids.tolist() == [[4, 0, 0], [2, 3, 0], [0, 0, 0]]
+    text = generation_conditions(config, heldout, 4)  # held-out captions, cycled; no classes
+    assert text.captions == ("three", "a five", "", "three") and text.labels is None
+    with pytest.raises(ValueError, match="captions: 'yes'; expected true or false"):
+        dataset_shape("shards", **{**options, "captions": "yes"})
+
+
+def test_a_folder_without_captions_refuses_captions_true(classes, tmp_path) -> None:
+    assert _tokenize(classes, tmp_path / "out") == 0
+    with pytest.raises(ShardError, match="no captions"):
+        load_dataset("shards", "train", **{**_options(tmp_path / "out"), "captions": True})
 
 
 def test_label_maps_follow_the_crop_and_the_flip_onto_the_token_grid(tmp_path) -> None:
