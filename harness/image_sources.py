@@ -7,7 +7,9 @@ Three layouts, each listed in a fixed order (the order of the shards):
 - ``coco``: ``root/annotations/captions_*.json`` (``images: [{id, file_name}]``,
   ``annotations: [{image_id, caption}]``), images under ``root/<split name of the JSON>/``
   (``captions_train2017.json`` -> ``train2017/``) or ``root/images/``; ordered by image id;
-- ``label-maps``: ``root/images/x.png`` with ``root/labels/x.png`` (integer class per pixel).
+- ``label-maps``: ``root/images/x.png`` with ``root/labels/x.png`` (integer class per pixel);
+- ``clip-folders`` (video): ``root/<class>/<clip>/<frame>.png|jpg|...``, a clip the folder of
+  its frames sorted by name; class ids as class folders.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One source image; ``label`` its class id, ``captions`` its captions, ``segments`` its label map."""
+    """One source image; ``label`` its class id, ``captions`` its captions, ``segments`` its label map;
+    a clip: ``frames`` its frames in order (``image`` the first)."""
 
     image: Path
     label: int | None = None
     captions: tuple[str, ...] | None = None
     segments: Path | None = None
+    frames: tuple[Path, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,10 @@ class ImageSource:
         """What identifies the listing: kind, root, counts and a hash of the ordered items."""
         h = hashlib.sha256()
         for item in self.items:
-            h.update(repr((str(item.image.relative_to(self.root)), item.label, item.captions)).encode())
+            key: tuple = (str(item.image.relative_to(self.root)), item.label, item.captions)
+            if item.frames is not None:  # images keep the hash they had before clips existed
+                key += (tuple(str(f.relative_to(self.root)) for f in item.frames),)
+            h.update(repr(key).encode())
         return {"kind": self.kind, "root": str(self.root), "images": len(self.items),
                 "classes": len(self.class_names), "listing_sha256": h.hexdigest()}  # fmt: skip
 
@@ -62,13 +69,36 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
+def _folders_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 @SOURCES.register("class-folders")
 def class_folders(root: Path) -> ImageSource:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _folders_in(root)
     if not classes:
         raise SourceError(f"{root}: no class folders (expected root/<class>/*.JPEG or *.png)")
     items = tuple(Item(path, label=i) for i, name in enumerate(classes) for path in _images_in(root / name))
     return ImageSource("class-folders", root, items, tuple(classes))
+
+
+def _clip(folder: Path, label: int) -> Item:
+    frames = tuple(_images_in(folder))
+    if not frames:
+        raise SourceError(f"{folder}: a clip without frames (expected frame images {IMAGE_SUFFIXES})")
+    return Item(frames[0], label=label, frames=frames)
+
+
+@SOURCES.register("clip-folders")
+def clip_folders(root: Path) -> ImageSource:
+    """Clips as folders of frames inside class folders; a clip folder without frames is an error."""
+    classes = _folders_in(root)
+    items = tuple(
+        _clip(root / name / clip, i) for i, name in enumerate(classes) for clip in _folders_in(root / name)
+    )
+    if not items:
+        raise SourceError(f"{root}: no clips (expected root/<class>/<clip>/<frame>.png)")
+    return ImageSource("clip-folders", root, items, tuple(classes))
 
 
 def _captions_file(root: Path, captions: Path | None) -> Path:
@@ -119,6 +149,10 @@ def detect_kind(root: Path) -> str:
         return "coco"
     if (root / "images").is_dir() and (root / "labels").is_dir():
         return "label-maps"
+    classes = _folders_in(root)
+    first = next((root / name for name in classes if any((root / name).iterdir())), None)
+    if first is not None and any(_images_in(first / clip) for clip in _folders_in(first)):
+        return "clip-folders"  # the first non-empty class folder holds folders of images
     return "class-folders"
 
 
@@ -190,3 +224,31 @@ def segment_tokens(label_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     counts = np.zeros((g * g, int(cells.max()) + 1), dtype=np.int64)  # (g*g, K)
     np.add.at(counts, (np.repeat(np.arange(g * g), f * f), cells.reshape(-1)), 1)
     return counts.argmax(axis=1)
+
+
+def check_frames(source: ImageSource, frames: int) -> None:
+    """Clips need ``frames`` > 0 and at least that many frames each; images need ``frames`` 0."""
+    clips = source.items[0].frames is not None
+    if frames and not clips:
+        raise SourceError(
+            f"{source.root}: --frames {frames} needs clip folders (root/<class>/<clip>/<frame>.png);"
+            f" this is a {source.kind} source"
+        )
+    if clips and not frames:
+        raise SourceError(f"{source.root}: a clip-folders source; expected --frames T (frames per clip)")
+    short = [item for item in source.items if clips and len(item.frames) < frames]
+    if short:
+        raise SourceError(
+            f"{short[0].image.parent}: {len(short[0].frames)} frames, --frames {frames} expects at least"
+            f" {frames} ({len(short)} such clips)"
+        )
+
+
+def read_clip(item: Item, frames: int, size: int, mode: str) -> np.ndarray:
+    """The first ``frames`` frames of a clip, each centre-cropped; (T, size, size[, C]) uint8. The
+    frames must share one size, so that the crop is the same for every frame."""
+    images = [read_image(path, mode) for path in item.frames[:frames]]
+    sizes = {image.size for image in images}
+    if len(sizes) > 1:
+        raise SourceError(f"{item.image.parent}: frames of different sizes {sorted(sizes)}; expected one")
+    return np.stack([center_crop(image, size) for image in images])

@@ -8,6 +8,7 @@ Layout (written by the tokenize step for real data, by the tests for stand-ins):
                                "count": 5000, "sha256": "<of the tokens file>"}, ...],
                     "heldout": [...]},
          "reference": {"train": "reference-train.npy"},     # optional: real images, uint8 NHWC
+                                                            # (clips: uint8 (N, T, H, W, C))
          "tokenizer": {"kind": "diffusers-vq", "path": "vq", "image_size": 256}}  # to decode
 
 Study configs name the folder and the shape they expect (``data.options: {path, grid,
@@ -205,7 +206,9 @@ def caption_vocabulary(options: ShardOptions) -> tuple[str, ...]:
 class ShardTokenizer:
     """Grid and vocabulary of pre-tokenized data; decodes through the tokenizer the manifest names
     (``harness.pretrained_vq.build_tokenizer``: ``{"kind": "diffusers-vq" | "original-vq" | "pixel",
-    "path": ..., "image_size": ...}``, a relative path relative to the folder)."""
+    "path": ..., "image_size": ...}``, a relative path relative to the folder). Clips: shards on a
+    (T, h, w) grid of a tokenizer with an (h, w) grid go through it frame by frame, as clips
+    (N, C, T, H, W) in [0, 1] (the layout of ``PixelTokenizer`` with a 3-d grid)."""
 
     def __init__(self, options: ShardOptions, manifest: dict[str, Any]) -> None:
         self.grid, self.vocab_size, self.manifest = options.grid, options.vocab_size, manifest
@@ -223,18 +226,35 @@ class ShardTokenizer:
                     f" {TOKENIZER_KINDS} with its path and image_size"
                 )
             self._decoder = build_tokenizer(spec, self.root)
-            if tuple(self._decoder.grid) != tuple(self.grid) or self._decoder.vocab_size != self.vocab_size:
+            grids = [tuple(self.grid)] + ([tuple(self.grid[1:])] if len(self.grid) == 3 else [])
+            if tuple(self._decoder.grid) not in grids or self._decoder.vocab_size != self.vocab_size:
                 raise ShardError(
                     f"{self.root / MANIFEST}: its tokenizer makes {self._decoder.grid} grids of"
                     f" {self._decoder.vocab_size} codes, the shards hold {self.grid} / {self.vocab_size}"
                 )
         return self._decoder
 
+    @property
+    def frames(self) -> int:
+        """T when the shards hold clips (T, h, w) of a per-frame tokenizer (h, w); 0 otherwise."""
+        per_frame = tuple(self._tokenizer().grid) != tuple(self.grid)
+        return int(self.grid[0]) if per_frame else 0
+
     def encode(self, images: Tensor) -> Tensor:
-        return self._tokenizer().encode(images)
+        """images (N, C, H, W), or clips (N, C, T, H, W) -> tokens (N, [T] h w)."""
+        T = self.frames
+        if not T:
+            return self._tokenizer().encode(images)
+        frames = images.transpose(1, 2).flatten(0, 1)  # (N T, C, H, W)
+        return self._tokenizer().encode(frames).reshape(images.shape[0], -1)  # (N, T h w)
 
     def decode(self, tokens: Tensor) -> Tensor:
-        return self._tokenizer().decode(tokens)
+        """tokens (N, [T] h w) -> images (N, C, H, W), or clips (N, C, T, H, W), in [0, 1]."""
+        T = self.frames
+        if not T:
+            return self._tokenizer().decode(tokens)
+        x = self._tokenizer().decode(tokens.reshape(tokens.shape[0] * T, -1))  # (N T, C, H, W)
+        return x.reshape(tokens.shape[0], T, *x.shape[1:]).transpose(1, 2).contiguous()  # (N, C, T, H, W)
 
 
 def shards(split: str = "train", **options: Any) -> TokenDataset:
@@ -249,7 +269,8 @@ def shards(split: str = "train", **options: Any) -> TokenDataset:
 
 
 def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor | None]:
-    """The real images the manifest lists for a split (uint8 NHWC) as (N, C, H, W) floats in [0, 1]."""
+    """The real images the manifest lists for a split (uint8 NHWC) as (N, C, H, W) floats in [0, 1];
+    reference clips (uint8 (N, T, H, W, C)) as (N, C, T, H, W)."""
     parsed = ShardOptions.parse(options)
     manifest = read_manifest(parsed)
     name = (manifest.get("reference") or {}).get(split)
@@ -258,7 +279,8 @@ def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor |
             f"{parsed.path}/{MANIFEST}: no reference images for split {split!r} (needed for FID)"
         )
     images = np.load(Path(parsed.path) / name, mmap_mode="r", allow_pickle=False)
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)  # (N, [T,] H, W, C)
+    x = x.permute(0, 4, 1, 2, 3) if x.dim() == 5 else x.permute(0, 3, 1, 2)  # (N, C, [T,] H, W)
     return x, None
 
 

@@ -13,10 +13,12 @@ from typing import Any
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("tokenize", help="tokenize an image folder into a shard folder (resumable)")
-    p.add_argument("source", type=Path, help="class folders, a COCO root, or images/ + labels/")
+    p.add_argument("source", type=Path, help="class folders, a COCO root, images/ + labels/, or clip folders")
     p.add_argument("out", type=Path, help="the shard folder (a study's data.options.path)")
     p.add_argument(
-        "--source-kind", default=None, help="class-folders | coco | label-maps (default: detected)"
+        "--source-kind",
+        default=None,
+        help="class-folders | coco | label-maps | clip-folders (default: detected)",
     )
     p.add_argument(
         "--captions", type=Path, default=None, help="COCO: the captions JSON (default: the one there)"
@@ -38,6 +40,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="the tokenizer's device (cpu, cuda, cuda:1)")
     p.add_argument("--flip", action="store_true", help="add a horizontally flipped copy of every image")
     p.add_argument("--reference", type=int, default=0, help="keep this many real crops for FID")
+    p.add_argument("--frames", type=int, default=0, help="clip folders: the first T frames of each clip")
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many new shards")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -79,13 +82,14 @@ def main(args: argparse.Namespace) -> int:
     options = TokenizeOptions(
         split=args.split, image_size=args.image_size, shard_size=args.shard_size, batch_size=args.batch_size,
         flip=args.flip, channels=1 if args.pixel_levels is not None else 3, device=args.device,
-        workers=args.workers, reference=args.reference, max_shards=args.max_shards,
+        workers=args.workers, reference=args.reference, max_shards=args.max_shards, frames=args.frames,
     )  # fmt: skip
     if args.max_shards is not None and args.max_shards < 1:
         raise ValueError(f"--max-shards: {args.max_shards}; expected >= 1")
     source = open_source(args.source, args.source_kind, args.captions)
     tokenizer, spec = tokenizer_from_args(args)
-    print(f"{source.kind} {source.root}: {len(source.items)} images; {spec['description']}", flush=True)
+    what = f"clips of {args.frames} frames" if args.frames else "images"
+    print(f"{source.kind} {source.root}: {len(source.items)} {what}; {spec['description']}", flush=True)
     report = tokenize(source, tokenizer, spec, args.out, options, progress=not args.no_progress)
     done = f"split {args.split!r} complete" if report.complete else "stopped; run again to continue"
     print(

@@ -7,6 +7,10 @@ where a run started. Shard ``k`` holds samples ``[k * shard_size, (k + 1) * shar
 ``<split>-<k>.npy`` tokens (n, L), with ``-labels.npy`` (n,) class ids, ``-segments.npy`` (n, L)
 label maps on the token grid, ``-captions.json`` per-sample captions, as the source has them.
 
+Clips (``frames`` T > 0, a ``clip-folders`` source): a sample is a clip's first T frames, each
+given the same crop (and flip), encoded frame by frame into tokens (T, h, w) flattened to
+(T * h * w,); the manifest's grid is [T, h, w] and reference clips are (N, T, S, S, C).
+
 Every file is written atomically; finished shards are listed with their checksums in
 ``.tokenize-<split>.json``. A rerun with the same arguments verifies them and restarts at the
 first missing or corrupt shard; the manifest is written (atomically) when the split is complete.
@@ -25,7 +29,15 @@ import torch
 
 from harness.cache import atomic_write, sha256_file
 from harness.datasets import SPLITS
-from harness.image_sources import ImageSource, center_crop, center_crop_labels, read_image, segment_tokens
+from harness.image_sources import (
+    ImageSource,
+    center_crop,
+    center_crop_labels,
+    check_frames,
+    read_clip,
+    read_image,
+    segment_tokens,
+)
 from harness.shards import FORMAT, MANIFEST, ShardError, token_dtype, verify_entry
 
 
@@ -40,6 +52,7 @@ class TokenizeOptions:
     device: str = "cpu"
     workers: int = 4  # image-decoding threads
     reference: int = 0  # real images (first items, unflipped) kept for FID
+    frames: int = 0  # > 0: clips of this many frames (a clip-folders source); 0: images
     max_shards: int | None = None  # stop after this many new shards (the rest on a later run)
 
     def __post_init__(self) -> None:
@@ -48,27 +61,39 @@ class TokenizeOptions:
         for name in ("image_size", "shard_size", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)!r}; expected >= 1")
+        if self.frames < 0:
+            raise ValueError(f"--frames: {self.frames!r}; expected >= 0 (0: images)")
         if self.channels not in (1, 3):
             raise ValueError(f"channels: {self.channels!r}; expected 1 or 3")
 
     def identity(self) -> dict[str, Any]:
-        """What changes the shards' bytes (not batch size, device, workers or where a run stops)."""
-        return {k: v for k, v in asdict(self).items() if k in ("split", "image_size", "shard_size", "flip",
-                                                                "channels", "reference")}  # fmt: skip
+        """What changes the shards' bytes (not batch size, device, workers or where a run stops);
+        ``frames`` only when set, so that image jobs keep the identity they had before clips."""
+        keys = ("split", "image_size", "shard_size", "flip", "channels", "reference") + (
+            ("frames",) if self.frames else ()
+        )
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+
+def _real(item, options: TokenizeOptions) -> np.ndarray:
+    """An item's crop (S, S, C), or a clip's first T frames' crops (T, S, S, C); uint8."""
+    S, C, mode = options.image_size, options.channels, "RGB" if options.channels == 3 else "L"
+    if options.frames:
+        return read_clip(item, options.frames, S, mode).reshape(options.frames, S, S, C)
+    return center_crop(read_image(item.image, mode), S).reshape(S, S, C)
 
 
 def _load(source: ImageSource, sample: int, options: TokenizeOptions, grid: tuple[int, ...]) -> tuple:
-    """(image (S, S, C) uint8, segments (L,) or None) of one sample."""
+    """(image (S, S, C) or clip (T, S, S, C) uint8, segments (L,) or None) of one sample."""
     item, flipped = (
         (source.items[sample // 2], sample % 2 == 1) if options.flip else (source.items[sample], False)
     )
-    image = center_crop(read_image(item.image, "RGB" if options.channels == 3 else "L"), options.image_size)
-    image = image.reshape(options.image_size, options.image_size, options.channels)
+    image = _real(item, options)
     segments = None
     if item.segments is not None:
         labels = center_crop_labels(read_image(item.segments, "labels"), options.image_size)
         segments = segment_tokens(labels[:, ::-1] if flipped else labels, grid)
-    return (np.ascontiguousarray(image[:, ::-1]) if flipped else image), segments
+    return (np.ascontiguousarray(np.flip(image, axis=-2)) if flipped else image), segments  # W is -2
 
 
 def _item(source: ImageSource, sample: int, options: TokenizeOptions):
@@ -83,13 +108,13 @@ def encode_shard(source, tokenizer, options, start: int, stop: int, pool) -> dic
         loaded = list(
             pool.map(lambda s: _load(source, s, options, grid), range(lo, min(stop, lo + options.batch_size)))
         )
-        images = torch.from_numpy(np.stack([image for image, _ in loaded]))  # (B, S, S, C) uint8
-        x = images.permute(0, 3, 1, 2).float().div(255).to(options.device)  # (B, C, S, S) in [0, 1]
-        tokens.append(tokenizer.encode(x).cpu().numpy())  # (B, L)
-        if tokens[-1].shape[1:] != (int(np.prod(grid)),):
-            raise ShardError(
-                f"the tokenizer made {tokens[-1].shape[1:]} tokens per image; its grid is {grid}"
-            )
+        images = torch.from_numpy(np.stack([image for image, _ in loaded]))  # (B, [T,] S, S, C) uint8
+        images = images.flatten(0, images.dim() - 4)  # (B T, S, S, C): clips frame by frame
+        x = images.permute(0, 3, 1, 2).float().div(255).to(options.device)  # (B T, C, S, S) in [0, 1]
+        codes = tokenizer.encode(x).cpu().numpy()  # (B T, h w)
+        if codes.shape[1:] != (int(np.prod(grid)),):
+            raise ShardError(f"the tokenizer made {codes.shape[1:]} tokens per image; its grid is {grid}")
+        tokens.append(codes.reshape(len(loaded), -1))  # (B, [T] h w)
         segments += [seg for _, seg in loaded]
     items = [_item(source, s, options) for s in range(start, stop)]
     return {
@@ -141,8 +166,9 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
-def _header(source: ImageSource, tokenizer, spec: dict) -> dict[str, Any]:
-    return {"format": FORMAT, "grid": list(tokenizer.grid), "vocab_size": int(tokenizer.vocab_size),
+def _header(source: ImageSource, tokenizer, spec: dict, frames: int) -> dict[str, Any]:
+    grid = [frames, *tokenizer.grid] if frames else list(tokenizer.grid)  # clips: [T, h, w]
+    return {"format": FORMAT, "grid": grid, "vocab_size": int(tokenizer.vocab_size),
             "num_classes": len(source.class_names), "class_names": list(source.class_names),
             "tokenizer": spec}  # fmt: skip
 
@@ -167,15 +193,11 @@ def _check_manifest(out: Path, header: dict, split: str, job: dict) -> dict | No
 def _write_reference(out: Path, source: ImageSource, options: TokenizeOptions, pool) -> str:
     count = min(options.reference, len(source.items))
     name, S, C = f"reference-{options.split}.npy", options.image_size, options.channels
+    shape = (count, *([options.frames] if options.frames else []), S, S, C)  # (N, [T,] S, S, C)
 
     def write(f) -> None:
-        images = pool.map(
-            lambda i: center_crop(read_image(source.items[i].image, "RGB" if C == 3 else "L"), S),
-            range(count),
-        )
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "|u1", "fortran_order": False, "shape": (count, S, S, C)}
-        )
+        images = pool.map(lambda i: _real(source.items[i], options), range(count))
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
         for image in images:  # streamed: 50,000 images at 256 x 256 are 9.8 GB
             f.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
 
@@ -214,8 +236,10 @@ def tokenize(source: ImageSource, tokenizer: Any, spec: dict, out: str | Path, o
     from tqdm import tqdm
 
     out = Path(out)
+    check_frames(source, options.frames)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    header, job = _header(source, tokenizer, spec), {**options.identity(), "source": source.describe()}
+    header = _header(source, tokenizer, spec, options.frames)
+    job = {**options.identity(), "source": source.describe()}
     manifest = _check_manifest(out, header, options.split, job)
     n, S = len(source.items) * (2 if options.flip else 1), options.shard_size
     total = -(-n // S)
