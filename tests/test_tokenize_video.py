@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,12 @@ import torch
 from PIL import Image
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
+from harness.config import build_trial
 from harness.datasets import load_dataset, real_images
+from harness.evaluation import FVD, load_samples
 from harness.image_sources import SourceError, open_source
 from harness.tokenize_images import TokenizeOptions
+from harness.trial import run_trial
 from run_study import main
 
 LEVELS, SIZE, T = 5, 8, 3
@@ -139,3 +143,46 @@ def test_frames_join_the_job_identity_only_when_set(clips, tmp_path) -> None:
     assert TokenizeOptions(image_size=8, frames=3).identity() == {**images.identity(), "frames": 3}
     with pytest.raises(ValueError, match="--frames: -1; expected >= 0"):
         TokenizeOptions(frames=-1)
+
+
+def test_a_video_trial_trains_samples_and_is_scored_by_fvd_on_clip_shards(tmp_path) -> None:
+    """Real-clip shards end to end: the moving-digits clip size (5 x 12 x 12, 4 grey levels) as
+    tokenized frame folders, a tiny patched model, Euler samples decoded to clips, FVD on the
+    project's 3D CNN against the folder's reference clips."""
+    g = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        for k in range(3):
+            for f in range(5):
+                frame = np.zeros((12, 12, 3))
+                frame[:, 2 * f : 2 * f + 4] = 255 * (c + 1) / 2  # a bar moving right, brighter in class 1
+                _png(
+                    tmp_path / "src" / name / f"clip{k}" / f"{f:03d}.png",
+                    frame + g.integers(0, 2, (12, 12, 3)),
+                )
+    args = [str(tmp_path / "src"), str(tmp_path / "out"), "--pixel-levels", "4", "--image-size", "12"]
+    for split in ("train", "heldout"):
+        assert (
+            main(["tokenize", *args, "--no-progress", "--frames", "5", "--split", split, "--reference", "6"])
+            == 0
+        )
+    options = {"path": str(tmp_path / "out"), "grid": [5, 12, 12], "vocab_size": 4, "num_classes": 2}
+    trial = build_trial(
+        {
+            "data": {"name": "shards", "options": options},
+            "model": {"patch": [1, 3, 3]},
+            "train": {"steps": 12, "batch_size": 6, "warmup_steps": 2, "checkpoint_every": 0},
+            "sampler": {"name": "euler", "num_steps": 2},
+            "eval": {
+                "num_samples": 12,
+                "batch_size": 12,
+                "metrics": [FVD],
+                "extractor": "moving-digits-cnn3d",
+            },
+        }
+    )
+    record = run_trial(trial, store_root=tmp_path / "checkpoints", study_dir=tmp_path / "study")
+    assert record.status == "finished", record.error
+    assert record.metrics[FVD] > 0 and record.protocols[FVD]["extractor"] == "moving-digits-cnn3d"
+    assert record.protocols[FVD]["reference"] == "shards/train"
+    samples = load_samples(Path(record.artifacts["samples_dir"]) / "seed_0")
+    assert samples.tokens.shape == (12, 5 * 12 * 12) and samples.images.shape == (12, 1, 5, 12, 12)
