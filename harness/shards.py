@@ -30,6 +30,7 @@ words of the training captions (read from the folder when a study is planned).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,7 @@ class ShardOptions:
         return cls(str(options["path"]), tuple(options["grid"]), int(options["vocab_size"]),
                    int(options.get("num_classes", 0)), segment_classes, captions)  # fmt: skip
 
-    @property
+    @functools.cached_property
     def layout(self) -> Layout | None:
         """image + labels for a folder read with its label maps; None for tokens alone."""
         if not self.segment_classes:
@@ -199,7 +200,15 @@ def split_captions(options: ShardOptions, split: str) -> tuple[str, ...]:
 
 
 def caption_vocabulary(options: ShardOptions) -> tuple[str, ...]:
-    """The words of the training captions, sorted: what a learned text encoder reads."""
+    """The words of the training captions, sorted: what a learned text encoder reads. Read once
+    per manifest version: validating a study asks for the shape several times per trial."""
+    manifest = Path(options.path) / MANIFEST
+    stamp = manifest.stat().st_mtime_ns if manifest.is_file() else None
+    return _caption_vocabulary(options, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _caption_vocabulary(options: ShardOptions, stamp: int | None) -> tuple[str, ...]:
     return tuple(sorted({word for text in split_captions(options, "train") for word in text.split()}))
 
 
