@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default=None, help="feature extractor (default: the dataset's)")
     p.add_argument("--metrics", nargs="+", default=None, help="metric keys (default: all that apply)")
     p.add_argument("--weights", type=Path, default=None, help="weights file for extractors that need one")
-    from harness.tokenize_cli import add_parser as add_tokenize_parser  # stdlib only: cheap
+    from harness.ingest.cli import add_parser as add_tokenize_parser  # stdlib only: cheap
 
     add_tokenize_parser(sub)
     return parser
@@ -113,7 +113,7 @@ def _versions() -> dict[str, str]:
 
 def _report(run, uri: str):
     """report.md / report.html from the study's MLflow runs."""
-    from harness.study import metric_mode
+    from harness.config.study import metric_mode
     from reports.study_report import write_report
 
     spec = run.spec
@@ -134,9 +134,9 @@ def _log_report(tracker, report) -> None:
 def _run(args) -> int:
     import logging
 
-    from harness.plan import measured_flops_per_second
+    from harness.run.plan import measured_flops_per_second
     from harness.runner import execute, prepare
-    from harness.tracking import Tracker, resolve_tracking_uri
+    from harness.tracking.tracker import Tracker, resolve_tracking_uri
 
     for noisy in ("mlflow", "alembic"):  # database set-up chatter; our progress lines say what matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -154,7 +154,7 @@ def _run(args) -> int:
         check_resources(run.spec, local_resources())
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
     tracker = Tracker(uri, run.spec.name)
-    from harness.ledger import Ledger
+    from harness.run.ledger import Ledger
 
     ledger = Ledger(run.study_dir)
     tracker.start_invocation(run.spec.model_dump(mode="json"), {"git_commit": _git_commit(), **_versions()})
@@ -181,7 +181,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from harness.config import ConfigError
+    from harness.config.trial import ConfigError
     from models.checkpoint import CheckpointError
 
     try:
@@ -197,16 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "tokenize":
-            from harness.tokenize_cli import main as tokenize
+            from harness.ingest.cli import main as tokenize
 
             return tokenize(args)
         if args.command == "report":
             from harness.runner import prepare
-            from harness.tracking import Tracker, resolve_tracking_uri
+            from harness.tracking.tracker import Tracker, resolve_tracking_uri
 
             run = prepare(args.study, args.runs_root)
             if args.from_ledger:  # no MLflow needed: tables from the study's ledger files
-                from harness.study import metric_mode
+                from harness.config.study import metric_mode
                 from reports.markdown import write_markdown_report
 
                 spec = run.spec

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from harness.datasets import load_dataset
+from harness.data.registry import load_dataset
 from harness.evaluation import FID, Evaluator, FeatureExtractor, ReferenceSet, build_extractor
 from harness.evaluation import extract_features as run_extractor
 

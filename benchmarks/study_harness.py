@@ -44,8 +44,8 @@ for _key, _value in {
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness import dispatch  # noqa: E402
-from harness.ledger import Ledger  # noqa: E402
+from harness.ray import dispatch  # noqa: E402
+from harness.run.ledger import Ledger  # noqa: E402
 from harness.runner import execute, prepare  # noqa: E402
 
 TIMESTEPS = ["explicit", "implicit"]  # the training axis: 2 checkpoints

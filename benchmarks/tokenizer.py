@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.animals import animal_split, animal_tokenizer
-from harness.vq import VQTokenizer
-from harness.vq_store import context_entropy
+from harness.data.sources.animals import animal_split, animal_tokenizer
+from harness.data.tokenizers.vq import VQTokenizer
+from harness.data.tokenizers.vq_store import context_entropy
 
 # VQConfig overrides compared against the default (all share its steps and batch size).
 CANDIDATES: dict[str, dict] = {

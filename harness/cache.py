@@ -97,3 +97,8 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple | set | frozenset):
         return list(obj)
     raise TypeError(f"cannot hash a {type(obj).__name__} in a cache key")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes text so that a reader sees the old file or the whole new one (tmp file + rename)."""
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import yaml
 
-from harness.cache import cache_dir
-from harness.config import ConfigError
-from harness.dispatch import RayDispatcher, TrialContext
-from harness.ledger import Ledger, TrialRecord, atomic_write_text
-from harness.plan import Plan, make_plan
-from harness.store import CheckpointStore
-from harness.study import StudySpec, load_study
+from harness.cache import atomic_write_text, cache_dir
+from harness.config.study import StudySpec, load_study
+from harness.config.trial import ConfigError
+from harness.data.registry import load_dataset, real_images
+from harness.evaluation import FID, Evaluator
+from harness.ray.dispatch import RayDispatcher, TrialContext
+from harness.run.ledger import Ledger, TrialRecord
+from harness.run.plan import Plan, make_plan
+from harness.run.store import CheckpointStore
+from harness.run.trial import trial_evaluators
 
 STUDY_FILE = "study.yaml"  # the resolved study (its base embedded), written at the first run
 
@@ -83,8 +86,6 @@ def warm_evaluators(trials: list, cache_dir: Path) -> None:
     """Builds each evaluator the trials need (extractor and reference statistics) once, in the
     driver, so that parallel trials do not each train the same domain classifier, and so that a
     metric an extractor cannot produce is refused before anything runs."""
-    from harness.trial import trial_evaluators
-
     seen = set()
     for trial in trials:
         key = (trial.data.name, json.dumps(trial.eval.model_dump(mode="json"), sort_keys=True))
@@ -104,9 +105,6 @@ def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
     grid, vocabulary and, for a learned tokenizer, its held-out reconstruction MSE, codebook use
     and the FID of held-out reconstructions against the real training images (the floor no
     token model can beat)."""
-    from harness.datasets import load_dataset, real_images
-    from harness.evaluation import FID, Evaluator
-
     path = study_dir / DATASETS_FILE
     previous = json.loads(path.read_text()) if path.is_file() else []
     known = {json.dumps({"name": d["name"], "options": d["options"]}, sort_keys=True): d for d in previous}

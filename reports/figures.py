@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.tracking_schema import CI_HIGH, CI_LOW  # noqa: E402
+from harness.tracking.schema import CI_HIGH, CI_LOW  # noqa: E402
 
 # Numeric axes worth a curve, with their axis labels (units in words).
 NUMERIC_AXES: dict[str, str] = {

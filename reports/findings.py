@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.tracking_schema import CI_HIGH, CI_LOW
+from harness.tracking.schema import CI_HIGH, CI_LOW
 from reports.figures import best_rows, direction, with_methods
 
 

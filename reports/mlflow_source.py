@@ -3,7 +3,7 @@
 The table has ``trial_hash``, ``status``, ``seconds``, one column per config key (dotted, values
 parsed back from MLflow's strings), one per metric, ``<metric>_ci_low`` / ``_ci_high`` where an
 interval was logged, and ``protocol`` (metric -> protocol dict, read from the trial's tags).
-The layout is in ``harness.tracking_schema``.
+The layout is in ``harness.tracking.schema``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from mlflow import MlflowClient
 
-from harness.tracking_schema import (
+from harness.tracking.schema import (
     CI_HIGH,
     CI_LOW,
     CURVE_PREFIX,

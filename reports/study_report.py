@@ -18,8 +18,8 @@ import pandas as pd
 import yaml
 from markdown_it import MarkdownIt
 
-from harness.recipes import RECIPES
-from harness.tracking_schema import SAMPLES_PNG, TAG_GIT_COMMIT
+from harness.config.recipes import RECIPES
+from harness.tracking.schema import SAMPLES_PNG, TAG_GIT_COMMIT
 from reports.figures import (
     NFE,
     NUMERIC_AXES,

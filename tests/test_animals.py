@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness import vq, vq_store
-from harness.animals import (
+from harness.data.sources.animals import (
     animal_split,
     animal_tokenizer,
     animals,
     load_animal_arrays,
     load_numpy_pickle,
 )
-from harness.vq import VQConfig, VQTokenizer
-from harness.vq_store import TokenizerCacheError, cached_tokenizer, context_entropy
+from harness.data.tokenizers import vq, vq_store
+from harness.data.tokenizers.vq import VQConfig, VQTokenizer
+from harness.data.tokenizers.vq_store import TokenizerCacheError, cached_tokenizer, context_entropy
 
 # A few dozen steps on a narrow net: plumbing, not quality.
 TINY = {"grid": 7, "codebook_size": 16, "code_dim": 8, "channels": 8, "steps": 6, "batch_size": 32}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.animals import animal_split
-from harness.baselines import class_marginals, heldout_tokens
-from harness.datasets import PixelTokenizer, TokenDataset, load_dataset, real_images
-from harness.evaluation import DEFAULT_EXTRACTORS, dataset_reference
-from harness.study import expand_grid, load_study
+from harness.config.study import expand_grid, load_study
+from harness.data.registry import load_dataset, real_images
+from harness.data.sources.animals import animal_split
+from harness.data.tokenizers.pixel import PixelTokenizer
+from harness.data.types import TokenDataset
+from harness.evaluation import dataset_reference, default_extractor_name
+from harness.generation.baselines import class_marginals, heldout_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +101,7 @@ def test_animals_reference_is_the_real_images_not_their_tokens() -> None:
     assert x.shape == (1000, 1, 28, 28) and len(torch.unique(x)) > 17  # grey levels, not decoded codes
     reference = dataset_reference("animals", "heldout", num=50)
     assert reference.dataset == "animals" and reference.data.shape == (50, 1, 28, 28)
-    assert DEFAULT_EXTRACTORS["animals"] == "animals-cnn"
+    assert default_extractor_name("animals") == "animals-cnn"
 
 
 def test_digits_reference_is_its_pixels() -> None:
@@ -134,14 +137,14 @@ def test_unknown_split_names_the_field(split) -> None:
 
 
 def _digits_trial(**eval_fields):
-    from harness.config import TrialConfig
+    from harness.config.trial import TrialConfig
 
     return TrialConfig.model_validate({"eval": {"num_samples": 20, "metrics": ["fid"], **eval_fields}})
 
 
 def test_extra_protocol_scores_the_same_samples_with_a_second_extractor(tmp_path, warm_eval_cache) -> None:
     from harness.evaluation import save_samples
-    from harness.trial import evaluate_trial
+    from harness.run.trial import evaluate_trial
 
     heldout = load_dataset("digits", "heldout")
     tokens, labels = heldout.tokens[:20], heldout.labels[:20]
@@ -159,7 +162,7 @@ def test_extra_protocol_scores_the_same_samples_with_a_second_extractor(tmp_path
 def test_extra_protocol_errors_name_the_field_before_any_work(warm_eval_cache) -> None:
     from pydantic import ValidationError
 
-    from harness.trial import trial_evaluators
+    from harness.run.trial import trial_evaluators
 
     with pytest.raises(ValidationError, match="inceptoin"):
         _digits_trial(extra_protocols=[{"extractor": "inceptoin"}])
@@ -174,7 +177,7 @@ def _meta() -> dict:
 
 
 def test_bad_data_options_fail_validation_naming_the_key() -> None:
-    from harness.config import ConfigError, build_trial
+    from harness.config.trial import ConfigError, build_trial
 
     with pytest.raises(ConfigError, match="gird"):
         build_trial({"data": {"name": "animals", "options": {"tokenizer": {"gird": 14}}}})
@@ -183,13 +186,17 @@ def test_bad_data_options_fail_validation_naming_the_key() -> None:
 
 
 def test_planning_an_animals_study_trains_and_loads_nothing(tmp_path, monkeypatch) -> None:
-    from harness import datasets, vq_store
-    from harness.plan import make_plan
-    from harness.store import CheckpointStore
+    from harness.data import registry
+    from harness.data.tokenizers import vq_store
+    from harness.run.plan import make_plan
+    from harness.run.store import CheckpointStore
 
     monkeypatch.setattr(vq_store, "train_vqvae", lambda *a: pytest.fail("planning trained a tokenizer"))
+    animals = registry.DATASETS["animals"]
     monkeypatch.setitem(
-        datasets.DATASETS._entries, "animals", lambda *a, **k: pytest.fail("planning loaded data")
+        registry.DATASETS,
+        "animals",
+        replace(animals, load=lambda *a, **k: pytest.fail("planning loaded data")),
     )
     spec = load_study(REPO / "search_spaces" / "benchmark_check.yaml")
     coarse = make_plan(spec, tmp_path / "s", CheckpointStore(tmp_path / "c"))
@@ -218,8 +225,8 @@ class _LearnedTokenizer:
 def test_data_summary_and_report_show_the_tokenizer_floor(tmp_path, warm_eval_cache, monkeypatch) -> None:
     from dataclasses import replace
 
-    from harness import datasets
-    from harness.config import TrialConfig
+    from harness.config.trial import TrialConfig
+    from harness.data import registry
     from harness.runner import warm_datasets
     from reports.markdown import write_markdown_report
 
@@ -228,13 +235,13 @@ def test_data_summary_and_report_show_the_tokenizer_floor(tmp_path, warm_eval_ca
     assert (summary["name"], summary["num_train"], summary["num_heldout"]) == ("digits", 1500, 297)
     assert summary["grid"] == [8, 8] and "tokenizer" not in summary
 
-    original = datasets.DATASETS["digits"]
+    original = registry.DATASETS["digits"]
 
     def learned(split="train", **options):
-        data = original(split, **options)
+        data = original.load(split, **options)
         return replace(data, tokenizer=_LearnedTokenizer(data.tokenizer, {"heldout_mse": 0.25}))
 
-    monkeypatch.setitem(datasets.DATASETS._entries, "digits", learned)
+    monkeypatch.setitem(registry.DATASETS, "digits", replace(original, load=learned))
     (tmp_path / "datasets.json").unlink()  # measured anew (a resumed study reuses the file)
     (summary,) = warm_datasets([plain], tmp_path, warm_eval_cache)
     tok = summary["tokenizer"]

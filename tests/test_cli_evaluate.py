@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import run_study
-from harness.datasets import load_dataset
+from harness.data.registry import load_dataset
 from harness.evaluation import save_samples
 
 

@@ -13,7 +13,7 @@ import subprocess
 
 from conftest import PYTHON, REPO, make_runs_root, study_file, subprocess_env, wait_untagged
 
-from harness.ledger import Ledger
+from harness.run.ledger import Ledger
 from harness.runner import prepare
 
 

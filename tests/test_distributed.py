@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import make_runs_root, study_file
 
-from harness.config import ConfigError, build_trial
-from harness.distributed import check_workers_fit
-from harness.ledger import Ledger
+from harness.config.study import Resources
+from harness.config.trial import ConfigError, build_trial
+from harness.ray.distributed import check_workers_fit
+from harness.run.ledger import Ledger
+from harness.run.store import CheckpointStore, train_into
 from harness.runner import execute, prepare
-from harness.store import CheckpointStore, train_into
-from harness.study import Resources
 from models.backbone import ModelConfig
 from models.checkpoint import load_checkpoint, model_from_checkpoint
 from models.data_parallel import draw_micro_batch, training_loss
@@ -99,7 +99,7 @@ def test_worker_requests_are_checked_against_the_cluster():
 
 
 def test_batch_size_must_split_over_the_workers(tmp_path):
-    from harness.study import load_study
+    from harness.config.study import load_study
 
     path = study_file(tmp_path, "odd", overrides={"train.batch_size": 15}, resources={"cpu": 1, "workers": 2})
     with pytest.raises(ConfigError, match=r"train.batch_size = 15 is not divisible by resources.workers = 2"):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.data.sources.moving_digits import MOTIONS, moving_digit_clips
 from harness.evaluation import FID, FVD, Evaluator, FeatureExtractor, build_extractor, default_metrics
-from harness.evaluation.video import MOTIONS, moving_digit_clips, moving_digits_reference
+from harness.evaluation.video import moving_digits_reference
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from harness.cache import sha256_file, sha256_tensors
-from harness.datasets import load_dataset
+from harness.data.registry import load_dataset
 from harness.evaluation import (
     FID,
     IS,
@@ -304,8 +304,10 @@ def test_registries_list_the_known_names_and_metrics_check_their_extractor(
         Evaluator("digits", extractor=digits_cnn, metrics=["fvd"])
     assert default_extractor_name("digits") == "digits-cnn"
     assert default_extractor_name("digits", "inception") == "inception"
-    with pytest.raises(KeyError, match="no default"):
+    with pytest.raises(ValueError, match="unknown 'cifar'"):
         default_extractor_name("cifar")
+    with pytest.raises(ValueError, match="no default feature extractor"):
+        default_extractor_name("shards")
     assert {m: METRICS[m].higher_is_better for m in (FID, KID, IS, PRECISION, RECALL)} == {
         FID: False, KID: False, IS: True, PRECISION: True, RECALL: True,
     }  # fmt: skip

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.config import ConfigError
-from harness.study import load_study
+from harness.config.study import load_study
+from harness.config.trial import ConfigError
 from reports.findings import check, nearest_value, paper_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,10 +118,10 @@ def test_every_mini_paper_study_validates_with_its_reference(tmp_path) -> None:
 
 
 def test_a_recipe_is_a_first_class_variant_under_the_space(tmp_path) -> None:
-    from harness.recipes import RECIPES
+    from harness.config.recipes import RECIPES
 
     spec = load_study(REPO / "search_spaces" / "paper" / "mini" / "maskgit_vs_di.yaml")
-    from harness.study import expand_grid
+    from harness.config.study import expand_grid
 
     trials = expand_grid(spec)
     recipe = [t for t in trials if t.recipe == "maskgit"]
@@ -150,8 +150,8 @@ def test_report_states_the_recipes_provenance_and_translation() -> None:
 
 
 def test_paper_size_studies_mirror_the_mini_ones_and_plan_without_data(tmp_path) -> None:
-    from harness.plan import make_plan
-    from harness.store import CheckpointStore
+    from harness.run.plan import make_plan
+    from harness.run.store import CheckpointStore
 
     full = {p.name for p in (REPO / "search_spaces" / "paper" / "full").glob("*.yaml")}
     mini = {p.name for p in (REPO / "search_spaces" / "paper" / "mini").glob("*.yaml")}

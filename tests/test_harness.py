@@ -14,12 +14,12 @@ import pytest
 from conftest import make_runs_root, study_file
 
 import run_study
-from harness import dispatch
-from harness.config import ConfigError
-from harness.ledger import Ledger, TrialRecord
+from harness.config.study import load_study
+from harness.config.trial import ConfigError
+from harness.ray import dispatch
+from harness.run.ledger import Ledger, TrialRecord
 from harness.runner import execute, prepare
-from harness.study import load_study
-from harness.tracking_schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
+from harness.tracking.schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
 from reports.mlflow_source import study_runs
 
 # ---- validation: errors name the field and what was expected; nothing is written -----------------
@@ -261,8 +261,8 @@ def test_a_second_study_reuses_a_shared_checkpoint(grid_study) -> None:
 def test_cached_heldout_ce_appears_atomically(grid_study, monkeypatch) -> None:
     """Trials of one checkpoint run at once and share its cached held-out CE: no reader may find it
     half-written (an empty file would fail the trial), so it must appear by an atomic rename."""
-    from harness.store import CheckpointStore
-    from harness.trial import heldout_ce
+    from harness.run.store import CheckpointStore
+    from harness.run.trial import heldout_ce
 
     trial = grid_study["plan"].trials[0]
     store = CheckpointStore(grid_study["root"] / "checkpoints")

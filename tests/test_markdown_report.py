@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.ledger import Ledger, TrialRecord
+from harness.run.ledger import Ledger, TrialRecord
 from reports.markdown import write_markdown_report
 
 BASE = {

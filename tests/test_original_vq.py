@@ -16,8 +16,8 @@ from ldm_reference import ldm_decode, ldm_encode, ldm_names, random_ldm_state
 from safetensors.torch import save_file
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
-from harness.original_vq import VQ_PRESETS, OriginalVQConfig, ldm_name, read_vq_config
-from harness.pretrained_vq import PretrainedWeightsError, build_tokenizer, load_original_vq
+from harness.data.tokenizers.original_vq import VQ_PRESETS, OriginalVQConfig, ldm_name, read_vq_config
+from harness.data.tokenizers.pretrained_vq import PretrainedWeightsError, build_tokenizer, load_original_vq
 from models.registry import UnknownNameError
 
 CFG = OriginalVQConfig(n_embed=32, embed_dim=4, z_channels=4, ch=8, ch_mult=(1, 2, 2), num_res_blocks=2,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
-from harness.datasets import load_dataset
-from harness.pretrained_vq import PretrainedWeightsError, load_diffusers_vq
-from harness.shards import write_shards
+from harness.data.registry import load_dataset
+from harness.data.sources.shards import write_shards
+from harness.data.tokenizers.pretrained_vq import PretrainedWeightsError, load_diffusers_vq
 
 
 @pytest.fixture(scope="module")

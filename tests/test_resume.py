@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO, kill_tagged, make_runs_root, study_file, subprocess_env, wait_untagged
 
-from harness.ledger import Ledger
+from harness.run.ledger import Ledger
 from harness.runner import prepare
-from harness.tracking_schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
+from harness.tracking.schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
 from reports.mlflow_source import study_runs
 
 NAME = "resumable"

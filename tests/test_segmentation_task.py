@@ -10,11 +10,11 @@ import torch
 from conftest import make_runs_root, study_file
 
 import run_study
-from harness.canvases import INK, compose
-from harness.config import ConfigError, build_trial
-from harness.datasets import dataset_shape, load_dataset
+from harness.config.trial import ConfigError, build_trial
+from harness.data.registry import dataset_shape, load_dataset
+from harness.data.sources.canvases import INK, compose
 from harness.evaluation import load_samples
-from harness.ledger import Ledger
+from harness.run.ledger import Ledger
 from reports.mlflow_source import study_table
 
 SMALL = {"num_train": 64, "num_heldout": 16}

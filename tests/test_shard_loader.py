@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.shard_loader import EpochSampler, shard_loader
-from harness.shards import ShardError, write_shards
+from harness.data.shard_loader import EpochSampler, shard_loader
+from harness.data.sources.shards import ShardError, write_shards
 
 N, VOCAB = 103, 50
 

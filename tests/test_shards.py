@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import ConfigError, build_trial
-from harness.datasets import dataset_shape, load_dataset, real_images
-from harness.shards import ShardError, write_shards
+from harness.config.trial import ConfigError, build_trial
+from harness.data.registry import dataset_shape, load_dataset, real_images
+from harness.data.sources.shards import ShardError, write_shards
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from harness.ledger import TrialRecord
-from harness.tracking import Tracker
+from harness.run.ledger import TrialRecord
+from harness.tracking.tracker import Tracker
 from reports.figures import pareto_front
 from reports.mlflow_source import records, study_table
 from reports.study_report import write_report

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.text_data import CAPTION_VOCABULARY
+from harness.data.sources.captioned_canvases import CAPTION_VOCABULARY
 from models.backbone import DiscreteDiT, ModelConfig
 from models.text import PAD, TextConfig, caption_tokenizer
 

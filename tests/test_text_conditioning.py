@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from harness.canvases import canvases_split
-from harness.config import ConfigError, build_trial, set_dotted
-from harness.datasets import dataset_shape, load_dataset
+from harness.config.study import expand_grid, load_study
+from harness.config.trial import ConfigError, build_trial, set_dotted
+from harness.data.registry import dataset_shape, load_dataset
+from harness.data.sources.canvases import canvases_split
+from harness.data.sources.captioned_canvases import CAPTION_VOCABULARY, scene_caption
 from harness.evaluation import Evaluator, load_samples, register_domain_extractor
 from harness.evaluation.domain import DomainSpec
 from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
-from harness.study import expand_grid, load_study
-from harness.text_data import CAPTION_VOCABULARY, conditioning_fields, generation_conditions, scene_caption
-from harness.tracking_schema import TAG_PROTOCOL_PREFIX
+from harness.tasks.text import conditioning_fields, generation_conditions
+from harness.tracking.schema import TAG_PROTOCOL_PREFIX
 from models.backbone import DiscreteDiT, ModelConfig
 from models.data_parallel import draw_micro_batch
 from models.samplers import Denoiser
@@ -252,8 +253,8 @@ def test_the_text_quickstart_plans_a_text_model_a_scene_id_model_and_the_baselin
 
 def test_a_tiny_text_trial_samples_with_captions_and_logs_caption_agreement(tmp_path, session_eval_cache):
     """The quickstart's text trial at CFG 2, shrunk: few canvases, steps and samples, a tiny classifier."""
-    from harness.tracking import _metric_entities, _trial_tags
-    from harness.trial import run_trial, set_threads
+    from harness.run.trial import run_trial, set_threads
+    from harness.tracking.tracker import _metric_entities, _trial_tags
 
     (chosen,) = [
         t
@@ -284,7 +285,7 @@ def test_a_tiny_text_trial_samples_with_captions_and_logs_caption_agreement(tmp_
     heldout = load_dataset("captioned-canvases", "heldout", **SMALL)
     assert samples.captions == heldout.captions[:40]
     assert torch.equal(samples.labels, heldout.labels[:40])
-    # What MLflow gets (harness.tracking): the metric, and the protocol as a tag.
+    # What MLflow gets (harness.tracking.tracker): the metric, and the protocol as a tag.
     logged = {m.key: m.value for m in _metric_entities(record, timestamp=0)}
     assert logged["caption_agreement"] == record.metrics["caption_agreement"]
     tag = _trial_tags(record, "parent")[f"{TAG_PROTOCOL_PREFIX}caption_agreement"]

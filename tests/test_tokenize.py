@@ -12,13 +12,13 @@ from ldm_reference import random_ldm_state
 from PIL import Image
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
-from harness.config import build_trial
-from harness.datasets import dataset_shape, load_dataset
-from harness.image_sources import center_crop, crop_geometry, open_source, segment_tokens
-from harness.original_vq import OriginalVQConfig
-from harness.shards import ShardError
-from harness.text_data import conditioning_fields, generation_conditions, training_conditions
-from harness.trial import run_trial
+from harness.config.trial import build_trial
+from harness.data.registry import dataset_shape, load_dataset
+from harness.data.sources.shards import ShardError
+from harness.data.tokenizers.original_vq import OriginalVQConfig
+from harness.ingest.image_sources import center_crop, crop_geometry, open_source, segment_tokens
+from harness.run.trial import run_trial
+from harness.tasks.text import conditioning_fields, generation_conditions, training_conditions
 from models.backbone import ModelConfig
 from run_study import main
 

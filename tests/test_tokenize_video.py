@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
 
-from harness.config import build_trial
-from harness.datasets import load_dataset, real_images
+from harness.config.trial import build_trial
+from harness.data.registry import load_dataset, real_images
 from harness.evaluation import FVD, load_samples
-from harness.image_sources import SourceError, open_source
-from harness.tokenize_images import TokenizeOptions
-from harness.trial import run_trial
+from harness.ingest.image_sources import SourceError, open_source
+from harness.ingest.tokenize_images import TokenizeOptions
+from harness.run.trial import run_trial
 from run_study import main
 
 LEVELS, SIZE, T = 5, 8, 3

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from harness.ledger import TrialRecord
-from harness.tracking import Tracker, resolve_tracking_uri
-from harness.tracking_schema import TAG_ATTEMPTS, TAG_ERROR, TAG_TRIAL_HASH, experiment_name
+from harness.run.ledger import TrialRecord
+from harness.tracking.schema import TAG_ATTEMPTS, TAG_ERROR, TAG_TRIAL_HASH, experiment_name
+from harness.tracking.tracker import Tracker, resolve_tracking_uri
 from reports.mlflow_source import study_runs
 
 CONFIG = {

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import ConfigError, TrialConfig, build_trial
-from harness.datasets import load_dataset
+from harness.config.trial import ConfigError, TrialConfig, build_trial
+from harness.data.registry import load_dataset
 from models import trainer
 from models.backbone import ModelConfig
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint

@@ -12,15 +12,15 @@ from mlflow import MlflowClient
 from PIL import Image
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny networks on loaded cores)
 
-from harness.config import ConfigError, TrialConfig, build_trial
-from harness.datasets import dataset_shape, load_dataset, real_images
+from harness.config.trial import ConfigError, TrialConfig, build_trial
+from harness.data.registry import dataset_shape, load_dataset, real_images
+from harness.data.sources.moving_digits import BOUNCE_SPEED, MOTIONS, moving_digit_clips, reflect
 from harness.evaluation import FVD, load_samples
-from harness.evaluation.video import BOUNCE_SPEED, MOTIONS, moving_digit_clips, reflect
-from harness.ledger import TrialRecord
-from harness.sampling import save_image_grid
-from harness.tracking import Tracker
-from harness.tracking_schema import TAG_PROTOCOL_PREFIX, TAG_TRIAL_HASH, experiment_name
-from harness.trial import run_trial
+from harness.generation.sampling import save_image_grid
+from harness.run.ledger import TrialRecord
+from harness.run.trial import run_trial
+from harness.tracking.schema import TAG_PROTOCOL_PREFIX, TAG_TRIAL_HASH, experiment_name
+from harness.tracking.tracker import Tracker
 
 VIDEO = "moving-digits"
 

@@ -8,12 +8,12 @@ from files the user names, and domain extractors are trained by this project and
 """
 
 # Importing these modules registers their extractors.
+from harness.data.sources.moving_digits import moving_digit_clips
 from harness.evaluation import animals, canvases, domain, i3d, inception, video  # noqa: F401
 from harness.evaluation.domain import DIGITS_CNN, DomainExtractor, DomainSpec, register_domain_extractor
 from harness.evaluation.domain_cnn import DomainCNN, DomainCNNConfig, TrainConfig, train_domain_classifier
 from harness.evaluation.evaluator import Evaluator, default_metrics
 from harness.evaluation.extractors import (
-    DEFAULT_EXTRACTORS,
     EXTRACTORS,
     FeatureExtractor,
     Features,
@@ -41,11 +41,10 @@ from harness.evaluation.protocol import MetricResult, Protocol
 from harness.evaluation.reference import ReferenceSet, ReferenceStats, dataset_reference, reference_stats
 from harness.evaluation.samples import SampleSet, load_samples, sample_dir_name, save_samples
 from harness.evaluation.segmentation import mean_iou, miou_result, per_class_iou
-from harness.evaluation.video import moving_digit_clips, moving_digits_reference
+from harness.evaluation.video import moving_digits_reference
 
 __all__ = [
     "CAPTION_AGREEMENT",
-    "DEFAULT_EXTRACTORS",
     "DIGITS_CNN",
     "EXTRACTORS",
     "FID",

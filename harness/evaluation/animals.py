@@ -8,7 +8,7 @@ Importing this module registers the extractor with the evaluator's registry.
 
 from __future__ import annotations
 
-from harness.animals import animal_split
+from harness.data.sources.animals import animal_split
 from harness.evaluation.domain import DomainSpec, register_domain_extractor
 from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
 

@@ -1,6 +1,6 @@
 """The ``canvases-cnn`` domain extractor: a DomainCNN that reads a digit canvas's scene.
 
-It is trained on real canvases (``harness.canvases``) to name the scene: which digit comes
+It is trained on real canvases (``harness.data.sources.canvases``) to name the scene: which digit comes
 first, the relation (left of / above) and which digit second, 200 classes. Its penultimate
 features score canvases by FID, and its predictions check that a generated canvas shows what
 its caption says (caption agreement). Importing this module registers the extractor.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from harness.data.sources.canvases import canvases_split
 from harness.evaluation.domain import DomainSpec, register_domain_extractor
 from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
 
@@ -21,8 +22,6 @@ CANVAS = 16
 
 def canvas_scenes(split: str) -> tuple[Tensor, Tensor]:
     """(images (N, 1, 16, 16) in [0, 1], scene classes (N,) in [0, 200))."""
-    from harness.canvases import canvases_split
-
     c = canvases_split(split, NUM_CANVASES[split], CANVAS)
     return c.images, c.scene_class
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from harness.cache import cache_dir as resolve_cache_dir
 from harness.cache import load_torch, save_torch, sha256_tensors, stable_hash
+from harness.data.registry import load_dataset
 from harness.evaluation.domain_cnn import (
     DomainCNN,
     DomainCNNConfig,
@@ -148,8 +149,6 @@ def register_domain_extractor(spec: DomainSpec) -> DomainSpec:
 
 
 def _digits_split(split: str) -> tuple[Tensor, Tensor]:
-    from harness.datasets import load_dataset
-
     data = load_dataset("digits", split)
     return data.images(), data.labels  # (N, 1, 8, 8) in [0, 1], (N,)
 

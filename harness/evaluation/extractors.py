@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from harness.data.registry import get_dataset
+from harness.errors import UserError
 from models.registry import Registry
 
 IMAGE, VIDEO = "image", "video"
@@ -61,27 +63,20 @@ class FeatureExtractor(nn.Module):
 
 EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
 
-# The extractor each dataset is scored with unless the config names another.
-DEFAULT_EXTRACTORS: dict[str, str] = {
-    "digits": "digits-cnn",
-    "animals": "animals-cnn",
-    "moving-digits": "moving-digits-cnn3d",
-    "captioned-canvases": "canvases-cnn",
-    "digit-canvases": "canvases-cnn",
-}
-
 
 def default_extractor_name(dataset: str, override: str | None = None) -> str:
-    """``override`` if given, else the dataset's default; a dataset without one is an error."""
+    """``override`` if given, else the dataset's default (``harness.data.types.Dataset``); a
+    dataset without one is an error."""
     if override is not None:
         EXTRACTORS[override]  # fail early, listing the known names
         return override
-    if dataset not in DEFAULT_EXTRACTORS:
-        raise KeyError(
-            f"dataset {dataset!r} has no default feature extractor; name one of {EXTRACTORS.names()} "
-            f"(defaults exist for {sorted(DEFAULT_EXTRACTORS)})"
+    default = get_dataset(dataset).default_extractor
+    if default is None:
+        raise UserError(
+            f"eval.extractor: dataset {dataset!r} has no default feature extractor; name one of "
+            f"{EXTRACTORS.names()}"
         )
-    return DEFAULT_EXTRACTORS[dataset]
+    return default
 
 
 def build_extractor(

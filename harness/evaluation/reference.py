@@ -16,6 +16,7 @@ from torch import Tensor
 
 from harness.cache import cache_dir as resolve_cache_dir
 from harness.cache import load_torch, save_torch, sha256_tensor, stable_hash
+from harness.data.registry import real_images
 from harness.evaluation.extractors import FeatureExtractor, extract_features
 from harness.evaluation.frechet import GaussianStats, gaussian_stats, stats_from_tensors, stats_to_tensors
 
@@ -44,8 +45,6 @@ def dataset_reference(
 ) -> ReferenceSet:
     """The real images of a registered dataset split (originals, not tokenizer reconstructions)
     under the dataset's ``options``; ``num`` keeps a seeded random subset of that size."""
-    from harness.datasets import real_images
-
     images, _ = real_images(dataset, split, **(options or {}))  # (N, C, H, W)
     name = f"{dataset}/{split}"  # another split under other options differs in its pixel sha256
     if num is not None:

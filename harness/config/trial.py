@@ -1,0 +1,331 @@
+"""The typed trial config: every default of a trial, validated, split into training and sampling parts.
+
+A trial is ``seed + data + model + train`` (what determines a checkpoint) plus
+``sampler + eval`` (what only affects sampling and evaluation). Unknown keys are errors
+that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.config.recipes import RECIPES
+from harness.data.registry import DATASETS, dataset_shape
+from harness.data.types import DatasetShape
+from harness.errors import UserError, did_you_mean
+from harness.evaluation import EXTRACTORS, METRICS
+from harness.generation.baselines import BASELINES
+from harness.tasks.base import Task
+from harness.tasks.registry import task_for
+from models.backbone import SIZE_PRESETS
+from models.losses import LOSSES
+from models.samplers import RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDULES
+from models.schedulers import SCHEDULERS
+from models.text import TextConfig
+
+
+class ConfigError(UserError):
+    """Invalid study or trial configuration; the message names the field, the value and what was expected."""
+
+
+def _known(name: str, registry, field: str) -> str:
+    if name not in registry:
+        known = sorted(registry)
+        raise ValueError(f"unknown {field} {name!r}; expected one of {known}{did_you_mean(name, known)}")
+    return name
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    name: str = "digits"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    _name = field_validator("name")(lambda v: _known(v, DATASETS, "dataset"))
+
+    @model_validator(mode="after")
+    def _options(self) -> DataConfig:
+        """Unknown or invalid options (a tokenizer key, say) fail here, before any data loads."""
+        dataset_shape(self.name, **self.options)
+        return self
+
+
+class ModelSection(Section):
+    timestep: Literal["explicit", "implicit"] = "implicit"
+    size: str = "tiny"
+    depth: int | None = Field(default=None, ge=1)
+    width: int | None = Field(default=None, ge=8)
+    heads: int | None = Field(default=None, ge=1)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    time_scale: float = Field(default=1000.0, gt=0)
+    patch: tuple[int, ...] | None = None  # tokens per transformer position along each grid axis
+    # Captions as the condition: models.text.TextConfig fields ({encoder: learned} or
+    # {encoder: clip, path: FOLDER}); the data must be captioned. None: class labels, if any.
+    text: dict[str, Any] | None = None
+
+    _size = field_validator("size")(lambda v: _known(v, SIZE_PRESETS, "model size"))
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            TextConfig.from_dict(v)  # unknown keys and bad values fail here, naming them
+        return v
+
+
+class TrainSection(Section):
+    steps: int = Field(default=1500, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = Field(default=100, ge=0)
+    lr_decay: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = Field(default=1.0, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, le=1)
+    class_dropout: float = Field(default=0.1, ge=0, le=1)
+    scheduler: str = "linear"
+    scheduler_params: dict[str, float] = Field(default_factory=dict)
+    loss: str = "masked_ce"
+    corruption: Literal["interpolant", "maskgit"] = "interpolant"
+    t_eps: float = Field(default=1e-3, ge=0, lt=1)
+    bf16: bool = False
+    compile: bool = False
+    checkpoint_every: int = Field(default=500, ge=0)
+    tf32: bool = False  # TF32 float32 matmuls/convolutions on CUDA
+    fused_adamw: Literal["auto"] | bool = "auto"  # auto: fused on CUDA
+    activation_checkpointing: bool = False  # recompute blocks in backward (memory for compute)
+
+    _scheduler = field_validator("scheduler")(lambda v: _known(v, SCHEDULERS, "scheduler"))
+    _loss = field_validator("loss")(lambda v: _known(v, LOSSES, "loss weighting"))
+
+
+class EulerOptions(Section):
+    argmax_fill: bool = False
+    remask_scale: float = Field(default=0.0, ge=0)
+    reference_grid: bool = False
+
+
+class MaskGITOptions(Section):
+    schedule: str = "cosine"
+    randomization: str = "linear"
+    gumbel_scale: float = Field(default=4.5, ge=0)
+    reference_time: bool = False
+
+    _schedule = field_validator("schedule")(lambda v: _known(v, UNMASK_SCHEDULES, "MaskGIT schedule"))
+    _random = field_validator("randomization")(lambda v: _known(v, RANDOMIZATIONS, "MaskGIT randomization"))
+
+
+class SamplerSection(Section):
+    name: str = "euler"
+    num_steps: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    cfg_scale: float = 1.0
+    exclude_mask: bool = True
+    euler: EulerOptions = Field(default_factory=EulerOptions)
+    maskgit: MaskGITOptions = Field(default_factory=MaskGITOptions)
+    # A joint dataset's modality given from held-out data (clamped) while the others are generated:
+    # "image" segments (scored by mIoU), "labels" draws images for label maps. None: joint generation.
+    condition_on: str | None = None
+
+    _name = field_validator("name")(lambda v: _known(v, [*SAMPLERS, *BASELINES], "sampler"))
+
+    @property
+    def is_baseline(self) -> bool:
+        """A data baseline (no network): see harness.generation.baselines."""
+        return self.name in BASELINES
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen sampler class (none for a data baseline)."""
+        if self.is_baseline:
+            return {}
+        common = {
+            "num_steps": self.num_steps,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "exclude_mask": self.exclude_mask,
+        }
+        family = getattr(self, self.name, None)  # the family's own options section, if it has one
+        return {**common, **(family.model_dump() if isinstance(family, BaseModel) else {})}
+
+
+def _known_metrics(names: list[str]) -> list[str]:
+    return [_known(name, METRICS, "metric") for name in names]
+
+
+def _known_extractor(name: str | None) -> str | None:
+    return name if name is None else _known(name, EXTRACTORS, "extractor")
+
+
+class ExtraProtocol(Section):
+    """A second scoring of the same samples with another extractor, on the first ``num_samples``
+    of each seed against a seeded subset of ``num_reference`` reference images (None: all), for
+    extractors too slow for the full counts (Inception on CPU); its metrics are recorded as
+    ``<extractor>/<metric>``."""
+
+    extractor: str
+    metrics: list[str] = Field(default_factory=lambda: ["fid"], min_length=1)
+    num_samples: int | None = Field(default=None, ge=2)
+    num_reference: int | None = Field(default=None, ge=2)
+
+    _metrics = field_validator("metrics")(_known_metrics)
+    _extractor = field_validator("extractor")(_known_extractor)
+
+    def key(self, metric: str) -> str:
+        return f"{self.extractor}/{metric}"
+
+
+class EvalSection(Section):
+    num_samples: int = Field(default=500, ge=2)
+    batch_size: int = Field(default=250, ge=1)
+    metrics: list[str] = Field(default_factory=lambda: ["fid", "kid_mean", "precision", "recall", "is_mean"])
+    extractor: str | None = None
+    sample_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    extra_protocols: list[ExtraProtocol] = Field(default_factory=list)
+
+    _metrics = field_validator("metrics")(_known_metrics)
+    _extractor = field_validator("extractor")(_known_extractor)
+
+
+class TrialConfig(Section):
+    """One trial, resolved: every field has a value."""
+
+    seed: int = 0
+    recipe: str | None = None  # the named recipe (harness.config.recipes) the trial was built from; a label
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    _recipe = field_validator("recipe")(lambda v: v if v is None else _known(v, RECIPES, "recipe"))
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    sampler: SamplerSection = Field(default_factory=SamplerSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    TRAINING_KEYS: ClassVar[tuple[str, ...]] = ("seed", "data", "model", "train")
+
+    def _dump(self, **kwargs) -> dict[str, Any]:
+        """model_dump without the fields added after checkpoints existed, while at their default:
+        a new option must not change the hash (and so orphan the checkpoint) of a config that
+        does not use it."""
+        d = self.model_dump(mode="json", **kwargs)
+        for dotted, default in OMITTED_AT_DEFAULT.items():
+            section, name = dotted.split(".")
+            if section in d and d[section].get(name, default) == default:
+                d[section].pop(name, None)
+        return d
+
+    @model_validator(mode="after")
+    def _task_checks(self) -> TrialConfig:
+        """The trial's task family refuses, here, every trial it would fail on after training."""
+        self.task().check(self, self.shape())
+        return self
+
+    def shape(self) -> DatasetShape:
+        """The data's grid, vocabulary, classes, modalities and caption words (nothing loaded)."""
+        return dataset_shape(self.data.name, **self.data.options)
+
+    def task(self) -> Task:
+        """The task family the trial belongs to (``harness.tasks``)."""
+        return task_for(self, self.shape())
+
+    def training_part(self) -> dict[str, Any]:
+        """What the checkpoint depends on. A data baseline trains nothing: only its data and seed."""
+        keys = ("seed", "data") if self.sampler.is_baseline else self.TRAINING_KEYS
+        return {k: v for k, v in self._dump().items() if k in keys}
+
+    def identity(self) -> dict[str, Any]:
+        """What the trial's result depends on: everything, except that a data baseline ignores the
+        model, the training recipe and every sampler option but its name."""
+        d = self._dump(exclude={"recipe"})  # a label: the settings say it all
+        if self.sampler.is_baseline:
+            sampler = {k: v for k, v in d["sampler"].items() if k in ("name", "condition_on")}
+            d = {**self.training_part(), "sampler": sampler, "eval": d["eval"]}
+        return d
+
+    def training_hash(self) -> str:
+        return config_hash(self.training_part())
+
+    def trial_hash(self) -> str:
+        return config_hash(self.identity())
+
+
+# "section.field" -> default, for fields added after checkpoints were cached (see TrialConfig._dump).
+OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "model.patch": None,
+    "model.text": None,
+    "sampler.condition_on": None,
+    "train.tf32": False,
+    "train.fused_adamw": "auto",
+    "train.activation_checkpointing": False,
+}
+
+
+def config_hash(d: dict[str, Any]) -> str:
+    """A short, stable content hash of a JSON-able dict."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def valid_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the config, leaves and sections."""
+    keys = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += valid_keys(sub, f"{key}.")
+    return keys
+
+
+def check_key(key: str) -> None:
+    """Raises ConfigError for an unknown dotted key, suggesting the closest valid one."""
+    keys = valid_keys()
+    if key in keys or key.startswith(("data.options.", "train.scheduler_params.", "model.text.")):
+        return
+    raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys, cutoff=0.5)}")
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """d["a"]["b"] = value for key "a.b", creating sections as needed (also where the section is
+    None, e.g. ``model.text.prefix`` over the base's ``model.text: null``)."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if d.get(part) is None:
+            d[part] = {}
+        d = d[part]
+    d[leaf] = value
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def build_trial(d: dict[str, Any], where: str = "config") -> TrialConfig:
+    """Validates a nested dict into a TrialConfig; errors name every bad field and value."""
+    for key in flatten(d):
+        check_key(key)
+    try:
+        return TrialConfig.model_validate(d)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+            # A whole-config check (no location) names its field in the message itself.
+            lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}" if loc else f"  {e['msg']}")
+        raise ConfigError(f"invalid {where}:\n" + "\n".join(lines)) from None

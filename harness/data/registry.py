@@ -1,0 +1,69 @@
+"""The registry of datasets: the ``DATASET`` of every module in ``harness.data.sources``.
+
+The registry imports its implementations (it walks the sources package once, at import); a
+source never imports the registry. ``register`` adds a dataset defined elsewhere (a plug-in or
+a test's toy dataset) under the same checks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from torch import Tensor
+
+from harness.data import sources
+from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset
+from harness.errors import check_known
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register(dataset: Dataset) -> Dataset:
+    """Adds ``dataset`` under its name; a second, different dataset of that name is refused."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"register: expected a harness.data.types.Dataset; got {type(dataset).__name__}")
+    if DATASETS.get(dataset.name, dataset) is not dataset:
+        raise ValueError(f"dataset {dataset.name!r} is registered twice")
+    DATASETS[dataset.name] = dataset
+    return dataset
+
+
+def unregister(name: str) -> None:
+    """Removes a dataset added by ``register`` (tests)."""
+    DATASETS.pop(name, None)
+
+
+def _discover() -> None:
+    for info in sorted(pkgutil.iter_modules(sources.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{sources.__name__}.{info.name}")
+        dataset = getattr(module, "DATASET", None)
+        if isinstance(dataset, Dataset):
+            register(dataset)
+
+
+_discover()
+
+
+def get_dataset(name: str) -> Dataset:
+    """The dataset ``name``; an unknown name raises UserError listing the known ones."""
+    check_known(name, DATASETS, "data.name")
+    return DATASETS[name]
+
+
+def load_dataset(name: str, split: str = "train", **options: Any) -> TokenDataset:
+    check_known(split, SPLITS, "data split")
+    return get_dataset(name).load(split, **options)
+
+
+def dataset_shape(name: str, **options: Any) -> DatasetShape:
+    """Grid, vocabulary and classes of ``name`` under ``options``, without loading anything; bad
+    options raise UserError naming ``data.options.<option>``."""
+    return get_dataset(name).check_options(options)
+
+
+def real_images(name: str, split: str = "train", **options: Any) -> tuple[Tensor, Tensor | None]:
+    """The real images (or clips) of a dataset split, not tokenized, with labels or None."""
+    check_known(split, SPLITS, "data split")
+    return get_dataset(name).real_images(split, **options)

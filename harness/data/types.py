@@ -1,0 +1,153 @@
+"""The types every dataset and tokenizer share: a dataset's shape, the tokenizer protocol, token datasets."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from torch import Tensor
+
+from harness.errors import UserError, did_you_mean
+
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    grid: tuple[int, ...]
+    vocab_size: int
+    num_classes: int
+    modalities: tuple | None = None  # a joint dataset's models.modalities.Modality entries
+    caption_vocabulary: tuple[str, ...] = ()  # the words of its captions; empty: no captions
+
+
+class Tokenizer(Protocol):
+    """encode: images (N, C, H, W) float in [0, 1] -> tokens (N, L); decode: the inverse."""
+
+    vocab_size: int
+    grid: tuple[int, ...]
+
+    def encode(self, images: Tensor) -> Tensor: ...
+
+    def decode(self, tokens: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class TokenDataset:
+    """tokens (N, L) long, labels (N,) long or None."""
+
+    name: str
+    split: str
+    tokens: Tensor
+    labels: Tensor | None
+    num_classes: int
+    tokenizer: Tokenizer
+    captions: tuple[str, ...] | None = (
+        None  # one per example: the text condition (harness.data.sources.captioned_canvases)
+    )
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return self.tokenizer.grid
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def seq_len(self) -> int:
+        return math.prod(self.grid)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def images(self) -> Tensor:
+        """The dataset decoded to images (N, C, H, W) in [0, 1]."""
+        return self.tokenizer.decode(self.tokens)
+
+
+def split_indices(n: int, num_heldout: int, seed: int) -> dict[str, np.ndarray]:
+    """A fixed, seeded permutation cut into train and held-out parts."""
+    order = np.random.default_rng(seed).permutation(n)
+    return {"heldout": np.sort(order[:num_heldout]), "train": np.sort(order[num_heldout:])}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Everything the harness asks of one dataset; a module under ``harness.data.sources`` defines
+    one as its module attribute ``DATASET`` and the registry (``harness.data.registry``) finds it.
+
+    load(split, **options) -> TokenDataset; shape(**options) -> DatasetShape without loading or
+    tokenizing anything (plans and validation); real_images(split, **options) -> (images (N, C, H, W)
+    or clips (N, C, T, H, W) in [0, 1], labels (N,) or None): what samples are scored against (for
+    a learned tokenizer the originals, so its reconstruction error counts against every sample).
+    ``default_extractor``: the feature extractor its samples are scored with unless a config names
+    another (None: a config must name one). The options are typed by the keyword-only parameters
+    of ``shape``; a ``shape`` that takes ``**options`` checks them itself.
+    """
+
+    name: str
+    load: Callable[..., TokenDataset]
+    shape: Callable[..., DatasetShape]
+    real_images: Callable[..., tuple[Tensor, Tensor | None]]
+    default_extractor: str | None = None
+    summary: str = ""
+    _options: type[BaseModel] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_options", _options_model(self.name, self.shape))
+
+    def option_names(self) -> list[str] | None:
+        """The options it takes (None: checked by ``shape`` itself)."""
+        return None if self._options is None else sorted(self._options.model_fields)
+
+    def check_options(self, options: dict[str, Any]) -> DatasetShape:
+        """The shape under ``options``; an unknown option, a value of the wrong type or out of
+        range raises UserError naming ``data.options.<option>``, before any data loads."""
+        if not isinstance(options, dict):
+            raise UserError(
+                f"data.options: expected a mapping of option: value; got {type(options).__name__}"
+            )
+        if self._options is not None:
+            known = self.option_names()
+            for key in options:
+                if key not in known:
+                    raise UserError(
+                        f"data.options.{key}: not an option of dataset {self.name!r}; expected some of "
+                        f"{known}{did_you_mean(key, known)}"
+                    )
+            try:
+                self._options.model_validate(options)
+            except ValidationError as err:
+                e = err.errors()[0]
+                where = ".".join(str(p) for p in e["loc"])
+                raise UserError(f"data.options.{where}: {_short(e.get('input'))}: {e['msg']}") from None
+        try:
+            return self.shape(**options)
+        except TypeError as err:  # an option a **options shape does not take
+            raise UserError(f"data.options for {self.name!r}: {err}") from None
+        except ValueError as err:
+            raise UserError(str(err)) from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _options_model(name: str, shape: Callable[..., DatasetShape]) -> type[BaseModel] | None:
+    """A strict pydantic model of ``shape``'s keyword-only parameters (their annotations and
+    defaults), or None when it takes ``**options``."""
+    params = inspect.signature(shape).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    hints = typing.get_type_hints(shape)
+    fields = {p.name: (hints.get(p.name, Any), p.default) for p in params if p.kind is p.KEYWORD_ONLY}
+    config = ConfigDict(extra="forbid", strict=True)
+    return create_model(f"{name.title().replace('-', '')}Options", __config__=config, **fields)

@@ -1,0 +1,28 @@
+"""The project's own error for bad input, and the one "did you mean" every refusal uses.
+
+``run_study.py`` turns a ``UserError`` (and only that) into a one-line message and exit code 2;
+any other exception is a bug and keeps its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(ValueError):
+    """Bad input (a study, a config field, a file the user named); the message names the field or
+    path, the value and what was expected. A ValueError, so pydantic validators may raise it."""
+
+
+def did_you_mean(name: object, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """'; did you mean 'x'?' for the closest known name, or ''."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_known(name: object, known: Iterable[str], field: str) -> None:
+    """Raises UserError for a name not among ``known``, listing them and the closest one."""
+    known = sorted(str(k) for k in known)
+    if name not in known:
+        raise UserError(f"{field}: unknown {name!r}; expected one of {known}{did_you_mean(name, known)}")

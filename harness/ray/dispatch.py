@@ -1,0 +1,381 @@
+"""Ray Tune dispatch: with harness.ray.distributed (Ray Train), the only modules that import Ray.
+
+Grid studies run in two phases: every distinct training config not yet in the checkpoint
+store is trained once (one Tune trial each), then every sampling/evaluation trial not yet in
+the ledger runs against those checkpoints. Random and Optuna searches run one phase, each
+trial training its checkpoint if the store lacks it (trials sharing one wait on a lock).
+With ``resources.workers`` > 1 a trial's training runs on that many Ray Train workers
+(a TorchTrainer launched from inside the Tune trial), each holding the trial's cpu and gpu.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from harness.cache import CACHE_ENV
+from harness.config.study import StudySpec, _axis_values, apply_assignment, metric_mode
+from harness.config.trial import TrialConfig
+from harness.ray.distributed import DataParallelLauncher, check_workers_fit
+from harness.run.ledger import Ledger, TrialRecord
+from harness.run.store import CheckpointStore
+from harness.run.trial import run_trial, set_threads
+
+# Measured necessities on a one-machine setup (see ENVIRONMENT.md): bind to loopback, no
+# token file in $HOME, no usage reporting, no sync warnings.
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+DRIVER_MEMORY = 256 * 2**20  # bytes held by a training trial whose Ray Train workers do the work
+
+
+class TrialFailedError(RuntimeError):
+    """Raised inside a Tune trial so that Tune's FailureConfig retries it."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its config; bound once with tune.with_parameters."""
+
+    store_root: str
+    study_dir: str
+    cache_dir: str | None
+    cpu: float
+    gpu: float
+    workers: int = 1  # data-parallel training workers (Ray Train), each holding cpu and gpu
+
+
+def _launcher(ctx: TrialContext, report_to_tune: bool) -> DataParallelLauncher | None:
+    """Ray Train workers for the trial's training when the study asks for more than one."""
+    if ctx.workers == 1:
+        return None
+    storage = str((Path(ctx.study_dir) / "ray").resolve())
+    return DataParallelLauncher(ctx.workers, ctx.cpu, ctx.gpu, storage, ctx.cache_dir, report_to_tune)
+
+
+def _device(ctx: TrialContext) -> str:
+    import torch
+
+    return "cuda" if ctx.gpu > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _report(record: TrialRecord) -> None:
+    from ray import tune
+
+    tune.report({**record.metrics, "trial_hash": record.trial_hash, "status": record.status})
+
+
+def _train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    from ray import tune
+
+    _worker_setup(ctx)
+    trial = TrialConfig.model_validate(config["trial"])
+
+    def on_log(step: int, metrics: dict) -> None:
+        tune.report({"step": step, "steps": trial.train.steps, "loss": metrics["train/loss"]})
+
+    store = CheckpointStore(ctx.store_root)
+    store.ensure(trial, device=_device(ctx), on_log=on_log, launcher=_launcher(ctx, report_to_tune=True))
+    tune.report({"step": trial.train.steps, "steps": trial.train.steps, "done": 1})
+
+
+def _worker_setup(ctx: TrialContext) -> None:
+    """Torch threads = the trial's cpu share; every cache lookup in this worker (tokenizers, token
+    grids, extractors) goes to the study's cache folder, whatever the worker's environment says."""
+    set_threads(ctx.cpu)
+    if ctx.cache_dir:
+        os.environ[CACHE_ENV] = ctx.cache_dir
+
+
+def _host() -> str:
+    """``<hostname>/<Ray node id>`` of the worker this runs in."""
+    import socket
+
+    import ray
+
+    return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()}"
+
+
+def _finish(trial: TrialConfig, ctx: TrialContext) -> None:
+    existing = Ledger(ctx.study_dir).get(trial.trial_hash())
+    if existing is not None and existing.status == "finished":
+        _report(existing)
+        return
+    record = run_trial(
+        trial,
+        store_root=Path(ctx.store_root),
+        study_dir=Path(ctx.study_dir),
+        cache_dir=Path(ctx.cache_dir) if ctx.cache_dir else None,
+        device=_device(ctx),
+        host=_host(),
+    )
+    if record.status != "finished":
+        raise TrialFailedError(record.error)
+    _report(record)
+
+
+def _sample_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    _worker_setup(ctx)
+    _finish(TrialConfig.model_validate(config["trial"]), ctx)
+
+
+def _search_trainable(config: dict[str, Any], ctx: TrialContext, spec: StudySpec) -> None:
+    _worker_setup(ctx)
+    trial = apply_assignment(spec, config)
+    if ctx.workers > 1 and not trial.sampler.is_baseline:  # train on the workers, then sample here
+        CheckpointStore(ctx.store_root).ensure(trial, launcher=_launcher(ctx, report_to_tune=False))
+    _finish(trial, ctx)
+
+
+def search_space(spec: StudySpec) -> dict[str, Any]:
+    """The study's space as Tune distributions (dotted keys kept as flat names)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, value in spec.space.items():
+        kind, params = _axis_values(key, value)
+        if kind in ("grid", "choice"):
+            space[key] = tune.choice(params)
+        elif kind == "uniform":
+            space[key] = tune.uniform(*params)
+        elif kind == "loguniform":
+            space[key] = tune.loguniform(*params)
+        else:
+            space[key] = tune.randint(int(params[0]), int(params[1]))
+    if spec.variants:
+        space["variant"] = tune.choice(list(spec.variants))
+    if len(spec.seeds) > 1:
+        space["seed"] = tune.choice(spec.seeds)
+    return space
+
+
+class _Progress:
+    """Driver-side hook: prints progress and hands each finished trial to ``on_complete``."""
+
+    def __init__(self, total: int, label: str, on_complete: Callable[[], None] | None) -> None:
+        from ray.tune import Callback
+
+        outer = self
+
+        class Hook(Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                outer.tick(trial, "done")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                outer.tick(trial, "FAILED")
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                outer.training_progress(trial, result)
+
+        self.total, self.done, self.label, self.on_complete = total, 0, label, on_complete
+        self.quarters: dict[str, int] = {}
+        self.callback = Hook()
+
+    def training_progress(self, trial, result: dict) -> None:
+        """Prints a training's progress at each quarter of its steps."""
+        step, steps = result.get("step"), result.get("steps")
+        if step is None or not steps or result.get("done"):
+            return
+        quarter = 4 * step // steps
+        if quarter > self.quarters.get(trial.trial_id, 0):
+            self.quarters[trial.trial_id] = quarter
+            print(
+                f"  [{self.label} {trial.trial_id[-5:]}] step {step}/{steps} loss {result['loss']:.3f}",
+                flush=True,
+            )
+
+    def tick(self, trial, status: str) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        shown = {
+            k: round(v, 4)
+            for k, v in result.items()
+            if k in ("fid", "fvd", "caption_agreement", "nfe", "precision", "recall")
+        }
+        print(f"  [{self.label} {self.done}/{self.total}] {status} {shown or ''}", flush=True)
+        if self.on_complete is not None:
+            self.on_complete()
+
+
+class RayDispatcher:
+    """Starts (or joins) Ray for the duration of a ``with`` block and runs Tune experiments."""
+
+    def __init__(
+        self, *, address: str | None = None, num_cpus: int | None = None, verbose: bool = False
+    ) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS")
+        self.num_cpus, self.verbose = num_cpus, verbose
+
+    def __enter__(self) -> RayDispatcher:
+        for key, value in RAY_ENV.items():
+            os.environ.setdefault(key, value)
+        if not self.address:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        import ray
+
+        if not self.verbose:  # quiet logs: our own progress lines only
+            logging.getLogger("ray").setLevel(logging.WARNING)
+            logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        self.owned = not ray.is_initialized()  # a Ray started by the caller (tests) is reused, not stopped
+        if not self.owned:
+            return self
+        if self.address:
+            ray.init(address=self.address, log_to_driver=self.verbose, logging_level=self._level)
+        else:
+            # "local": a Ray of our own, even when another was started on this machine with
+            # `ray start` (a bare ray.init() would attach to that one, and die with it).
+            ray.init(
+                address="local",
+                num_cpus=self.num_cpus,
+                include_dashboard=False,
+                log_to_driver=self.verbose,
+                _node_ip_address="127.0.0.1",
+                logging_level=self._level,
+            )
+        return self
+
+    @property
+    def _level(self) -> int:
+        return logging.INFO if self.verbose else logging.WARNING
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        if self.owned:
+            ray.shutdown()
+
+    def cluster_resources(self) -> dict[str, float]:
+        import ray
+
+        return dict(ray.cluster_resources())
+
+    def _with_workers(self, spec: StudySpec, ctx: TrialContext, trial_share: bool) -> TrialContext:
+        """The context with the study's training workers, refused if the cluster cannot hold them."""
+        if spec.resources.workers > 1:
+            check_workers_fit(spec.resources, self.cluster_resources(), trial_share)
+        return replace(ctx, workers=spec.resources.workers)
+
+    def _tune(
+        self,
+        trainable,
+        param_space: dict,
+        *,
+        name: str,
+        spec: StudySpec,
+        ctx: TrialContext,
+        num_samples: int,
+        progress: _Progress,
+        search_alg=None,
+        scheduler=None,
+        resources: dict[str, float] | None = None,
+    ) -> None:
+        from ray import tune
+
+        resources = resources or {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples,
+                max_concurrent_trials=spec.concurrency,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                reuse_actors=True,
+                trial_dirname_creator=lambda t: f"{name}_{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str((Path(ctx.study_dir) / "ray").resolve()),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                verbose=1 if self.verbose else 0,
+                callbacks=[progress.callback],
+            ),
+        )
+        tuner.fit()
+
+    def run_grid(
+        self,
+        spec: StudySpec,
+        trainings: list[TrialConfig],
+        trials: list[TrialConfig],
+        ctx: TrialContext,
+        on_complete: Callable[[], None] | None = None,
+    ) -> None:
+        from ray import tune
+
+        ctx = self._with_workers(spec, ctx, trial_share=False)
+        if trainings:
+            # With Ray Train workers the training trial itself only waits on them: it holds no CPU
+            # or GPU (Tune needs some resource: a little memory; the workers hold their own share).
+            driver = {"cpu": 0, "memory": DRIVER_MEMORY} if ctx.workers > 1 else None
+            progress = _Progress(len(trainings), "train", None)
+            space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trainings])}
+            self._tune(
+                tune.with_parameters(_train_trainable, ctx=ctx),
+                space,
+                name="train",
+                spec=spec,
+                ctx=ctx,
+                num_samples=1,
+                progress=progress,
+                resources=driver,
+            )
+        if trials:
+            progress = _Progress(len(trials), "trial", on_complete)
+            space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])}
+            self._tune(
+                tune.with_parameters(_sample_trainable, ctx=ctx),
+                space,
+                name="sample",
+                spec=spec,
+                ctx=ctx,
+                num_samples=1,
+                progress=progress,
+            )
+
+    def run_search(
+        self, spec: StudySpec, ctx: TrialContext, on_complete: Callable[[], None] | None = None
+    ) -> None:
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+        ctx = self._with_workers(spec, ctx, trial_share=True)
+        mode = metric_mode(spec)
+        search_alg = None
+        if spec.search.algorithm == "optuna":
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(
+                metric=spec.metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=spec.search.seed)
+            )
+        scheduler = FIFOScheduler()
+        if spec.scheduler.name == "asha":
+            scheduler = ASHAScheduler(
+                metric=spec.metric,
+                mode=mode,
+                grace_period=spec.scheduler.grace_period,
+                reduction_factor=spec.scheduler.reduction_factor,
+            )
+        progress = _Progress(spec.search.num_trials, "trial", on_complete)
+        trainable = tune.with_parameters(_search_trainable, ctx=ctx, spec=spec)
+        self._tune(
+            trainable,
+            search_space(spec),
+            name="search",
+            spec=spec,
+            ctx=ctx,
+            num_samples=spec.search.num_trials,
+            progress=progress,
+            search_alg=search_alg,
+            scheduler=scheduler,
+        )

@@ -1,0 +1,223 @@
+"""The trial: a plain function of its config (Ray Tune calls it; tests call it directly).
+
+checkpoint (trained once per training config) -> samples on disk (one folder per sampling
+setting, one file per sample seed) -> evaluation -> a ledger record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from harness.cache import atomic_write_text
+from harness.config.trial import TrialConfig
+from harness.data.registry import load_dataset
+from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
+from harness.generation.baselines import BASELINES
+from harness.generation.sampling import SampleSet, build_sampler, generate, save_image_grid
+from harness.run.ledger import Ledger, TrialRecord
+from harness.run.store import CheckpointStore, train_config_for
+from models.checkpoint import model_from_checkpoint
+from models.diagnostics import heldout_masked_ce
+
+
+def sampling_settings(trial: TrialConfig) -> dict:
+    """Every setting that changes the samples (besides the checkpoint and the seed)."""
+    s = trial.sampler
+    settings = {
+        "sampler": s.name,
+        "cfg_scale": s.cfg_scale,
+        "n": trial.eval.num_samples,
+        "given": s.condition_on,
+        **s.options(),
+    }
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str) -> SampleSet:
+    net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
+    scheduler = train_config_for(trial).build_scheduler()
+    sampler = build_sampler(trial.sampler.name, scheduler, **trial.sampler.options())
+    given = trial.task().generation_inputs(trial, net, trial.eval.num_samples)
+    result = generate(
+        given.net,
+        sampler,
+        num_samples=trial.eval.num_samples,
+        batch_size=trial.eval.batch_size,
+        cfg_scale=trial.sampler.cfg_scale,
+        seed=seed,
+        device=device,
+        x_init=given.x_init,
+        conditions=given.conditions,
+    )
+    if given.captions is None:
+        return result
+    return dataclasses.replace(result, labels=given.labels, captions=given.captions)
+
+
+def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device: str = "cpu") -> Path:
+    """Samples for one seed, written before they are scored; reused when already on disk."""
+    h = trial.training_hash()
+    folder = store.folder(h) / "samples" / sample_dir_name(sampling_settings(trial)) / f"seed_{seed}"
+    if (folder / "samples.npz").is_file():
+        return folder
+    data = load_dataset(trial.data.name, "train", **trial.data.options)
+    if trial.sampler.is_baseline:
+        task = trial.task()
+        heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
+        allowed = task.allowed_tokens(trial.shape())
+        result = BASELINES[trial.sampler.name](data, heldout, trial.eval.num_samples, seed, allowed=allowed)
+        result = dataclasses.replace(result, tokens=task.baseline_tokens(trial, result.tokens))
+    else:
+        result = _generate(trial, store, seed, device)
+    meta = {
+        "sample_seed": seed,
+        "nfe": result.nfe,
+        "nfe_unbatched": result.nfe_unbatched,
+        "seconds_per_sample": result.seconds_per_sample,
+        "training_hash": h,
+        **sampling_settings(trial),
+    }
+    images = data.tokenizer.decode(result.tokens)
+    save_samples(folder, result.tokens, images, result.labels, meta, captions=result.captions)
+    return folder
+
+
+def trial_evaluators(trial: TrialConfig, cache_dir: Path | None) -> list[tuple[str, int | None, Evaluator]]:
+    """(metric-name prefix, samples scored per seed or None for all, Evaluator) for the trial's
+    main protocol and each of ``eval.extra_protocols``; a metric the extractor cannot produce
+    raises ValueError here, before anything is sampled."""
+
+    def build(extractor: str | None, metrics: list[str], num_reference: int | None = None) -> Evaluator:
+        return Evaluator(
+            trial.data.name,
+            extractor=extractor,
+            metrics=metrics,
+            cache_dir=cache_dir,
+            num_reference=num_reference,
+            data_options=trial.data.options,
+        )
+
+    image_metrics = trial.task().feature_metrics(trial)
+    out = [("", None, build(trial.eval.extractor, image_metrics))] if image_metrics else []
+    for e in trial.eval.extra_protocols:
+        out.append((f"{e.extractor}/", e.num_samples, build(e.extractor, e.metrics, e.num_reference)))
+    return out
+
+
+def evaluate_trial(
+    trial: TrialConfig, folders: list[Path], cache_dir: Path | None
+) -> tuple[dict, dict, dict]:
+    """(metrics, intervals, protocols) over the trial's sample seeds, for every protocol."""
+    sets = [load_samples(f) for f in folders]
+    seeds = [int(s.meta["sample_seed"]) for s in sets]
+    metrics, intervals, protocols = trial.task().score(trial, sets)
+    for prefix, num, evaluator in trial_evaluators(trial, cache_dir):
+        images = [s.images[:num] for s in sets]
+        labels = [None if s.labels is None else s.labels[:num] for s in sets]  # caption agreement
+        if len(sets) == 1:
+            results = evaluator.evaluate(images[0], seeds[0], labels=labels[0])
+        else:
+            results = evaluator.evaluate_seeds(images, seeds, labels)
+        for r in results:
+            name = prefix + r.name
+            metrics[name] = float(r.value)
+            if r.ci_low is not None:
+                intervals[name] = [float(r.ci_low), float(r.ci_high)]
+            direction = "max" if METRICS[r.name].higher_is_better else "min"
+            protocols[name] = {
+                **r.protocol.to_dict(),
+                "key": r.protocol.protocol_key(),
+                "direction": direction,
+            }
+    meta = sets[0].meta
+    metrics.update(
+        nfe=float(meta["nfe"]),
+        nfe_unbatched=float(meta["nfe_unbatched"]),
+        seconds_per_sample=sum(float(s.meta["seconds_per_sample"]) for s in sets) / len(sets),
+    )
+    return metrics, intervals, protocols
+
+
+def run_trial(
+    trial: TrialConfig,
+    *,
+    store_root: Path,
+    study_dir: Path,
+    cache_dir: Path | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    host: str | None = None,
+) -> TrialRecord:
+    """Runs one trial end to end and writes its ledger record (finished or failed)."""
+    started = time.perf_counter()
+    store, ledger = CheckpointStore(store_root), Ledger(study_dir)
+    base = {
+        "trial_hash": trial.trial_hash(),
+        "training_hash": trial.training_hash(),
+        "config": trial.model_dump(mode="json"),
+        "host": host or socket.gethostname(),
+    }
+    try:
+        if not trial.sampler.is_baseline:
+            store.ensure(trial, device=device, progress=progress)
+        folders = [sample_to_disk(trial, store, seed, device) for seed in trial.eval.sample_seeds]
+        metrics, intervals, protocols = evaluate_trial(trial, folders, cache_dir)
+        if not trial.sampler.is_baseline:
+            metrics["heldout_masked_ce"] = heldout_ce(trial, store, device)
+        task = trial.task()
+        shown = task.preview(trial, load_samples(folders[0]))  # (N, C, H, W), or clips (N, C, T, H, W)
+        grid = save_image_grid(shown[: task.preview_count()], folders[0] / "grid.png")
+        record = TrialRecord(
+            **base,
+            status="finished",
+            metrics=metrics,
+            intervals=intervals,
+            protocols=protocols,
+            training_curve=store.curve(trial.training_hash()),
+            artifacts={"samples_png": str(grid), "samples_dir": str(folders[0].parent)},
+            seconds=time.perf_counter() - started,
+        )
+    except Exception as err:  # a failed trial keeps its error and does not stop the study
+        record = TrialRecord(
+            **base,
+            status="failed",
+            error="".join(traceback.format_exception_only(err)).strip()
+            + "\n"
+            + traceback.format_exc(limit=-3),
+            seconds=time.perf_counter() - started,
+        )
+    ledger.write(record)
+    return ledger.get(record.trial_hash) or record
+
+
+def heldout_ce(trial: TrialConfig, store: CheckpointStore, device: str) -> float:
+    """Held-out masked CE of the checkpoint (nats per masked token), cached in the store."""
+    path = store.folder(trial.training_hash()) / "heldout_ce.txt"
+    if path.is_file():
+        return float(path.read_text())
+    net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
+    heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
+    value = heldout_masked_ce(
+        net,
+        heldout.tokens.to(device),
+        _to(trial.task().training_conditions(net.config, heldout), device),
+        train_config_for(trial).build_scheduler(),
+        net.config.mask_id,
+    )
+    atomic_write_text(path, repr(value))  # trials sharing the checkpoint may read it at any moment
+    return value
+
+
+def _to(x: torch.Tensor | None, device: str) -> torch.Tensor | None:
+    return None if x is None else x.to(device)
+
+
+def set_threads(cpus: float) -> None:
+    """CPU trials use as many torch threads as their cpu share (at least one)."""
+    torch.set_num_threads(max(1, int(cpus)))

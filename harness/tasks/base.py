@@ -1,0 +1,166 @@
+"""A task family: what differs between kinds of trial, owned by one object.
+
+Generic code (the trial config's validation, the checkpoint store, the trial, the plan) asks the
+trial's task and never tests a dataset's name or a tokenizer's attributes. ``Task`` itself is
+the class-conditional (or unconditional) generation of images; a family that differs overrides
+what differs (``harness.tasks.text``, ``.joint``, ``.video``). Which family a trial belongs to
+is decided from capabilities (the data's modalities and grid, the model's text encoder):
+``harness.tasks.registry.task_for``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from harness.data.registry import load_dataset
+from harness.data.types import DatasetShape, TokenDataset
+from harness.errors import UserError
+from harness.evaluation import METRICS, SampleSet
+from harness.evaluation.extractors import IMAGE
+from harness.evaluation.metrics import LABELS, MASKS
+from models.backbone import ModelConfig
+
+if TYPE_CHECKING:  # the config layer sits above the tasks: its types only
+    from harness.config.trial import TrialConfig
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """What a sampler is given besides the network: ``net`` (the network, or a wrapper that
+    clamps a given modality), ``x_init`` (N, L) given tokens or None, ``conditions`` (N,) class
+    ids or (N, S) caption ids or None (balanced classes), and what is saved beside the samples:
+    ``labels`` (N,) their classes and ``captions`` (N strings), when the task knows them."""
+
+    net: Any
+    x_init: Tensor | None = None
+    conditions: Tensor | None = None
+    labels: Tensor | None = None
+    captions: tuple[str, ...] | None = None
+
+
+Scores = tuple[dict[str, float], dict[str, list[float]], dict[str, dict]]  # metrics, intervals, protocols
+
+
+class Task:
+    """Class-conditional (or, without classes, unconditional) generation of images."""
+
+    name = "generation"
+    sample_kind = IMAGE  # what samples decode to: the metrics' input kinds (IMAGE or VIDEO)
+
+    def applies(self, trial: TrialConfig, shape: DatasetShape) -> bool:
+        """Whether a trial belongs to this family (the base family takes what no other does)."""
+        return True
+
+    # ---- validation: run by TrialConfig before anything is written
+
+    def check(self, trial: TrialConfig, shape: DatasetShape) -> None:
+        """Raises UserError for a trial this task would fail on after training."""
+        self.check_patch(trial, shape)
+        if trial.sampler.condition_on is not None:
+            raise UserError(
+                f"sampler.condition_on: {trial.sampler.condition_on!r}: dataset {trial.data.name!r} has "
+                "one modality; a given modality needs a joint dataset (e.g. digit-canvases)"
+            )
+        if trial.model.text is not None:
+            raise UserError(
+                f"model.text: dataset {trial.data.name!r} has no captions; expected a captioned "
+                "dataset (captioned-canvases, or shards read with data.options.captions: true)"
+            )
+        self.check_metrics(trial)
+
+    def check_patch(self, trial: TrialConfig, shape: DatasetShape) -> None:
+        patch, grid = trial.model.patch, shape.grid
+        if patch is not None and (
+            len(patch) != len(grid) or any(p < 1 or g % p for g, p in zip(grid, patch, strict=True))
+        ):
+            raise UserError(f"model.patch: {list(patch)} does not tile the data grid {list(grid)}")
+
+    def check_metrics(self, trial: TrialConfig) -> None:
+        """Every metric asked for applies to this task's samples."""
+        asked = [("eval.metrics", m) for m in trial.eval.metrics]
+        for i, extra in enumerate(trial.eval.extra_protocols):
+            asked += [(f"eval.extra_protocols[{i}].metrics", m) for m in extra.metrics]
+        for where, name in asked:
+            metric = METRICS[name]
+            if metric.needs == MASKS:
+                self.check_mask_metric(trial, where, name)
+            elif self.sample_kind not in metric.kinds:
+                raise UserError(
+                    f"{where}: {name!r} scores {' or '.join(metric.kinds)} samples; the {self.name} task "
+                    f"on dataset {trial.data.name!r} gives {self.sample_kind} samples"
+                )
+            elif metric.needs == LABELS and not self.has_condition_labels(trial):
+                raise UserError(
+                    f"{where}: {name!r} checks each sample against its condition; the trial's samples "
+                    "have none (expected a captioned or class-conditional dataset)"
+                )
+
+    def check_mask_metric(self, trial: TrialConfig, where: str, name: str) -> None:
+        raise UserError(
+            f"{where}: {name!r} scores label maps generated for given images; it needs a joint image + "
+            f"label-map dataset and sampler.condition_on: image (dataset {trial.data.name!r} has none)"
+        )
+
+    def has_condition_labels(self, trial: TrialConfig) -> bool:
+        return trial.model.text is not None
+
+    # ---- the model and its training
+
+    def model_config(self, trial: TrialConfig, shape: DatasetShape) -> ModelConfig:
+        """The network's config: the data's grid and vocabulary, its classes as the condition."""
+        return ModelConfig(vocab_size=shape.vocab_size, grid=shape.grid, **self.model_fields(trial, shape))
+
+    def model_fields(self, trial: TrialConfig, shape: DatasetShape) -> dict[str, Any]:
+        return {**trial.model.model_dump(), "num_classes": shape.num_classes, "text": None}
+
+    def training_conditions(self, config: ModelConfig, data: TokenDataset) -> Tensor | None:
+        """The condition of each training example: its class (N,), or None (unconditional)."""
+        return data.labels if config.num_classes else None
+
+    def positions(self, trial: TrialConfig, shape: DatasetShape) -> float:
+        """Transformer positions per example (the plan's FLOPs ~ parameters x positions)."""
+        return float(math.prod(shape.grid)) / math.prod(trial.model.patch or (1,))
+
+    # ---- generation
+
+    def generation_inputs(self, trial: TrialConfig, net: Any, num_samples: int) -> GenerationInputs:
+        """Balanced class labels (drawn by ``generate``), nothing given."""
+        return GenerationInputs(net)
+
+    def allowed_tokens(self, shape: DatasetShape) -> Tensor | None:
+        """(L, V) bool: the codes each position may take (a data baseline's support); None: all."""
+        return None
+
+    def baseline_tokens(self, trial: TrialConfig, tokens: Tensor) -> Tensor:
+        """A data baseline's samples put into the task (a given modality clamped)."""
+        return tokens
+
+    # ---- scoring and showing
+
+    def feature_metrics(self, trial: TrialConfig) -> list[str]:
+        """The trial's metrics that a feature extractor scores (the evaluator's)."""
+        return [m for m in trial.eval.metrics if METRICS[m].needs != MASKS]
+
+    def score(self, trial: TrialConfig, sets: list[SampleSet]) -> Scores:
+        """Metrics the task scores itself (not through a feature extractor); none here."""
+        return {}, {}, {}
+
+    def preview(self, trial: TrialConfig, samples: SampleSet) -> Tensor:
+        """What a sample grid shows: the images (N, C, H, W)."""
+        return samples.images
+
+    def preview_count(self) -> int:
+        return 100
+
+    def heldout(self, trial: TrialConfig) -> TokenDataset:
+        return load_dataset(trial.data.name, "heldout", **trial.data.options)
+
+
+def cycled(num_samples: int, count: int) -> Tensor:
+    """0, 1, ..., count - 1, 0, 1, ...: the first ``num_samples`` examples of a split, cycled."""
+    return torch.arange(num_samples) % count

@@ -1,0 +1,285 @@
+"""MLflow tracking: the only module that writes to MLflow (names in ``harness.tracking.schema``).
+
+One MLflow experiment per study (``unmask/<study_name>``); one parent run per invocation of the
+study (run or resume); one child run per trial, created from the ledger by :meth:`Tracker.sync`.
+
+Exactly once: a trial is logged when a child run tagged ``unmask.trial_hash`` exists in the
+experiment and is FINISHED (or FAILED with the same attempt count, for a failed record). The check
+reads the store, not the process, so it survives the driver being killed and the study resumed.
+A child left RUNNING by a killed sync is marked KILLED and the trial is logged again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+from harness.run.ledger import TrialRecord
+from harness.tracking.schema import (
+    CI_HIGH,
+    CI_LOW,
+    CURVE_PREFIX,
+    ROLE_INVOCATION,
+    ROLE_TRIAL,
+    STUDY_CONFIG_ARTIFACT,
+    TAG_ATTEMPTS,
+    TAG_ERROR,
+    TAG_HOST,
+    TAG_PROTOCOL_PREFIX,
+    TAG_ROLE,
+    TAG_SECONDS,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TRAINING_HASH,
+    TAG_TRIAL_HASH,
+    experiment_name,
+    trial_runs,
+)
+
+ERROR_TAG_CHARS = min(4000, MAX_TAG_VAL_LENGTH)
+_RUN_STATUS = {"finished": "FINISHED", "failed": "FAILED"}
+
+
+def resolve_tracking_uri(cli_uri: str | None, runs_root: Path) -> str:
+    """The tracking URI: the CLI value, else ``$MLFLOW_TRACKING_URI``, else SQLite under runs_root."""
+    if cli_uri:
+        return cli_uri
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if env_uri:
+        return env_uri
+    root = Path(runs_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root}/mlflow.db"
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {dotted key: leaf value}; an empty dict is kept as a leaf."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _sqlite_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database, not in ``./mlruns`` of the cwd.
+
+    SQLAlchemy reads ``sqlite:///rel.db`` as a relative path and ``sqlite:////abs.db`` as absolute,
+    so the path is whatever follows the third slash.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    if not db_path or db_path == ":memory:":
+        return None
+    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+
+
+def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, create: bool) -> str | None:
+    """The id of the named experiment, created when missing (if create)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage != "active":
+            raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore or purge it first")
+        return experiment.experiment_id
+    if not create:
+        return None
+    return client.create_experiment(name, artifact_location=_sqlite_artifact_location(tracking_uri))
+
+
+def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
+    """Whether one of the terminated runs of this trial already holds the record's result."""
+    for run in runs:
+        if run.info.status == "FINISHED":
+            return True  # the ledger never replaces a finished result
+        same_attempt = run.data.tags.get(TAG_ATTEMPTS) == str(record.attempts)
+        if run.info.status == "FAILED" and record.status == "failed" and same_attempt:
+            return True
+    return False
+
+
+def _metric_entities(record: TrialRecord, timestamp: int) -> list[Metric]:
+    """Final metrics, interval bounds, and the training curve as step metrics."""
+    metrics = [Metric(name, float(value), timestamp, 0) for name, value in _numeric(record.metrics)]
+    for name, bounds in record.intervals.items():
+        if bounds is not None and len(bounds) == 2:
+            low, high = bounds
+            metrics.append(Metric(f"{name}{CI_LOW}", float(low), timestamp, 0))
+            metrics.append(Metric(f"{name}{CI_HIGH}", float(high), timestamp, 0))
+    for step, values in record.training_curve:
+        for name, value in _numeric(values):
+            key = name if name.startswith(CURVE_PREFIX) else f"{CURVE_PREFIX}{name}"
+            metrics.append(Metric(key, float(value), timestamp, int(step)))
+    return metrics
+
+
+def _numeric(values: dict[str, Any]) -> list[tuple[str, float]]:
+    """The (name, value) pairs whose value is a real number (bools and None are left out)."""
+    return [
+        (name, value)
+        for name, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+
+
+def _param_entities(config: dict[str, Any]) -> list[Param]:
+    """The flattened config as params, keys and values cut to MLflow's limits."""
+    flat = flatten_config(config)
+    return [
+        Param(key[:MAX_ENTITY_KEY_LENGTH], str(value)[:MAX_PARAM_VAL_LENGTH])
+        for key, value in sorted(flat.items())
+    ]
+
+
+def _trial_tags(record: TrialRecord, parent_run_id: str) -> dict[str, str]:
+    """Tags set when the child run is created (the trial hash first, so a crash leaves it findable)."""
+    tags = {
+        MLFLOW_PARENT_RUN_ID: parent_run_id,
+        TAG_ROLE: ROLE_TRIAL,
+        TAG_TRIAL_HASH: record.trial_hash,
+        TAG_TRAINING_HASH: record.training_hash,
+        TAG_STATUS: record.status,
+        TAG_ATTEMPTS: str(record.attempts),
+        TAG_SECONDS: f"{record.seconds:.3f}",
+    }
+    if record.error:
+        tags[TAG_ERROR] = record.error[:ERROR_TAG_CHARS]
+    if record.host:
+        tags[TAG_HOST] = record.host
+    for name, protocol in record.protocols.items():
+        text = json.dumps(protocol, sort_keys=True)
+        if len(text) <= MAX_TAG_VAL_LENGTH:  # always, for our protocols (a few hundred chars)
+            tags[f"{TAG_PROTOCOL_PREFIX}{name}"] = text
+    return tags
+
+
+def _artifact_path(path: str, base_dir: Path | None) -> Path:
+    """A record's artifact path; a relative one is read against base_dir when given."""
+    candidate = Path(path)
+    if not candidate.is_absolute() and base_dir is not None:
+        candidate = Path(base_dir) / candidate
+    return candidate
+
+
+class Tracker:
+    """Logs one study to MLflow: a parent run per invocation and a child run per trial."""
+
+    def __init__(self, tracking_uri: str, study_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.study_name = study_name
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_id = _experiment_id(self.client, tracking_uri, experiment_name(study_name), create=True)
+        assert experiment_id is not None
+        self.experiment_id: str = experiment_id
+        self.parent_run_id: str | None = None
+
+    def start_invocation(self, study_config: dict, tags: dict[str, str]) -> str:
+        """Start the parent run of this run/resume, log the study config and tags; return its id."""
+        if self.parent_run_id is not None:
+            raise RuntimeError(f"invocation {self.parent_run_id} is still open; end it first")
+        run_tags = {
+            **{k: str(v) for k, v in tags.items()},
+            TAG_ROLE: ROLE_INVOCATION,
+            TAG_STUDY: self.study_name,
+        }
+        run = self.client.create_run(
+            self.experiment_id, tags=run_tags, run_name=f"{self.study_name}-invocation"
+        )
+        self.parent_run_id = run.info.run_id
+        text = yaml.safe_dump(study_config, sort_keys=False)
+        self.client.log_text(self.parent_run_id, text, STUDY_CONFIG_ARTIFACT)
+        return self.parent_run_id
+
+    def end_invocation(self, status: str = "FINISHED") -> None:
+        """End the parent run (FINISHED, FAILED or KILLED)."""
+        if self.parent_run_id is None:
+            return
+        self.client.set_terminated(self.parent_run_id, status=status)
+        self.parent_run_id = None
+
+    def log_parent_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Attach a file or a folder (a report, its figures) to the parent run."""
+        if Path(path).is_dir():
+            self.client.log_artifacts(self._require_parent(), str(path), artifact_path)
+        else:
+            self.client.log_artifact(self._require_parent(), str(path), artifact_path)
+
+    def reopen_latest_invocation(self) -> bool:
+        """Make the latest (finished) parent run the target of log_parent_artifact; False if none."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_INVOCATION}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        self.parent_run_id = runs[0].info.run_id if runs else None
+        return self.parent_run_id is not None
+
+    def sync(self, records: list[TrialRecord], base_dir: Path | None = None) -> int:
+        """Log every record not yet in MLflow as a child run; return how many runs were created.
+
+        base_dir: where relative paths in ``record.artifacts`` are read from (default: the cwd).
+        """
+        parent_run_id = self._require_parent()
+        existing: dict[str, list[Run]] = {}
+        for run in trial_runs(self.client, self.experiment_id):
+            existing.setdefault(run.data.tags[TAG_TRIAL_HASH], []).append(run)
+        logged_now: set[str] = set()
+        for record in records:
+            runs = existing.get(record.trial_hash, [])
+            terminated = [r for r in runs if r.info.status in ("FINISHED", "FAILED")]
+            if record.trial_hash in logged_now or _is_logged(record, terminated):
+                continue
+            for stale in (r for r in runs if r.info.status == "RUNNING"):
+                self.client.set_terminated(stale.info.run_id, status="KILLED")
+            self._log_trial(record, parent_run_id, base_dir)
+            logged_now.add(record.trial_hash)
+        return len(logged_now)
+
+    def _require_parent(self) -> str:
+        if self.parent_run_id is None:
+            raise RuntimeError("no open invocation: call start_invocation() first")
+        return self.parent_run_id
+
+    def _log_trial(self, record: TrialRecord, parent_run_id: str, base_dir: Path | None) -> None:
+        """Create, fill and terminate one child run; a half-logged run is left KILLED, never FAILED."""
+        run = self.client.create_run(
+            self.experiment_id,
+            tags=_trial_tags(record, parent_run_id),
+            run_name=f"trial-{record.trial_hash[:12]}",
+        )
+        run_id = run.info.run_id
+        try:
+            timestamp = int(time.time() * 1000)
+            self.client.log_batch(
+                run_id,
+                metrics=_metric_entities(record, timestamp),
+                params=_param_entities(record.config),
+                synchronous=True,
+            )
+            self._log_trial_artifacts(run_id, record, base_dir)
+        except BaseException:
+            self.client.set_terminated(run_id, status="KILLED")
+            raise
+        self.client.set_terminated(run_id, status=_RUN_STATUS.get(record.status, "FAILED"))
+
+    def _log_trial_artifacts(self, run_id: str, record: TrialRecord, base_dir: Path | None) -> None:
+        """The resolved config (YAML), the protocols (JSON) and every artifact file that exists."""
+        self.client.log_text(run_id, yaml.safe_dump(record.config, sort_keys=False), "config.yaml")
+        self.client.log_text(run_id, json.dumps(record.protocols, indent=2, sort_keys=True), "protocol.json")
+        for name, path in sorted(record.artifacts.items()):
+            local = _artifact_path(path, base_dir)
+            if local.is_file():
+                self.client.log_artifact(run_id, str(local), artifact_path=name)
