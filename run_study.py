@@ -9,7 +9,8 @@
   run_study.py evaluate SAMPLES --dataset D     rescore samples saved on disk (no resampling)
   run_study.py tokenize IMAGES OUT --tokenizer VQ   an image folder into a shard folder (resumable)
 
-Exit code 2 on invalid input, with nothing started.
+Exit code 2 on invalid input (harness.errors.UserError), with nothing started; any other error is a
+bug: exit 1 with its traceback.
 """
 
 from __future__ import annotations
@@ -181,8 +182,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from harness.config.trial import ConfigError
-    from models.checkpoint import CheckpointError
+    from harness.errors import UserError
 
     try:
         if args.command == "validate":
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {report.markdown} and {report.html}")
             return 0
         return _run(args)
-    except (ConfigError, CheckpointError, KeyError, FileNotFoundError, ValueError) as err:
+    except UserError as err:  # bad input; anything else is a bug and keeps its traceback (exit 1)
         print(f"error: {err}", file=sys.stderr)
         return 2
 

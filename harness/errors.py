@@ -7,6 +7,7 @@ any other exception is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 
@@ -26,3 +27,15 @@ def check_known(name: object, known: Iterable[str], field: str) -> None:
     known = sorted(str(k) for k in known)
     if name not in known:
         raise UserError(f"{field}: unknown {name!r}; expected one of {known}{did_you_mean(name, known)}")
+
+
+def short(value: object, limit: int = 80) -> str:
+    """A repr of ``value`` bounded in depth, items and length: an error message never echoes
+    unbounded input (a huge list, a YAML alias bomb, a self-referencing structure)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keywords
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = 6

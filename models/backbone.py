@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from models.modalities import Layout
 from models.patching import patchify, unpatchify
+from models.registry import check_keys
 from models.text import PAD, TextConfig, build_text_encoder
 
 TIMESTEP_MODES = ("explicit", "implicit")
@@ -162,14 +163,6 @@ class ModelConfig:
 
     def with_(self, **changes) -> ModelConfig:
         return replace(self, **changes)
-
-
-def check_keys(section: str, d: dict, cls: type) -> None:
-    """Unknown keys are an error that names them and the allowed ones."""
-    allowed = sorted(cls.__dataclass_fields__)
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise ValueError(f"{section}: unknown key(s) {unknown}; allowed keys are {allowed}")
 
 
 def sincos_grid(grid: tuple[int, ...], dim: int) -> Tensor:

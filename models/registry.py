@@ -49,3 +49,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+def check_keys(section: str, d: dict, cls: type) -> None:
+    """Unknown keys are an error that names them and the allowed ones."""
+    allowed = sorted(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(f"{section}: unknown key(s) {unknown}; allowed keys are {allowed}")

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.registry import check_keys
+
 TEXT_ENCODERS = ("learned", "clip")
 PAD, UNKNOWN = 0, 1  # caption ids; words of a learned vocabulary start at 2
 
@@ -66,8 +68,6 @@ class TextConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TextConfig:
-        from models.backbone import check_keys  # backbone imports this module
-
         check_keys("model.text", d, cls)
         return cls(**d)
 

@@ -32,7 +32,7 @@ for _key, _value in RAY_TEST_ENV.items():
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run_study.py is a script at the root, not a package module
     sys.path.insert(0, str(REPO))
-BASE_YAML = REPO / "search_spaces" / "base.yaml"
+BASE_YAML = REPO / "search_spaces" / "small.yaml"  # the CPU-scale base of the embedded studies
 CACHE_ENV = "UNMASK_CACHE"
 MARKER_ENV = "UNMASK_TEST_PROCESS_TAG"  # carried by every process a tracked subprocess starts
 
@@ -108,7 +108,7 @@ def make_runs_root(path: Path, cache: Path) -> Path:
 
 @pytest.fixture
 def write_study(tmp_path: Path) -> Callable[..., Path]:
-    """write_study(name, **fields) -> the path of a study YAML whose base is search_spaces/base.yaml."""
+    """write_study(name, **fields) -> the path of a study YAML whose base is search_spaces/small.yaml."""
     return lambda name, **fields: study_file(tmp_path / "studies", name, **fields)
 
 

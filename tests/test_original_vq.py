@@ -18,7 +18,7 @@ from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions,
 
 from harness.data.tokenizers.original_vq import VQ_PRESETS, OriginalVQConfig, ldm_name, read_vq_config
 from harness.data.tokenizers.pretrained_vq import PretrainedWeightsError, build_tokenizer, load_original_vq
-from models.registry import UnknownNameError
+from harness.errors import UserError
 
 CFG = OriginalVQConfig(n_embed=32, embed_dim=4, z_channels=4, ch=8, ch_mult=(1, 2, 2), num_res_blocks=2,
                        attn_resolutions=(4,), resolution=16, norm_num_groups=4)  # fmt: skip
@@ -99,7 +99,7 @@ def test_bad_checkpoints_name_the_file_and_the_keys(tmp_path) -> None:
         load_original_vq(path, 16, config=CFG.to_dict())
     with pytest.raises(ValueError, match="exactly one of --tokenizer-preset"):
         load_original_vq(path, 16)
-    with pytest.raises(UnknownNameError, match="ldm-vq-f8"):
+    with pytest.raises(UserError, match="unknown tokenizer preset 'ldm-vq-f4'.*ldm-vq-f8"):
         load_original_vq(path, 16, preset="ldm-vq-f4")
 
 

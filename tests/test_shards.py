@@ -52,7 +52,7 @@ def test_shape_needs_no_data_and_bad_options_are_config_errors(tmp_path) -> None
 def test_mismatches_and_corruption_name_the_file_or_field(folder, tmp_path) -> None:
     with pytest.raises(ShardError, match="data.options.vocab_size"):
         load_dataset("shards", "train", **_options(folder, vocab_size=18))
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(ShardError, match="nowhere': no manifest.json"):  # bad input: run_study exits 2
         load_dataset("shards", "train", **_options(tmp_path / "nowhere"))
     shard = folder / "train-00001.npy"
     data = np.load(shard)

@@ -17,7 +17,7 @@ from harness.data.sources.canvases import canvases_split
 from harness.data.sources.captioned_canvases import CAPTION_VOCABULARY, scene_caption
 from harness.evaluation import Evaluator, load_samples, register_domain_extractor
 from harness.evaluation.domain import DomainSpec
-from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
+from harness.evaluation.domain_cnn import ClassifierTrainConfig, DomainCNNConfig
 from harness.tasks.text import conditioning_fields, generation_conditions
 from harness.tracking.schema import TAG_PROTOCOL_PREFIX
 from models.backbone import DiscreteDiT, ModelConfig
@@ -189,7 +189,7 @@ SMALL_CNN = register_domain_extractor(
         dataset="captioned-canvases",
         load_split=_small_scenes,
         model=DomainCNNConfig(in_channels=1, num_classes=200, input_size=(16, 16), width=4, feature_dim=16),
-        train=TrainConfig(epochs=3, batch_size=50, threads=1),
+        train=ClassifierTrainConfig(epochs=3, batch_size=50, threads=1),
     )
 )
 

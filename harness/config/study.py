@@ -18,10 +18,10 @@ concurrency: 2
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,20 +30,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config.recipes import RECIPES
 from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, set_dotted
+from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+MAX_FILE_BYTES = 1 << 20  # a study or base file; anything larger is not a hand-written config
+MAX_NODES = 100_000  # YAML nodes per file, aliases expanded
+# A study name is a folder under the runs root: a plain name, never a path.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SearchSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
     algorithm: Literal["grid", "random", "optuna"] = "grid"
     num_trials: int = Field(default=8, ge=1)
     seed: int = 0
+    # The most trials a study may plan (grid cells x variants x seeds, or num_trials): a typo
+    # such as num_trials: 1e9 is refused with its count instead of running validation for hours.
+    max_trials: int = Field(default=5000, ge=1)
 
 
 class SchedulerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
     name: Literal["fifo", "asha"] = "fifo"
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1)
@@ -53,7 +62,7 @@ class Resources(BaseModel):
     """Per trial; with ``workers`` > 1 each training runs data parallel on that many Ray Train
     workers of ``cpu`` and ``gpu`` each (harness.ray.distributed), the same steps as one process."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
     workers: int = Field(default=1, ge=1)
@@ -62,8 +71,8 @@ class Resources(BaseModel):
 class StudySpec(BaseModel):
     """A validated study file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
+    model_config = STRICT
+    name: str = Field(pattern=NAME_PATTERN)
     base: str = "base.yaml"
     description: str = ""
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -82,13 +91,42 @@ class StudySpec(BaseModel):
     reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no tag that builds an object) that refuses a document whose tree, with
+    every alias expanded, has more than MAX_NODES nodes (an alias bomb: nine aliases of nine
+    aliases of ... are a few lines that expand to billions), before anything is constructed."""
+
+    def construct_document(self, node):  # noqa: ANN001 (PyYAML's signature)
+        sizes: dict[int, int] = {}
+
+        def expanded(n) -> int:  # noqa: ANN001
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a node inside itself (a recursive alias) counts once
+                children = n.value if isinstance(n.value, list) else []
+                items = [c for child in children for c in (child if isinstance(child, tuple) else (child,))]
+                sizes[id(n)] = 1 + sum(expanded(c) for c in items)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_NODES:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_NODES:,} nodes (aliases expanded)")
+        return super().construct_document(node)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file, safely: its size and its expanded tree bounded, UTF-8 only."""
     if not path.is_file():
         raise ConfigError(f"file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; a study or base file is at most {MAX_FILE_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err)[:300]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -102,10 +140,7 @@ def _field_hint(loc: tuple) -> str:
         if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
             return ""
         model = info.annotation
-    close = difflib.get_close_matches(
-        str(loc[-1]), [f for f in model.model_fields if f != "base_config"], n=1
-    )
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(loc[-1], [f for f in model.model_fields if f != "base_config"])
 
 
 def load_study(path: str | Path) -> StudySpec:
@@ -116,7 +151,7 @@ def load_study(path: str | Path) -> StudySpec:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
         lines = [
-            f"  {'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}"
+            f"  {'.'.join(map(str, e['loc']))} = {short(e.get('input'))}: {e['msg']}"
             + (_field_hint(e["loc"]) if e["type"] == "extra_forbidden" else "")
             for e in err.errors()
         ]
@@ -190,13 +225,49 @@ def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
     raise ConfigError(f"space.{key}: expected a list (grid) or one of {list(DISTRIBUTIONS)}, got {value!r}")
 
 
-def _probe_values(kind: str, params: list[Any]) -> list[Any]:
-    """Values that stand for a distribution when validating types."""
-    if kind in ("grid", "choice"):
-        return params
-    if kind == "randint":
-        return [int(params[0]), int(params[1]) - 1]
-    return [float(params[0]), float(params[1])]
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a study's space: a grid / choice of values or a distribution over [low, high)
+    (``randint``: integers low..high - 1). The one place a distribution's meaning is written:
+    random search draws from it here, Ray Tune gets it from ``tune_distribution``."""
+
+    key: str
+    kind: str
+    params: list[Any]
+
+    @classmethod
+    def of(cls, key: str, value: Any) -> Axis:
+        return cls(key, *_axis_values(key, value))
+
+    def probe_values(self) -> list[Any]:
+        """Values that stand for the axis when validating types."""
+        if self.kind in ("grid", "choice"):
+            return self.params
+        if self.kind == "randint":
+            return [int(self.params[0]), int(self.params[1]) - 1]
+        return [float(self.params[0]), float(self.params[1])]
+
+    def draw(self, rng: random.Random) -> Any:
+        if self.kind in ("grid", "choice"):
+            return rng.choice(self.params)
+        low, high = self.params
+        if self.kind == "uniform":
+            return rng.uniform(low, high)
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(low), math.log(high)))
+        return rng.randrange(int(low), int(high))
+
+    def tune_distribution(self) -> tuple[str, tuple[Any, ...]]:
+        """(name of the ``ray.tune`` search-space function, its arguments)."""
+        if self.kind in ("grid", "choice"):
+            return "choice", (self.params,)
+        if self.kind == "randint":
+            return "randint", (int(self.params[0]), int(self.params[1]))
+        return self.kind, (float(self.params[0]), float(self.params[1]))
+
+
+def axes(spec: StudySpec) -> list[Axis]:
+    return [Axis.of(key, value) for key, value in spec.space.items()]
 
 
 def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, seed: int) -> TrialConfig:
@@ -210,10 +281,9 @@ def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, se
     recipe = pins.pop("recipe", None)
     if recipe is not None:  # under the study's overrides and space: a sweep still sweeps the recipe
         if recipe not in RECIPES:
-            close = difflib.get_close_matches(str(recipe), list(RECIPES), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"variants.{variant}.recipe: unknown {recipe!r}; expected one of {sorted(RECIPES)}{hint}"
+                f"variants.{variant}.recipe: unknown {recipe!r}; expected one of {sorted(RECIPES)}"
+                f"{did_you_mean(recipe, RECIPES)}"
             )
         for key, value in RECIPES[recipe].overrides.items():
             set_dotted(d, key, value)
@@ -222,7 +292,10 @@ def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, se
         for key, value in layer.items():
             set_dotted(d, key, value)
     d["seed"] = seed
-    trial = build_trial(d, where=f"trial (variant {variant}, {assignment})" if assignment else "trial")
+    where = ", ".join(
+        ([f"variant {variant}"] if variant else []) + ([short(assignment, 200)] if assignment else [])
+    )
+    trial = build_trial(d, where=f"trial ({where})" if where else "trial")
     if trial.train.batch_size % spec.resources.workers:
         raise ConfigError(
             f"train.batch_size = {trial.train.batch_size} is not divisible by resources.workers = "
@@ -231,8 +304,22 @@ def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, se
     return trial
 
 
+def planned_trials(spec: StudySpec) -> int:
+    """How many trials the study asks for, counted without expanding anything."""
+    if spec.search.algorithm != "grid":
+        return spec.search.num_trials
+    cells = math.prod(len(axis.params) for axis in axes(spec))
+    return cells * max(1, len(spec.variants)) * len(spec.seeds)
+
+
 def validate_study(spec: StudySpec) -> None:
     """Checks keys, distributions, types and the metric before anything starts."""
+    count = planned_trials(spec)
+    if count > spec.search.max_trials:
+        raise ConfigError(
+            f"the study plans {count:,} trials, more than search.max_trials = {spec.search.max_trials:,};"
+            " narrow the space or raise search.max_trials"
+        )
     for key in [
         *spec.overrides,
         *spec.space,
@@ -245,13 +332,17 @@ def validate_study(spec: StudySpec) -> None:
             raise ConfigError(
                 f"search.algorithm grid needs grid/choice axes; {bad} are continuous: use random or optuna"
             )
-    probes = {k: _probe_values(*_axis_values(k, v)) for k, v in spec.space.items()}
+    # Every axis value is tried in a real cell of the study: the other axes at their first value
+    # (a config outside the space, e.g. without the axis that makes it valid, is not judged).
+    probes = {axis.key: axis.probe_values() for axis in axes(spec)}
+    corner = {key: values[0] for key, values in probes.items()}
     variants = list(spec.variants) or [None]
-    first = resolve(spec, {}, variants[0], spec.seeds[0])
+    first = resolve(spec, corner, variants[0], spec.seeds[0])
     for variant in variants:
+        resolve(spec, corner, variant, spec.seeds[0])
         for key, values in probes.items():
             for value in values:
-                resolve(spec, {key: value}, variant, spec.seeds[0])
+                resolve(spec, {**corner, key: value}, variant, spec.seeds[0])
     if not spec.space and not spec.variants and len(spec.seeds) == 1 and spec.search.algorithm != "grid":
         raise ConfigError("space is empty: nothing to search")
     extra = [e.key(m) for e in first.eval.extra_protocols for m in e.metrics]
@@ -292,17 +383,7 @@ def sample_random(spec: StudySpec) -> list[TrialConfig]:
     variants = list(spec.variants) or [None]
     trials = []
     for i in range(spec.search.num_trials):
-        assignment = {}
-        for key, value in spec.space.items():
-            kind, params = _axis_values(key, value)
-            if kind in ("grid", "choice"):
-                assignment[key] = rng.choice(params)
-            elif kind == "uniform":
-                assignment[key] = rng.uniform(*params)
-            elif kind == "loguniform":
-                assignment[key] = math.exp(rng.uniform(math.log(params[0]), math.log(params[1])))
-            else:
-                assignment[key] = rng.randrange(int(params[0]), int(params[1]))
+        assignment = {axis.key: axis.draw(rng) for axis in axes(spec)}
         trials.append(resolve(spec, assignment, variants[i % len(variants)], spec.seeds[i % len(spec.seeds)]))
     return trials
 

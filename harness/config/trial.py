@@ -7,16 +7,27 @@ that name the key and suggest the closest valid one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from harness.config.recipes import RECIPES
 from harness.data.registry import DATASETS, dataset_shape
 from harness.data.types import DatasetShape
-from harness.errors import UserError, did_you_mean
+from harness.errors import UserError, did_you_mean, short
 from harness.evaluation import EXTRACTORS, METRICS
 from harness.generation.baselines import BASELINES
 from harness.tasks.base import Task
@@ -26,6 +37,7 @@ from models.losses import LOSSES
 from models.samplers import RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDULES
 from models.schedulers import SCHEDULERS
 from models.text import TextConfig
+from models.trainer import TrainConfig
 
 
 class ConfigError(UserError):
@@ -40,7 +52,8 @@ def _known(name: str, registry, field: str) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float of a trial is finite (lr: .inf or cfg_scale: .nan is refused).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -75,36 +88,66 @@ class ModelSection(Section):
     @classmethod
     def _text(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            TextConfig.from_dict(v)  # unknown keys and bad values fail here, naming them
+            text = TextConfig.from_dict(v)  # unknown keys and bad values fail here, naming them
+            if text.path is not None and not Path(text.path).expanduser().is_dir():
+                raise ValueError(f"model.text.path: {text.path!r} is not a folder (a local CLIP text model)")
         return v
 
 
-class TrainSection(Section):
-    steps: int = Field(default=1500, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = Field(default=100, ge=0)
-    lr_decay: Literal["constant", "cosine"] = "constant"
-    grad_clip: float = Field(default=1.0, ge=0)
-    ema_decay: float = Field(default=0.999, ge=0, le=1)
-    class_dropout: float = Field(default=0.1, ge=0, le=1)
-    scheduler: str = "linear"
-    scheduler_params: dict[str, float] = Field(default_factory=dict)
-    loss: str = "masked_ce"
-    corruption: Literal["interpolant", "maskgit"] = "interpolant"
-    t_eps: float = Field(default=1e-3, ge=0, lt=1)
-    bf16: bool = False
-    compile: bool = False
-    checkpoint_every: int = Field(default=500, ge=0)
-    tf32: bool = False  # TF32 float32 matmuls/convolutions on CUDA
-    fused_adamw: Literal["auto"] | bool = "auto"  # auto: fused on CUDA
-    activation_checkpointing: bool = False  # recompute blocks in backward (memory for compute)
+def section_from_dataclass(
+    cls: type, constraints: dict[str, FieldInfo], exclude: tuple[str, ...]
+) -> type[Section]:
+    """A Section with the dataclass's fields (names, types, defaults: the one definition), each
+    narrowed by its entry in ``constraints`` (bounds); fields in ``exclude`` are left out."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    if set(constraints) - names:
+        raise TypeError(f"constraints on fields {sorted(set(constraints) - names)} that {cls.__name__} lacks")
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        default = (
+            f.default
+            if f.default_factory is dataclasses.MISSING
+            else Field(default_factory=f.default_factory)
+        )
+        fields[f.name] = (Annotated[hints[f.name], constraints.get(f.name, Field())], default)
+    return create_model(f"{cls.__name__}Fields", __base__=Section, __module__=__name__, **fields)
+
+
+# Bounds on models.trainer.TrainConfig's fields; their names, types (choices as Literal) and
+# defaults come from the dataclass. Its seed is the trial's (TrialConfig.seed), not a train field.
+TRAIN_CONSTRAINTS: dict[str, FieldInfo] = {
+    "steps": Field(ge=1),
+    "batch_size": Field(ge=1),
+    "grad_accum": Field(ge=1),
+    "lr": Field(gt=0),
+    "weight_decay": Field(ge=0),
+    "warmup_steps": Field(ge=0),
+    "grad_clip": Field(ge=0),
+    "ema_decay": Field(ge=0, le=1),
+    "class_dropout": Field(ge=0, le=1),
+    "t_eps": Field(ge=0, lt=1),
+    "checkpoint_every": Field(ge=0),
+}
+
+
+class TrainSection(section_from_dataclass(TrainConfig, TRAIN_CONSTRAINTS, exclude=("seed",))):
+    """``models.trainer.TrainConfig`` without its seed, validated: see TRAIN_CONSTRAINTS."""
 
     _scheduler = field_validator("scheduler")(lambda v: _known(v, SCHEDULERS, "scheduler"))
     _loss = field_validator("loss")(lambda v: _known(v, LOSSES, "loss weighting"))
+
+    @model_validator(mode="after")
+    def _trainer_accepts(self) -> TrainSection:
+        """The trainer's own checks run here, so that a parameter the scheduler does not take
+        fails at validation, not when the training starts."""
+        try:
+            TrainConfig(**self.model_dump())
+        except TypeError as err:  # the scheduler's unexpected keyword argument
+            raise ValueError(f"train.scheduler_params {self.scheduler_params}: {err}") from None
+        return self
 
 
 class EulerOptions(Section):
@@ -225,8 +268,16 @@ class TrialConfig(Section):
 
     @model_validator(mode="after")
     def _task_checks(self) -> TrialConfig:
-        """The trial's task family refuses, here, every trial it would fail on after training."""
-        self.task().check(self, self.shape())
+        """The trial's task family refuses, here, every trial it would fail on after training; the
+        network's config is built (not the network) so that a model it cannot build is refused too."""
+        shape, task = self.shape(), self.task()
+        task.check(self, shape)
+        if not self.sampler.is_baseline:
+            try:
+                task.model_config(self, shape)
+            except (ValueError, TypeError) as err:
+                message = str(err)
+                raise UserError(message if message.startswith("model") else f"model: {message}") from None
         return self
 
     def shape(self) -> DatasetShape:
@@ -327,5 +378,5 @@ def build_trial(d: dict[str, Any], where: str = "config") -> TrialConfig:
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
             # A whole-config check (no location) names its field in the message itself.
-            lines.append(f"  {loc} = {e.get('input')!r}: {e['msg']}" if loc else f"  {e['msg']}")
+            lines.append(f"  {loc} = {short(e.get('input'))}: {e['msg']}" if loc else f"  {e['msg']}")
         raise ConfigError(f"invalid {where}:\n" + "\n".join(lines)) from None

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError, create_model
 from torch import Tensor
 
-from harness.errors import UserError, did_you_mean
+from harness.errors import UserError, did_you_mean, short
 
 SPLITS = ("train", "heldout")
 
@@ -89,7 +91,8 @@ class Dataset:
     a learned tokenizer the originals, so its reconstruction error counts against every sample).
     ``default_extractor``: the feature extractor its samples are scored with unless a config names
     another (None: a config must name one). The options are typed by the keyword-only parameters
-    of ``shape``; a ``shape`` that takes ``**options`` checks them itself.
+    of ``shape``, or the fields of ``options`` (a dataclass) for a ``shape`` that takes ``**options``;
+    without either, ``shape`` checks them itself.
     """
 
     name: str
@@ -98,10 +101,11 @@ class Dataset:
     real_images: Callable[..., tuple[Tensor, Tensor | None]]
     default_extractor: str | None = None
     summary: str = ""
+    options: type | None = None  # a dataclass of the options, for a ``shape`` that takes **options
     _options: type[BaseModel] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_options", _options_model(self.name, self.shape))
+        object.__setattr__(self, "_options", _options_model(self.name, self.shape, self.options))
 
     def option_names(self) -> list[str] | None:
         """The options it takes (None: checked by ``shape`` itself)."""
@@ -122,12 +126,19 @@ class Dataset:
                         f"data.options.{key}: not an option of dataset {self.name!r}; expected some of "
                         f"{known}{did_you_mean(key, known)}"
                     )
+            fields = self._options.model_fields
+            missing = [key for key, info in fields.items() if info.is_required() and key not in options]
+            if missing:
+                raise UserError(
+                    f"data.options for {self.name!r}: missing {missing}; expected {missing} and optionally "
+                    f"{[key for key in known if key not in missing]}"
+                )
             try:
                 self._options.model_validate(options)
             except ValidationError as err:
                 e = err.errors()[0]
                 where = ".".join(str(p) for p in e["loc"])
-                raise UserError(f"data.options.{where}: {_short(e.get('input'))}: {e['msg']}") from None
+                raise UserError(f"data.options.{where}: {short(e.get('input'))}: {e['msg']}") from None
         try:
             return self.shape(**options)
         except TypeError as err:  # an option a **options shape does not take
@@ -136,18 +147,43 @@ class Dataset:
             raise UserError(str(err)) from None
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _options_model(name: str, shape: Callable[..., DatasetShape]) -> type[BaseModel] | None:
-    """A strict pydantic model of ``shape``'s keyword-only parameters (their annotations and
-    defaults), or None when it takes ``**options``."""
-    params = inspect.signature(shape).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    hints = typing.get_type_hints(shape)
-    fields = {p.name: (hints.get(p.name, Any), p.default) for p in params if p.kind is p.KEYWORD_ONLY}
-    config = ConfigDict(extra="forbid", strict=True)
+def _options_model(
+    name: str, shape: Callable[..., DatasetShape], options: type | None
+) -> type[BaseModel] | None:
+    """A pydantic model of the dataset's options: the fields of ``options`` (a dataclass) or the
+    keyword-only parameters of ``shape`` (annotations and defaults; a parameter without a default
+    is required); None when ``shape`` takes ``**options`` and no dataclass is given. Scalars are
+    strict (2.7 is not an integer, "yes" not a boolean), floats finite, lists read as tuples."""
+    if options is not None:
+        hints = typing.get_type_hints(options)
+        fields = {
+            f.name: (_strict(hints[f.name]), ... if f.default is dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(options)
+        }
+    else:
+        params = inspect.signature(shape).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        hints = typing.get_type_hints(shape)
+        fields = {
+            p.name: (_strict(hints.get(p.name, Any)), ... if p.default is p.empty else p.default)
+            for p in params
+            if p.kind is p.KEYWORD_ONLY
+        }
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)
     return create_model(f"{name.title().replace('-', '')}Options", __config__=config, **fields)
+
+
+_STRICT = {int: StrictInt, bool: StrictBool, str: StrictStr, float: float}
+
+
+def _strict(tp: Any) -> Any:
+    """The annotation with its scalars strict (containers keep converting lists to tuples)."""
+    if tp in _STRICT:
+        return _STRICT[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is None or not args:
+        return tp
+    if origin is types.UnionType:
+        return typing.Union[tuple(_strict(a) for a in args)]  # noqa: UP007 (built from parts)
+    return origin[tuple(_strict(a) if a is not Ellipsis else a for a in args)]

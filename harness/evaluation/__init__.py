@@ -11,7 +11,12 @@ from files the user names, and domain extractors are trained by this project and
 from harness.data.sources.moving_digits import moving_digit_clips
 from harness.evaluation import animals, canvases, domain, i3d, inception, video  # noqa: F401
 from harness.evaluation.domain import DIGITS_CNN, DomainExtractor, DomainSpec, register_domain_extractor
-from harness.evaluation.domain_cnn import DomainCNN, DomainCNNConfig, TrainConfig, train_domain_classifier
+from harness.evaluation.domain_cnn import (
+    ClassifierTrainConfig,
+    DomainCNN,
+    DomainCNNConfig,
+    train_domain_classifier,
+)
 from harness.evaluation.evaluator import Evaluator, default_metrics
 from harness.evaluation.extractors import (
     EXTRACTORS,
@@ -70,7 +75,7 @@ __all__ = [
     "ReferenceSet",
     "ReferenceStats",
     "SampleSet",
-    "TrainConfig",
+    "ClassifierTrainConfig",
     "WeightsNotFoundError",
     "build_extractor",
     "dataset_reference",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from harness.data.sources.animals import animal_split
 from harness.evaluation.domain import DomainSpec, register_domain_extractor
-from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
+from harness.evaluation.domain_cnn import ClassifierTrainConfig, DomainCNNConfig
 
 ANIMALS_CNN = register_domain_extractor(
     DomainSpec(
@@ -18,6 +18,6 @@ ANIMALS_CNN = register_domain_extractor(
         dataset="animals",
         load_split=animal_split,
         model=DomainCNNConfig(in_channels=1, num_classes=10, input_size=(28, 28), width=16, feature_dim=128),
-        train=TrainConfig(epochs=15, batch_size=64, lr=2e-3, threads=2),
+        train=ClassifierTrainConfig(epochs=15, batch_size=64, lr=2e-3, threads=2),
     )
 )

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from harness.data.sources.canvases import canvases_split
 from harness.evaluation.domain import DomainSpec, register_domain_extractor
-from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
+from harness.evaluation.domain_cnn import ClassifierTrainConfig, DomainCNNConfig
 
 # Canvases the classifier learns from: many more scenes than the model's training set needs,
 # all composed from the train digits (held-out canvases use only held-out digits).
@@ -34,6 +34,6 @@ CANVASES_CNN = register_domain_extractor(
         model=DomainCNNConfig(
             in_channels=1, num_classes=200, input_size=(CANVAS, CANVAS), width=16, feature_dim=128
         ),
-        train=TrainConfig(epochs=12, batch_size=64, lr=2e-3, threads=2),
+        train=ClassifierTrainConfig(epochs=12, batch_size=64, lr=2e-3, threads=2),
     )
 )

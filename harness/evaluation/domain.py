@@ -22,13 +22,19 @@ from harness.cache import cache_dir as resolve_cache_dir
 from harness.cache import load_torch, save_torch, sha256_tensors, stable_hash
 from harness.data.registry import load_dataset
 from harness.evaluation.domain_cnn import (
+    ClassifierTrainConfig,
     DomainCNN,
     DomainCNNConfig,
-    TrainConfig,
     classifier_accuracy,
     train_domain_classifier,
 )
-from harness.evaluation.extractors import EXTRACTORS, IMAGE, VIDEO, FeatureExtractor, WeightsNotFoundError
+from harness.evaluation.extractors import (
+    IMAGE,
+    VIDEO,
+    FeatureExtractor,
+    WeightsNotFoundError,
+    register_extractor,
+)
 
 CACHE_FORMAT = 1
 # split -> (x (N, C, *input_size) in [0, 1], labels (N,) long)
@@ -44,7 +50,7 @@ class DomainSpec:
     dataset: str
     load_split: SplitLoader
     model: DomainCNNConfig
-    train: TrainConfig = TrainConfig()
+    train: ClassifierTrainConfig = ClassifierTrainConfig()
 
 
 class DomainExtractor(FeatureExtractor):
@@ -144,7 +150,7 @@ def register_domain_extractor(spec: DomainSpec) -> DomainSpec:
         return domain_extractor(spec, cache_dir=cache_dir, weights_path=weights_path)
 
     build.__doc__ = f"Domain CNN for {spec.dataset!r}, trained on its training split and cached."
-    EXTRACTORS.register(spec.extractor)(build)
+    register_extractor(spec.extractor, VIDEO if len(spec.model.input_size) == 3 else IMAGE)(build)
     return spec
 
 

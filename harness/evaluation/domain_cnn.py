@@ -37,7 +37,7 @@ class DomainCNNConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ClassifierTrainConfig:
     """AdamW on cross-entropy; threads is the torch thread count used while training."""
 
     epochs: int = 10
@@ -93,7 +93,7 @@ def deterministic(seed: int, threads: int) -> Iterator[None]:
 
 
 def train_domain_classifier(
-    x: Tensor, labels: Tensor, config: DomainCNNConfig, train: TrainConfig = TrainConfig()
+    x: Tensor, labels: Tensor, config: DomainCNNConfig, train: ClassifierTrainConfig = ClassifierTrainConfig()
 ) -> DomainCNN:
     """Fit a DomainCNN to (x (N, C, *input_size) in [0, 1], labels (N,) long); returns it in eval mode."""
     if tuple(x.shape[2:]) != tuple(config.input_size) or x.shape[1] != config.in_channels:

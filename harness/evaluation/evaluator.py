@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from harness.errors import UserError, check_known
 from harness.evaluation.extractors import (
     FeatureExtractor,
     Features,
@@ -45,13 +46,13 @@ def default_metrics(extractor: FeatureExtractor) -> list[str]:
 
 def _check_metric(metric: Metric, extractor: FeatureExtractor) -> Metric:
     if metric.needs == MASKS:
-        raise ValueError(f"{metric.key} scores segmentation masks; use segmentation.miou_result")
+        raise UserError(f"{metric.key} scores segmentation masks; use segmentation.miou_result")
     if extractor.input_kind not in metric.kinds:
-        raise ValueError(
+        raise UserError(
             f"{metric.key} applies to {metric.kinds} inputs; {extractor.name} takes {extractor.input_kind}s"
         )
     if metric.needs in (LOGITS, LABELS) and extractor.num_logits is None:
-        raise ValueError(
+        raise UserError(
             f"{metric.key} needs class logits, which {extractor.name} lacks (try inception-v3-compat)"
         )
     return metric
@@ -80,6 +81,8 @@ class Evaluator:
         data_options: dict | None = None,
         batch_size: int = 64,
     ) -> None:
+        for name in metrics or ():
+            check_known(name, METRICS, "metrics")  # before an extractor is built (or trained)
         if isinstance(reference, str):
             reference = dataset_reference(reference, split, num_reference, options=data_options)
         self.reference = reference
@@ -200,6 +203,6 @@ class Evaluator:
         """Score samples saved by ``save_samples``; their meta must record ``sample_seed``."""
         samples = load_samples(path)
         if "sample_seed" not in samples.meta:
-            raise ValueError(f"{path}: the samples' meta has no 'sample_seed'; it is part of the protocol")
+            raise UserError(f"{path}: the samples' meta has no 'sample_seed'; it is part of the protocol")
         seed = int(samples.meta["sample_seed"])
         return self.evaluate(samples.images, seed, bootstrap=bootstrap, labels=samples.labels)

@@ -15,13 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from harness.data.registry import get_dataset
-from harness.errors import UserError
+from harness.errors import UserError, check_known
 from models.registry import Registry
 
 IMAGE, VIDEO = "image", "video"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """A weights file the user must supply is missing; the message says what and where from."""
 
 
@@ -62,13 +62,21 @@ class FeatureExtractor(nn.Module):
 
 
 EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
+# name -> IMAGE or VIDEO: what an extractor takes, known without building it (validation).
+INPUT_KINDS: dict[str, str] = {}
+
+
+def register_extractor(name: str, input_kind: str):
+    """EXTRACTORS.register(name), recording the extractor's input kind."""
+    INPUT_KINDS[name] = input_kind
+    return EXTRACTORS.register(name)
 
 
 def default_extractor_name(dataset: str, override: str | None = None) -> str:
     """``override`` if given, else the dataset's default (``harness.data.types.Dataset``); a
     dataset without one is an error."""
     if override is not None:
-        EXTRACTORS[override]  # fail early, listing the known names
+        check_known(override, EXTRACTORS, "extractor")  # fail early, listing the known names
         return override
     default = get_dataset(dataset).default_extractor
     if default is None:

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.evaluation.extractors import (
-    EXTRACTORS,
     VIDEO,
     FeatureExtractor,
     WeightsNotFoundError,
+    register_extractor,
     to_three_channels,
 )
 from harness.evaluation.i3d_net import InceptionI3d
@@ -174,7 +174,7 @@ class I3DExtractor(FeatureExtractor):
         return logits, logits
 
 
-@EXTRACTORS.register("i3d")
+@register_extractor("i3d", VIDEO)
 def i3d(*, weights_path: str | Path | None = None, cache_dir: str | Path | None = None) -> I3DExtractor:
     """The Kinetics-400 I3D from weights_path, else from $UNMASK_I3D_WEIGHTS; never downloaded."""
     path = weights_path or os.environ.get(I3D_ENV)

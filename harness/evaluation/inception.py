@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from harness.cache import sha256_file
 from harness.evaluation.extractors import (
-    EXTRACTORS,
+    IMAGE,
     FeatureExtractor,
     WeightsNotFoundError,
+    register_extractor,
     to_three_channels,
 )
 
@@ -162,14 +163,14 @@ class InceptionV3Compat(FeatureExtractor):
         return features, logits
 
 
-@EXTRACTORS.register("inception")
+@register_extractor("inception", IMAGE)
 def inception(*, weights_path: str | Path | None = None, cache_dir: str | Path | None = None) -> InceptionFID:
     """The shipped FID Inception-v3, or a TorchScript file of the same kind at weights_path."""
     path = require_file(weights_path, "your own copy") if weights_path else shipped_inception_path()
     return InceptionFID(path)
 
 
-@EXTRACTORS.register("inception-v3-compat")
+@register_extractor("inception-v3-compat", IMAGE)
 def inception_v3_compat(
     *, weights_path: str | Path | None = None, cache_dir: str | Path | None = None
 ) -> InceptionV3Compat:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from harness.cache import atomic_write
+from harness.errors import UserError
 
 SAMPLES_FILE = "samples.npz"
 MAX_NAME = 120
@@ -73,7 +74,12 @@ def save_samples(
 
 def load_samples(path: str | Path) -> SampleSet:
     """Read a file written by :func:`save_samples`; uint8 images are scaled to [0, 1]."""
-    with np.load(_samples_file(path), allow_pickle=False) as data:
+    file = _samples_file(path)
+    if not file.is_file():
+        raise UserError(
+            f"{str(path)!r}: no {file.name} (expected a samples folder or file written by a trial)"
+        )
+    with np.load(file, allow_pickle=False) as data:
         images = torch.from_numpy(data["images"])
         images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from harness.data.sources.moving_digits import CANVAS, MOTIONS, NUM_FRAMES, moving_digits_split
 from harness.evaluation.domain import DomainSpec, register_domain_extractor
-from harness.evaluation.domain_cnn import DomainCNNConfig, TrainConfig
+from harness.evaluation.domain_cnn import ClassifierTrainConfig, DomainCNNConfig
 from harness.evaluation.reference import ReferenceSet
 
 
@@ -33,6 +33,6 @@ MOVING_DIGITS_CNN3D = register_domain_extractor(
             width=8,
             pooled_size=3,
         ),
-        train=TrainConfig(epochs=10, batch_size=32, lr=3e-3),
+        train=ClassifierTrainConfig(epochs=10, batch_size=32, lr=3e-3),
     )
 )

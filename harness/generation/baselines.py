@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from harness.data.types import TokenDataset
-from harness.generation.sampling import SampleSet, balanced_labels
+from harness.generation.sampling import Generated, balanced_labels
 from models.registry import Registry
 
 BASELINES: Registry = Registry("baseline sampler")
@@ -24,7 +24,7 @@ BASELINES: Registry = Registry("baseline sampler")
 @BASELINES.register("class_marginals")
 def class_marginals(
     train: TokenDataset, heldout: TokenDataset, num_samples: int, seed: int, allowed: Tensor | None = None
-) -> SampleSet:
+) -> Generated:
     """x^i ~ p(x^i | class) independently per position i, from training counts (add-one smoothed
     over ``allowed`` (L, V), the codes each position may take: a joint dataset's position only its
     own modality's; None: every code)."""
@@ -39,13 +39,13 @@ def class_marginals(
     counts.view(-1).index_add_(0, index.flatten(), torch.ones(index.numel()))
     probs = counts[classes]  # (S, L, V)
     tokens = torch.multinomial(probs.view(-1, V), 1, generator=g).view(num_samples, L)
-    return SampleSet(tokens, labels, nfe=0, nfe_unbatched=0, seconds=0.0)
+    return Generated(tokens, labels, nfe=0, nfe_unbatched=0, seconds=0.0)
 
 
 @BASELINES.register("heldout_tokens")
 def heldout_tokens(
     train: TokenDataset, heldout: TokenDataset, num_samples: int, seed: int, allowed: Tensor | None = None
-) -> SampleSet:
+) -> Generated:
     """A seeded, class-balanced draw of held-out images' tokens: each class's images in a random
     order, repeated in new random orders only when the class needs more samples than it has."""
     g = torch.Generator().manual_seed(seed)
@@ -66,4 +66,4 @@ def heldout_tokens(
         repeats = -(-len(rows) // len(pool))  # ceil
         order = torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(repeats)])
         idx[rows] = order[: len(rows)]
-    return SampleSet(tokens[idx], labels, nfe=0, nfe_unbatched=0, seconds=0.0)
+    return Generated(tokens[idx], labels, nfe=0, nfe_unbatched=0, seconds=0.0)

@@ -16,9 +16,11 @@ from models.schedulers import KappaScheduler
 
 
 @dataclass(frozen=True)
-class SampleSet:
-    """tokens (N, L), labels (N,) or None, and what producing them cost; captions: the text
-    condition of each sample (a text model's samples), labels then their classes."""
+class Generated:
+    """Freshly generated tokens, before they are decoded and saved (what is read back from disk
+    is ``harness.evaluation.SampleSet``): tokens (N, L), labels (N,) or None, and what producing
+    them cost; captions: the text condition of each sample (a text model's samples), labels then
+    their classes."""
 
     tokens: Tensor
     labels: Tensor | None
@@ -59,7 +61,7 @@ def generate(
     device: str | torch.device = "cpu",
     x_init: Tensor | None = None,
     conditions: Tensor | None = None,
-) -> SampleSet:
+) -> Generated:
     """Exactly ``num_samples`` samples, deterministic for ``seed``; NFE is per batch (the same for all).
 
     x_init (num_samples, L): given tokens to keep (not [MASK]), e.g. a joint model's given modality.
@@ -88,7 +90,7 @@ def generate(
         chunks.append(result.tokens.cpu())
         nfe, nfe_unbatched = result.nfe, result.nfe_unbatched
     seconds = time.perf_counter() - started
-    return SampleSet(torch.cat(chunks), labels, nfe, nfe_unbatched, seconds)
+    return Generated(torch.cat(chunks), labels, nfe, nfe_unbatched, seconds)
 
 
 def save_image_grid(images: Tensor, path: str | Path, *, nrow: int = 10, scale: int = 4) -> Path:

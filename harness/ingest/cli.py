@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UserError
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("tokenize", help="tokenize an image folder into a shard folder (resumable)")
@@ -56,7 +58,7 @@ def tokenizer_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     size = args.image_size
     if args.pixel_levels is not None:
         if args.pixel_levels < 2:
-            raise ValueError(f"--pixel-levels: {args.pixel_levels}; expected >= 2")
+            raise UserError(f"--pixel-levels: {args.pixel_levels}; expected >= 2")
         spec: dict[str, Any] = {"kind": "pixel", "levels": args.pixel_levels, "image_size": size}
     else:
         path = args.tokenizer.resolve()
@@ -64,9 +66,7 @@ def tokenizer_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise PretrainedWeightsError(f"--tokenizer {str(args.tokenizer)!r}: no such file or folder")
         if path.is_dir():
             if args.tokenizer_preset or args.tokenizer_config:
-                raise ValueError(
-                    f"--tokenizer {str(path)!r} is a diffusers folder: it carries its own config"
-                )
+                raise UserError(f"--tokenizer {str(path)!r} is a diffusers folder: it carries its own config")
             spec = {"kind": "diffusers-vq", "path": str(path), "image_size": size}
         else:
             arch = resolve_vq_config(args.tokenizer_preset, args.tokenizer_config)
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
         workers=args.workers, reference=args.reference, max_shards=args.max_shards, frames=args.frames,
     )  # fmt: skip
     if args.max_shards is not None and args.max_shards < 1:
-        raise ValueError(f"--max-shards: {args.max_shards}; expected >= 1")
+        raise UserError(f"--max-shards: {args.max_shards}; expected >= 1")
     source = open_source(args.source, args.source_kind, args.captions)
     tokenizer, spec = tokenizer_from_args(args)
     what = f"clips of {args.frames} frames" if args.frames else "images"

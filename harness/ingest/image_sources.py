@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from harness.errors import UserError
 from models.registry import Registry
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SOURCES: Registry = Registry("image source")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """An image source that cannot be read: names the path and what was expected."""
 
 

@@ -30,6 +30,7 @@ import torch
 from harness.cache import atomic_write, sha256_file
 from harness.data.sources.shards import FORMAT, MANIFEST, ShardError, token_dtype, verify_entry
 from harness.data.types import SPLITS
+from harness.errors import UserError
 from harness.ingest.image_sources import (
     ImageSource,
     center_crop,
@@ -57,12 +58,12 @@ class TokenizeOptions:
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
-            raise ValueError(f"--split: unknown {self.split!r}; expected one of {SPLITS}")
+            raise UserError(f"--split: unknown {self.split!r}; expected one of {SPLITS}")
         for name in ("image_size", "shard_size", "batch_size", "workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: {getattr(self, name)!r}; expected >= 1")
+                raise UserError(f"--{name.replace('_', '-')}: {getattr(self, name)!r}; expected >= 1")
         if self.frames < 0:
-            raise ValueError(f"--frames: {self.frames!r}; expected >= 0 (0: images)")
+            raise UserError(f"--frames: {self.frames!r}; expected >= 0 (0: images)")
         if self.channels not in (1, 3):
             raise ValueError(f"channels: {self.channels!r}; expected 1 or 3")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import CACHE_ENV
-from harness.config.study import StudySpec, _axis_values, apply_assignment, metric_mode
+from harness.config.study import StudySpec, apply_assignment, axes, metric_mode
 from harness.config.trial import TrialConfig
 from harness.ray.distributed import DataParallelLauncher, check_workers_fit
 from harness.run.ledger import Ledger, TrialRecord
@@ -141,16 +141,9 @@ def search_space(spec: StudySpec) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {}
-    for key, value in spec.space.items():
-        kind, params = _axis_values(key, value)
-        if kind in ("grid", "choice"):
-            space[key] = tune.choice(params)
-        elif kind == "uniform":
-            space[key] = tune.uniform(*params)
-        elif kind == "loguniform":
-            space[key] = tune.loguniform(*params)
-        else:
-            space[key] = tune.randint(int(params[0]), int(params[1]))
+    for axis in axes(spec):
+        name, args = axis.tune_distribution()
+        space[axis.key] = getattr(tune, name)(*args)
     if spec.variants:
         space["variant"] = tune.choice(list(spec.variants))
     if len(spec.seeds) > 1:

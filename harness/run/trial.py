@@ -19,7 +19,7 @@ from harness.config.trial import TrialConfig
 from harness.data.registry import load_dataset
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
 from harness.generation.baselines import BASELINES
-from harness.generation.sampling import SampleSet, build_sampler, generate, save_image_grid
+from harness.generation.sampling import Generated, build_sampler, generate, save_image_grid
 from harness.run.ledger import Ledger, TrialRecord
 from harness.run.store import CheckpointStore, train_config_for
 from models.checkpoint import model_from_checkpoint
@@ -39,7 +39,7 @@ def sampling_settings(trial: TrialConfig) -> dict:
     return {k: v for k, v in settings.items() if v is not None}
 
 
-def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str) -> SampleSet:
+def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str) -> Generated:
     net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
     scheduler = train_config_for(trial).build_scheduler()
     sampler = build_sampler(trial.sampler.name, scheduler, **trial.sampler.options())

@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from harness.data.registry import load_dataset
+from harness.data.registry import get_dataset, load_dataset
 from harness.data.types import DatasetShape, TokenDataset
 from harness.errors import UserError
 from harness.evaluation import METRICS, SampleSet
-from harness.evaluation.extractors import IMAGE
+from harness.evaluation.extractors import IMAGE, INPUT_KINDS
 from harness.evaluation.metrics import LABELS, MASKS
 from models.backbone import ModelConfig
-
-if TYPE_CHECKING:  # the config layer sits above the tasks: its types only
-    from harness.config.trial import TrialConfig
 
 
 @dataclass(frozen=True)
@@ -43,6 +40,10 @@ class GenerationInputs:
     captions: tuple[str, ...] | None = None
 
 
+# The trial config (``harness.config.trial.TrialConfig``) lives in the layer above, which asks
+# the task to check it: a task reads its sections (data, model, train, sampler, eval) by name and
+# never imports it.
+Trial = Any
 Scores = tuple[dict[str, float], dict[str, list[float]], dict[str, dict]]  # metrics, intervals, protocols
 
 
@@ -52,83 +53,113 @@ class Task:
     name = "generation"
     sample_kind = IMAGE  # what samples decode to: the metrics' input kinds (IMAGE or VIDEO)
 
-    def applies(self, trial: TrialConfig, shape: DatasetShape) -> bool:
+    def applies(self, trial: Trial, shape: DatasetShape) -> bool:
         """Whether a trial belongs to this family (the base family takes what no other does)."""
         return True
 
+    def claim(self, trial: Trial, shape: DatasetShape) -> str:
+        """Which field of the trial made this family claim it (named when two families claim one)."""
+        return f"data.name {trial.data.name!r}"
+
     # ---- validation: run by TrialConfig before anything is written
 
-    def check(self, trial: TrialConfig, shape: DatasetShape) -> None:
+    def check(self, trial: Trial, shape: DatasetShape) -> None:
         """Raises UserError for a trial this task would fail on after training."""
         self.check_patch(trial, shape)
         if trial.sampler.condition_on is not None:
             raise UserError(
-                f"sampler.condition_on: {trial.sampler.condition_on!r}: dataset {trial.data.name!r} has "
-                "one modality; a given modality needs a joint dataset (e.g. digit-canvases)"
+                f"sampler.condition_on: {trial.sampler.condition_on!r} is not a modality of dataset "
+                f"{trial.data.name!r}, which has one; a given modality needs a joint dataset "
+                "(e.g. digit-canvases)"
             )
         if trial.model.text is not None:
             raise UserError(
                 f"model.text: dataset {trial.data.name!r} has no captions; expected a captioned "
                 "dataset (captioned-canvases, or shards read with data.options.captions: true)"
             )
-        self.check_metrics(trial)
+        self.check_metrics(trial, shape)
 
-    def check_patch(self, trial: TrialConfig, shape: DatasetShape) -> None:
+    def check_patch(self, trial: Trial, shape: DatasetShape) -> None:
         patch, grid = trial.model.patch, shape.grid
         if patch is not None and (
             len(patch) != len(grid) or any(p < 1 or g % p for g, p in zip(grid, patch, strict=True))
         ):
             raise UserError(f"model.patch: {list(patch)} does not tile the data grid {list(grid)}")
 
-    def check_metrics(self, trial: TrialConfig) -> None:
-        """Every metric asked for applies to this task's samples."""
-        asked = [("eval.metrics", m) for m in trial.eval.metrics]
+    def check_metrics(self, trial: Trial, shape: DatasetShape) -> None:
+        """Every metric asked for applies to this task's samples, and every protocol that needs a
+        feature extractor has one that takes them."""
+        protocols = [("eval", trial.eval.extractor, trial.eval.metrics)]
         for i, extra in enumerate(trial.eval.extra_protocols):
-            asked += [(f"eval.extra_protocols[{i}].metrics", m) for m in extra.metrics]
-        for where, name in asked:
-            metric = METRICS[name]
-            if metric.needs == MASKS:
-                self.check_mask_metric(trial, where, name)
-            elif self.sample_kind not in metric.kinds:
-                raise UserError(
-                    f"{where}: {name!r} scores {' or '.join(metric.kinds)} samples; the {self.name} task "
-                    f"on dataset {trial.data.name!r} gives {self.sample_kind} samples"
-                )
-            elif metric.needs == LABELS and not self.has_condition_labels(trial):
-                raise UserError(
-                    f"{where}: {name!r} checks each sample against its condition; the trial's samples "
-                    "have none (expected a captioned or class-conditional dataset)"
-                )
+            protocols.append((f"eval.extra_protocols[{i}]", extra.extractor, extra.metrics))
+        for where, extractor, metrics in protocols:
+            needs_extractor = False
+            for name in metrics:
+                metric = METRICS[name]
+                if metric.needs == MASKS:
+                    self.check_mask_metric(trial, f"{where}.metrics", name)
+                    continue
+                needs_extractor = True
+                if self.sample_kind not in metric.kinds:
+                    raise UserError(
+                        f"{where}.metrics: {name} applies to {' or '.join(metric.kinds)} samples; the "
+                        f"{self.name} task on dataset {trial.data.name!r} gives {self.sample_kind} samples"
+                    )
+                if metric.needs == LABELS and not self.has_condition_labels(trial, shape):
+                    raise UserError(
+                        f"{where}.metrics: {name!r} checks each sample against its condition; the trial's "
+                        f"samples have none (dataset {trial.data.name!r} has no classes; expected a "
+                        "captioned or class-conditional dataset)"
+                    )
+            if needs_extractor:
+                self.check_extractor(trial, f"{where}.extractor", extractor)
 
-    def check_mask_metric(self, trial: TrialConfig, where: str, name: str) -> None:
+    def check_extractor(self, trial: Trial, where: str, name: str | None) -> None:
+        """The protocol's extractor (named, else the dataset's default) takes this task's samples."""
+        if name is None:
+            name = get_dataset(trial.data.name).default_extractor
+            if name is None:
+                raise UserError(
+                    f"{where}: dataset {trial.data.name!r} has no default feature extractor; name one of "
+                    f"{sorted(INPUT_KINDS)}"
+                )
+        kind = INPUT_KINDS.get(name)
+        if kind is not None and kind != self.sample_kind:
+            raise UserError(
+                f"{where}: {name!r} takes {kind} inputs; the {self.name} task on dataset "
+                f"{trial.data.name!r} gives {self.sample_kind} samples"
+            )
+
+    def check_mask_metric(self, trial: Trial, where: str, name: str) -> None:
         raise UserError(
             f"{where}: {name!r} scores label maps generated for given images; it needs a joint image + "
             f"label-map dataset and sampler.condition_on: image (dataset {trial.data.name!r} has none)"
         )
 
-    def has_condition_labels(self, trial: TrialConfig) -> bool:
-        return trial.model.text is not None
+    def has_condition_labels(self, trial: Trial, shape: DatasetShape) -> bool:
+        """Whether each sample has a class to check it against (its condition's)."""
+        return shape.num_classes > 0
 
     # ---- the model and its training
 
-    def model_config(self, trial: TrialConfig, shape: DatasetShape) -> ModelConfig:
+    def model_config(self, trial: Trial, shape: DatasetShape) -> ModelConfig:
         """The network's config: the data's grid and vocabulary, its classes as the condition."""
         return ModelConfig(vocab_size=shape.vocab_size, grid=shape.grid, **self.model_fields(trial, shape))
 
-    def model_fields(self, trial: TrialConfig, shape: DatasetShape) -> dict[str, Any]:
+    def model_fields(self, trial: Trial, shape: DatasetShape) -> dict[str, Any]:
         return {**trial.model.model_dump(), "num_classes": shape.num_classes, "text": None}
 
     def training_conditions(self, config: ModelConfig, data: TokenDataset) -> Tensor | None:
         """The condition of each training example: its class (N,), or None (unconditional)."""
         return data.labels if config.num_classes else None
 
-    def positions(self, trial: TrialConfig, shape: DatasetShape) -> float:
+    def positions(self, trial: Trial, shape: DatasetShape) -> float:
         """Transformer positions per example (the plan's FLOPs ~ parameters x positions)."""
         return float(math.prod(shape.grid)) / math.prod(trial.model.patch or (1,))
 
     # ---- generation
 
-    def generation_inputs(self, trial: TrialConfig, net: Any, num_samples: int) -> GenerationInputs:
+    def generation_inputs(self, trial: Trial, net: Any, num_samples: int) -> GenerationInputs:
         """Balanced class labels (drawn by ``generate``), nothing given."""
         return GenerationInputs(net)
 
@@ -136,28 +167,28 @@ class Task:
         """(L, V) bool: the codes each position may take (a data baseline's support); None: all."""
         return None
 
-    def baseline_tokens(self, trial: TrialConfig, tokens: Tensor) -> Tensor:
+    def baseline_tokens(self, trial: Trial, tokens: Tensor) -> Tensor:
         """A data baseline's samples put into the task (a given modality clamped)."""
         return tokens
 
     # ---- scoring and showing
 
-    def feature_metrics(self, trial: TrialConfig) -> list[str]:
+    def feature_metrics(self, trial: Trial) -> list[str]:
         """The trial's metrics that a feature extractor scores (the evaluator's)."""
         return [m for m in trial.eval.metrics if METRICS[m].needs != MASKS]
 
-    def score(self, trial: TrialConfig, sets: list[SampleSet]) -> Scores:
+    def score(self, trial: Trial, sets: list[SampleSet]) -> Scores:
         """Metrics the task scores itself (not through a feature extractor); none here."""
         return {}, {}, {}
 
-    def preview(self, trial: TrialConfig, samples: SampleSet) -> Tensor:
+    def preview(self, trial: Trial, samples: SampleSet) -> Tensor:
         """What a sample grid shows: the images (N, C, H, W)."""
         return samples.images
 
     def preview_count(self) -> int:
         return 100
 
-    def heldout(self, trial: TrialConfig) -> TokenDataset:
+    def heldout(self, trial: Trial) -> TokenDataset:
         return load_dataset(trial.data.name, "heldout", **trial.data.options)
 
 

@@ -11,7 +11,7 @@ modalities (``DatasetShape.modalities``), whatever its name.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,12 +20,9 @@ from harness.data.types import DatasetShape
 from harness.errors import UserError
 from harness.evaluation import MetricResult, SampleSet, miou_result
 from harness.evaluation.uncertainty import t_interval
-from harness.tasks.base import GenerationInputs, Scores, Task, cycled
+from harness.tasks.base import GenerationInputs, Scores, Task, Trial, cycled
 from models.backbone import ModelConfig
 from models.modalities import GivenModalities, Layout
-
-if TYPE_CHECKING:
-    from harness.config.trial import TrialConfig
 
 # tab10's colours for the label classes 1..10 (cycled beyond); background (0) black.
 PALETTE = torch.tensor(
@@ -47,10 +44,13 @@ class Joint(Task):
 
     name = "joint generation"
 
-    def applies(self, trial: TrialConfig, shape: DatasetShape) -> bool:
+    def applies(self, trial: Trial, shape: DatasetShape) -> bool:
         return bool(shape.modalities)
 
-    def check(self, trial: TrialConfig, shape: DatasetShape) -> None:
+    def claim(self, trial: Trial, shape: DatasetShape) -> str:
+        return f"data.name {trial.data.name!r} has modalities {[m.name for m in shape.modalities]}"
+
+    def check(self, trial: Trial, shape: DatasetShape) -> None:
         names = [m.name for m in shape.modalities]
         given = trial.sampler.condition_on
         if given is not None and given not in names:
@@ -63,45 +63,39 @@ class Joint(Task):
                 f"model.text: dataset {trial.data.name!r} is joint (modalities {names}); text conditioning "
                 "of a joint model is not supported"
             )
-        if trial.model.patch is not None and len(trial.model.patch) != len(shape.modalities[0].grid):
-            raise UserError(
-                f"model.patch: {list(trial.model.patch)} does not tile the modalities' grid "
-                f"{list(shape.modalities[0].grid)}"
-            )
-        self.check_metrics(trial)
+        for modality in shape.modalities:
+            self.check_patch(trial, DatasetShape(modality.grid, modality.vocab_size, 0))
+        self.check_metrics(trial, shape)
 
-    def check_mask_metric(self, trial: TrialConfig, where: str, name: str) -> None:
+    def check_mask_metric(self, trial: Trial, where: str, name: str) -> None:
         if trial.sampler.condition_on != IMAGE:
             raise UserError(
                 f"{where}: {name!r} scores label maps generated for given images; it needs "
                 f"sampler.condition_on: image, got {trial.sampler.condition_on!r}"
             )
 
-    def has_condition_labels(self, trial: TrialConfig) -> bool:
-        return False
-
-    def model_config(self, trial: TrialConfig, shape: DatasetShape) -> ModelConfig:
+    def model_config(self, trial: Trial, shape: DatasetShape) -> ModelConfig:
         """One segment per modality, each with its own vocabulary and [MASK]."""
         return ModelConfig.joint(Layout(shape.modalities), **self.model_fields(trial, shape))
 
     def allowed_tokens(self, shape: DatasetShape) -> Tensor | None:
         return Layout(shape.modalities).allowed()[:, : shape.vocab_size]
 
-    def given_tokens(self, trial: TrialConfig, num_samples: int) -> Tensor:
+    def given_tokens(self, trial: Trial, num_samples: int) -> Tensor:
         """(N, L): the given modality of the first N held-out examples (cycled), the rest [MASK]."""
         heldout = self.heldout(trial)
         layout = heldout.tokenizer.layout
         given = trial.sampler.condition_on
         return layout.join({given: layout.split(heldout.tokens[cycled(num_samples, len(heldout))])[given]})
 
-    def generation_inputs(self, trial: TrialConfig, net: Any, num_samples: int) -> GenerationInputs:
+    def generation_inputs(self, trial: Trial, net: Any, num_samples: int) -> GenerationInputs:
         """The given modality clamped at t = 1 (``models.modalities.GivenModalities``)."""
         if trial.sampler.condition_on is None:
             return GenerationInputs(net)
         wrapped = GivenModalities(net, net.config.layout, [trial.sampler.condition_on])
         return GenerationInputs(wrapped, x_init=self.given_tokens(trial, num_samples))
 
-    def baseline_tokens(self, trial: TrialConfig, tokens: Tensor) -> Tensor:
+    def baseline_tokens(self, trial: Trial, tokens: Tensor) -> Tensor:
         """A data baseline's samples with the given modality put back (its chance level at the task)."""
         if trial.sampler.condition_on is None:
             return tokens
@@ -109,7 +103,7 @@ class Joint(Task):
         layout = self.heldout(trial).tokenizer.layout
         return torch.where(given == layout.mask_ids(), tokens, given)
 
-    def preview(self, trial: TrialConfig, samples: SampleSet) -> Tensor:
+    def preview(self, trial: Trial, samples: SampleSet) -> Tensor:
         """Each image beside its label map in colour (N, 3, H, 2 W), when the data has both."""
         tokenizer = self.heldout(trial).tokenizer
         names = [m.name for m in tokenizer.layout.modalities]
@@ -121,7 +115,7 @@ class Joint(Task):
             maps = torch.nn.functional.interpolate(maps[:, None].float(), size=images.shape[-2:]).long()[:, 0]
         return torch.cat([images.expand(-1, 3, -1, -1), label_colours(maps)], dim=3)
 
-    def score(self, trial: TrialConfig, sets: list[SampleSet]) -> Scores:
+    def score(self, trial: Trial, sets: list[SampleSet]) -> Scores:
         """mIoU of the generated label maps against the given examples' true maps, over the seeds.
 
         The label maps are scored as they are: no segmentation network stands between them and

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING
 
 import harness.tasks as package
 from harness.data.types import DatasetShape
 from harness.errors import UserError
-from harness.tasks.base import Task
-
-if TYPE_CHECKING:
-    from harness.config.trial import TrialConfig
+from harness.tasks.base import Task, Trial
 
 GENERATION = Task()
 TASKS: dict[str, Task] = {}
@@ -45,13 +41,12 @@ def _discover() -> None:
 _discover()
 
 
-def task_for(trial: TrialConfig, shape: DatasetShape) -> Task:
+def task_for(trial: Trial, shape: DatasetShape) -> Task:
     """The one family that claims the trial, or the base family when none does."""
     claims = [t for t in TASKS.values() if t.applies(trial, shape)]
     if len(claims) > 1:
-        names = " and ".join(repr(t.name) for t in claims)
+        reasons = "; ".join(f"the {t.name!r} task: {t.claim(trial, shape)}" for t in claims)
         raise UserError(
-            f"data.name {trial.data.name!r} with this trial's model and sampler is claimed by the {names} "
-            "task families; the harness does not combine them"
+            f"this trial belongs to {len(claims)} task families, which do not combine ({reasons})"
         )
     return claims[0] if claims else GENERATION

@@ -5,18 +5,15 @@ conditions (their classes and captions saved with the samples for caption agreem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from harness.data.types import DatasetShape, TokenDataset
 from harness.errors import UserError
-from harness.tasks.base import GenerationInputs, Task, cycled
+from harness.tasks.base import GenerationInputs, Task, Trial, cycled
 from models.backbone import ModelConfig
 from models.text import TextConfig, caption_tokenizer
-
-if TYPE_CHECKING:
-    from harness.config.trial import TrialConfig
 
 
 def conditioning_fields(text: dict[str, Any] | None, shape: DatasetShape) -> dict[str, Any]:
@@ -74,10 +71,13 @@ class TextConditioned(Task):
 
     name = "text conditioning"
 
-    def applies(self, trial: TrialConfig, shape: DatasetShape) -> bool:
+    def applies(self, trial: Trial, shape: DatasetShape) -> bool:
         return trial.model.text is not None
 
-    def check(self, trial: TrialConfig, shape: DatasetShape) -> None:
+    def claim(self, trial: Trial, shape: DatasetShape) -> str:
+        return "model.text names a text encoder"
+
+    def check(self, trial: Trial, shape: DatasetShape) -> None:
         if not shape.caption_vocabulary:
             raise UserError(
                 f"model.text: dataset {trial.data.name!r} has no captions; expected a captioned dataset "
@@ -89,15 +89,15 @@ class TextConditioned(Task):
                 f"sampler.condition_on: {trial.sampler.condition_on!r}: a text-conditioned trial gives no "
                 "modality; captions are the condition"
             )
-        self.check_metrics(trial)
+        self.check_metrics(trial, shape)
 
-    def model_fields(self, trial: TrialConfig, shape: DatasetShape) -> dict[str, Any]:
+    def model_fields(self, trial: Trial, shape: DatasetShape) -> dict[str, Any]:
         return {**trial.model.model_dump(), **conditioning_fields(trial.model.text, shape)}
 
     def training_conditions(self, config: ModelConfig, data: TokenDataset) -> Tensor | None:
         return training_conditions(config, data)
 
-    def generation_inputs(self, trial: TrialConfig, net: Any, num_samples: int) -> GenerationInputs:
+    def generation_inputs(self, trial: Trial, net: Any, num_samples: int) -> GenerationInputs:
         text = generation_conditions(net.config, self.heldout(trial), num_samples)
         return GenerationInputs(net, conditions=text.ids, labels=text.labels, captions=text.captions)
 

@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from harness.data.types import DatasetShape
 from harness.evaluation.extractors import VIDEO
-from harness.tasks.base import Task
-
-if TYPE_CHECKING:
-    from harness.config.trial import TrialConfig
+from harness.tasks.base import Task, Trial
 
 
 class Video(Task):
     name = "video generation"
     sample_kind = VIDEO
 
-    def applies(self, trial: TrialConfig, shape: DatasetShape) -> bool:
+    def applies(self, trial: Trial, shape: DatasetShape) -> bool:
         return not shape.modalities and len(shape.grid) == 3
+
+    def claim(self, trial: Trial, shape: DatasetShape) -> str:
+        return f"data.name {trial.data.name!r} has a (T, H, W) grid {list(shape.grid)}"
 
     def preview_count(self) -> int:
         return 20  # clips, one a row

@@ -164,6 +164,8 @@ def animals(
 
 def animals_shape(*, seed: int = 0, num_heldout: int = 1000, tokenizer: dict | None = None) -> DatasetShape:
     """Grid and vocabulary from the tokenizer's config, without training it."""
+    if num_heldout < 1:
+        raise ValueError(f"data.options.num_heldout: {num_heldout}; expected at least 1")
     config = VQConfig.from_dict(tokenizer or {})
     return DatasetShape((config.grid, config.grid), config.codebook_size, NUM_CLASSES)
 

@@ -18,6 +18,7 @@ def digits(split: str = "train", *, seed: int = 0, num_heldout: int = 297) -> To
 
     if split not in SPLITS:
         raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
+    digits_shape(seed=seed, num_heldout=num_heldout)  # the options' ranges
     bunch = load_digits()
     idx = split_indices(len(bunch.target), num_heldout, seed)[split]
     tokens = torch.as_tensor(bunch.data[idx], dtype=torch.long)  # (N, 64), values 0..16
@@ -25,7 +26,14 @@ def digits(split: str = "train", *, seed: int = 0, num_heldout: int = 297) -> To
     return TokenDataset("digits", split, tokens, labels, 10, PixelTokenizer(levels=17, grid=(8, 8)))
 
 
+NUM_IMAGES = 1797
+
+
 def digits_shape(*, seed: int = 0, num_heldout: int = 297) -> DatasetShape:
+    if not 1 <= num_heldout < NUM_IMAGES:
+        raise ValueError(
+            f"data.options.num_heldout: {num_heldout}; expected 1..{NUM_IMAGES - 1} (of {NUM_IMAGES} images)"
+        )
     return DatasetShape((8, 8), 17, 10)
 
 

@@ -190,5 +190,6 @@ DATASET = Dataset(
     shape=moving_digits_shape,
     real_images=moving_digits_clips,
     default_extractor="moving-digits-cnn3d",
+    options=MovingDigitsOptions,
     summary="clips (T, H, W) of real digits moving on a canvas, grey levels as tokens",
 )

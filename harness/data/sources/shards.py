@@ -43,14 +43,16 @@ from torch import Tensor
 from harness.cache import sha256_file
 from harness.data.tokenizers.pixel import JointTokenizer
 from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset
+from harness.errors import UserError
 from models.modalities import Layout, Modality
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-class ShardError(ValueError):
-    """A shard folder that does not match its manifest or the study's config; names the file."""
+class ShardError(UserError):
+    """A shard folder that is missing, or does not match its manifest or the study's config;
+    names the file."""
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,20 @@ class ShardOptions:
     def parse(cls, options: dict[str, Any]) -> ShardOptions:
         missing = [k for k in ("path", "grid", "vocab_size") if k not in options]
         if missing:
-            raise ValueError(f"data.options for 'shards': missing {missing}; expected path, grid, vocab_size")
+            raise UserError(f"data.options for 'shards': missing {missing}; expected path, grid, vocab_size")
         known = {"path", "grid", "vocab_size", "num_classes", "segment_classes", "captions"}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"data.options for 'shards': unknown {unknown}")
+            raise UserError(f"data.options for 'shards': unknown {unknown}")
         segment_classes = options.get("segment_classes", 0)
         if not isinstance(segment_classes, int) or segment_classes < 0 or segment_classes == 1:
-            raise ValueError(
+            raise UserError(
                 f"data.options.segment_classes: {segment_classes!r}; expected 0 (no label maps) or"
                 " the number of label classes (>= 2)"
             )
         captions = options.get("captions", False)
         if not isinstance(captions, bool):
-            raise ValueError(f"data.options.captions: {captions!r}; expected true or false")
+            raise UserError(f"data.options.captions: {captions!r}; expected true or false")
         return cls(str(options["path"]), tuple(options["grid"]), int(options["vocab_size"]),
                    int(options.get("num_classes", 0)), segment_classes, captions)  # fmt: skip
 
@@ -105,7 +107,7 @@ def read_manifest(options: ShardOptions) -> dict[str, Any]:
     root = Path(options.path)
     path = root / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ShardError(
             f"data.options.path {options.path!r}: no {MANIFEST} (tokenize the dataset into this folder first)"
         )
     manifest = json.loads(path.read_text())
@@ -344,5 +346,6 @@ DATASET = Dataset(
     shape=shards_shape,
     real_images=shard_images,
     default_extractor=None,
+    options=ShardOptions,
     summary="pre-tokenized data in a shard folder (run_study.py tokenize)",
 )

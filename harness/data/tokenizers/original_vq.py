@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from harness.errors import UserError
 from models.registry import Registry
 
 
@@ -50,9 +51,9 @@ class OriginalVQConfig:
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
         for name in ("n_embed", "embed_dim", "z_channels", "ch", "num_res_blocks", "resolution"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"tokenizer config: {name} is {getattr(self, name)!r}; expected >= 1")
+                raise UserError(f"tokenizer config: {name} is {getattr(self, name)!r}; expected >= 1")
         if not self.ch_mult:
-            raise ValueError("tokenizer config: ch_mult is empty; expected e.g. [1, 2, 2, 4]")
+            raise UserError("tokenizer config: ch_mult is empty; expected e.g. [1, 2, 2, 4]")
 
     @property
     def downsampling(self) -> int:
@@ -92,10 +93,10 @@ class OriginalVQConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
+            raise UserError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
         missing = sorted(k for k in ("n_embed", "embed_dim", "z_channels") if k not in d)
         if missing:
-            raise ValueError(f"{source}: missing {missing}")
+            raise UserError(f"{source}: missing {missing}")
         return cls(**d)
 
 
@@ -125,17 +126,17 @@ def read_vq_config(path: str | Path) -> OriginalVQConfig:
     ``embed_dim``, ``n_embed``, ``ddconfig``) or the flat fields of :class:`OriginalVQConfig`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--tokenizer-config {str(path)!r}: no such file")
+        raise UserError(f"--tokenizer-config {str(path)!r}: no such file")
     text = path.read_text()
     raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(raw).__name__}")
+        raise UserError(f"{path}: expected a mapping, got {type(raw).__name__}")
     params = raw.get("model", {}).get("params", raw) if "model" in raw else raw
     if "ddconfig" not in params:
         return OriginalVQConfig.from_dict(params, str(path))
     dd = dict(params["ddconfig"])
     if dd.get("double_z") or dd.get("attn_type", "vanilla") != "vanilla" or dd.get("tanh_out"):
-        raise ValueError(
+        raise UserError(
             f"{path}: ddconfig double_z / attn_type / tanh_out: only a plain VQ encoder is supported"
         )
     flat = {k: v for k, v in dd.items() if k not in _IGNORED_DDCONFIG}

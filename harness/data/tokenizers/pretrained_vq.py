@@ -28,9 +28,10 @@ from torch import Tensor
 
 from harness.data.tokenizers.original_vq import ldm_name
 from harness.data.tokenizers.pixel import PixelTokenizer
+from harness.errors import UserError, did_you_mean
 
 
-class PretrainedWeightsError(FileNotFoundError):
+class PretrainedWeightsError(UserError, FileNotFoundError):
     """A pretrained tokenizer's folder is missing or incomplete; names the path and what it needs."""
 
 
@@ -174,11 +175,17 @@ def resolve_vq_config(preset: str | None, config: str | Path | dict | None) -> A
     from harness.data.tokenizers.original_vq import VQ_PRESETS, OriginalVQConfig, read_vq_config
 
     if (preset is None) == (config is None):
-        raise ValueError(
+        raise UserError(
             "an original-format checkpoint needs its architecture: give exactly one of --tokenizer-preset"
             f" {VQ_PRESETS.names()} or --tokenizer-config FILE"
         )
     if preset is not None:
+        if preset not in VQ_PRESETS:
+            known = VQ_PRESETS.names()
+            raise UserError(
+                f"--tokenizer-preset: unknown tokenizer preset {preset!r}; expected one of {known}"
+                f"{did_you_mean(preset, known)}"
+            )
         return VQ_PRESETS[preset]()
     return OriginalVQConfig.from_dict(config) if isinstance(config, dict) else read_vq_config(config)
 

@@ -1,0 +1,164 @@
+"""One source of every default: base.yaml is the code's defaults, the trial's train section is
+models.trainer.TrainConfig, every sampler gets options it accepts, and the hashes that name
+stored checkpoints and ledgers are those of the code before the defaults moved."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config.study import expand_grid, load_study, read_base, sample_random
+from harness.config.trial import SamplerSection, TrainSection, TrialConfig, build_trial
+from harness.generation.sampling import build_sampler
+from models.samplers import SAMPLERS, EulerSampler
+from models.schedulers import Linear
+from models.trainer import TrainConfig
+
+SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def test_base_yaml_is_every_default_of_the_code() -> None:
+    """Every key and value, both ways: a default changed in either place fails here."""
+    assert yaml.safe_load((SEARCH_SPACES / "base.yaml").read_text()) == TrialConfig().model_dump(mode="json")
+
+
+def test_the_train_section_is_the_trainer_config_without_its_seed() -> None:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert list(TrainSection.model_fields) == [n for n in names if n != "seed"]
+    assert TrainConfig(**TrainSection().model_dump()) == TrainConfig()
+    changed = TrainSection(
+        steps=7, lr=0.5, betas=(0.8, 0.9), scheduler="polynomial", scheduler_params={"n": 2}
+    )
+    assert TrainConfig(seed=3, **changed.model_dump()) == TrainConfig(
+        steps=7, lr=0.5, betas=(0.8, 0.9), scheduler="polynomial", scheduler_params={"n": 2.0}, seed=3
+    )
+
+
+def test_train_config_for_a_trial_carries_its_seed() -> None:
+    from harness.run.store import train_config_for
+
+    trial = build_trial({"seed": 5, "train": {"steps": 3}})
+    assert train_config_for(trial) == TrainConfig(seed=5, steps=3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("steps", 0), ("lr", 0.0), ("ema_decay", 1.5), ("t_eps", 1.0), ("lr_decay", "linear"),
+     ("corruption", "bert"), ("scheduler", "cosin"), ("loss", "l2"), ("seed", 1),
+     ("scheduler_params", {"power": 2})],
+)  # fmt: skip
+def test_the_train_section_refuses_what_the_trainer_would(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        build_trial({"train": {field: value}})
+
+
+# ---- hashes ---------------------------------------------------------------------------------------
+#
+# Checkpoints are stored under TrialConfig.training_hash() and ledger records under trial_hash().
+# The expected values were computed on commit 32fb5ec (before the harness was split into rooms,
+# base.yaml became the code's defaults and small.yaml took its training scale): per study, the
+# number of trials and the first 16 hex digits of
+# sha256("\n".join(sorted("<training_hash> <trial_hash>" per trial))). No study was skipped: the
+# paper/full studies name their shard folder's grid, vocabulary and classes, so they resolve
+# without the data.
+
+# (training_hash, trial_hash): base.yaml is the code's defaults, so its trial is the bare
+# TrialConfig(), whose hashes on 32fb5ec these are; small.yaml holds the values base.yaml had then
+# (the CPU-scale training of the embedded studies), so its trial keeps old base.yaml's hashes.
+BASE_YAML_HASHES = ("4c010d3d5219b402", "2d8c9e70bd57f275")
+SMALL_YAML_HASHES = ("86494407994e8902", "52778b0f62e850ce")
+
+STUDY_HASHES = {
+    "benchmark_check.yaml": (12, "2f22976a312cdc54"),
+    "paper/full/ablation_scheduler.yaml": (15, "dea16c11df2a1b54"),
+    "paper/full/ablation_weighting.yaml": (6, "28286776c47d0695"),
+    "paper/full/fig3_euler_cfg.yaml": (10, "17950dfea7091f1c"),
+    "paper/full/fig3_euler_nfe.yaml": (32, "d3edf213b86bc91f"),
+    "paper/full/fig3_euler_temperature.yaml": (12, "7adac8ee66aef992"),
+    "paper/full/fig3_mgm_cfg.yaml": (5, "bc47a375ca610849"),
+    "paper/full/fig3_mgm_nfe.yaml": (10, "9c17b3422c274277"),
+    "paper/full/fig3_mgm_temperature.yaml": (6, "f66e236f4b6749db"),
+    "paper/full/main_result.yaml": (4, "5d88886963bad65c"),
+    "paper/full/maskgit_vs_di.yaml": (9, "8d592c8881c13a15"),
+    "paper/mini/ablation_scheduler.yaml": (12, "808e34a61cea2c76"),
+    "paper/mini/ablation_weighting.yaml": (6, "7828abc6cfe8c046"),
+    "paper/mini/fig3_euler_cfg.yaml": (10, "b32ed65322f15dbf"),
+    "paper/mini/fig3_euler_nfe.yaml": (20, "5ebcc16ea4ede3e7"),
+    "paper/mini/fig3_euler_temperature.yaml": (12, "ba3a54bc16cadd56"),
+    "paper/mini/fig3_mgm_cfg.yaml": (5, "7cef2eb199d99a57"),
+    "paper/mini/fig3_mgm_nfe.yaml": (10, "868cb82406927237"),
+    "paper/mini/fig3_mgm_temperature.yaml": (6, "13222da649974d41"),
+    "paper/mini/main_result.yaml": (4, "ce41aaeb29ddd6df"),
+    "paper/mini/maskgit_vs_di.yaml": (9, "6c7949d5f85f13e8"),
+    "quickstart.yaml": (50, "28365bcdd90441b3"),
+    "segmentation_quickstart.yaml": (61, "8add19ac1a91af14"),
+    "text_quickstart.yaml": (17, "709809519866c375"),
+    "video_quickstart.yaml": (12, "00c858b7029d2c1d"),
+}
+
+# Three quickstart trials in full: (recipe, model.timestep, sampler.name, num_steps, temperature,
+# cfg_scale) -> (training_hash, trial_hash).
+QUICKSTART_HASHES = {
+    (None, "explicit", "euler", 4, 0.8, 1.0): ("ace9287410838211", "53ac8728b27cd15b"),
+    ("maskgit", "implicit", "maskgit", 16, 1.0, 1.0): ("38886670a2533f71", "9dfdac3e82f046c3"),
+    (None, "explicit", "class_marginals", 4, 0.8, 1.0): ("1221e2512d69d08a", "a1abc1c999ce4ea8"),
+}
+
+
+def _trials(study: str) -> list[TrialConfig]:
+    spec = load_study(SEARCH_SPACES / study)
+    return expand_grid(spec) if spec.search.algorithm == "grid" else sample_random(spec)
+
+
+def test_base_yaml_trial_keeps_its_hashes() -> None:
+    trial = build_trial(yaml.safe_load((SEARCH_SPACES / "base.yaml").read_text()))
+    assert (trial.training_hash(), trial.trial_hash()) == BASE_YAML_HASHES
+    assert trial == TrialConfig()
+
+
+def test_small_yaml_trial_keeps_old_base_yaml_hashes() -> None:
+    trial = build_trial(read_base(SEARCH_SPACES / "small.yaml"))
+    assert (trial.training_hash(), trial.trial_hash()) == SMALL_YAML_HASHES
+
+
+@pytest.mark.parametrize("study", sorted(STUDY_HASHES))
+def test_every_study_keeps_its_trial_and_training_hashes(study: str) -> None:
+    pairs = sorted(f"{t.training_hash()} {t.trial_hash()}" for t in _trials(study))
+    digest = hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
+    assert (len(pairs), digest) == STUDY_HASHES[study]
+
+
+def test_quickstart_trials_keep_their_hashes() -> None:
+    found = {}
+    for t in _trials("quickstart.yaml"):
+        s = t.sampler
+        key = (t.recipe, t.model.timestep, s.name, s.num_steps, s.temperature, s.cfg_scale)
+        if key in QUICKSTART_HASHES:
+            found[key] = (t.training_hash(), t.trial_hash())
+    assert found == QUICKSTART_HASHES
+
+
+# ---- samplers -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_registered_sampler_gets_options_it_accepts(name: str) -> None:
+    sampler = build_sampler(name, Linear(), **SamplerSection(name=name).options())
+    assert isinstance(sampler, SAMPLERS[name])
+
+
+@dataclasses.dataclass(frozen=True)
+class PlainEuler(EulerSampler):
+    """A sampler registered without an options section of its own."""
+
+
+def test_a_sampler_without_a_section_gets_the_common_options(monkeypatch) -> None:
+    monkeypatch.setitem(SAMPLERS._entries, "plain_euler", PlainEuler)
+    section = SamplerSection(name="plain_euler", num_steps=3, temperature=0.7)
+    assert set(section.options()) == {"num_steps", "temperature", "top_k", "top_p", "exclude_mask"}
+    sampler = build_sampler("plain_euler", Linear(), **section.options())
+    assert isinstance(sampler, PlainEuler) and (sampler.num_steps, sampler.temperature) == (3, 0.7)
