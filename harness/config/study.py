@@ -44,7 +44,7 @@ STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 class SearchSpec(BaseModel):
     model_config = STRICT
     algorithm: Literal["grid", "random", "optuna"] = "grid"
-    num_trials: int = Field(default=8, ge=1)
+    num_trials: int = Field(default=8, ge=1, le=10**9)
     seed: int = 0
     # The most trials a study may plan (grid cells x variants x seeds, or num_trials): a typo
     # such as num_trials: 1e9 is refused with its count instead of running validation for hours.
@@ -63,9 +63,9 @@ class Resources(BaseModel):
     workers of ``cpu`` and ``gpu`` each (harness.ray.distributed), the same steps as one process."""
 
     model_config = STRICT
-    cpu: float = Field(default=1.0, gt=0)
-    gpu: float = Field(default=0.0, ge=0)
-    workers: int = Field(default=1, ge=1)
+    cpu: float = Field(default=1.0, gt=0, le=4096)
+    gpu: float = Field(default=0.0, ge=0, le=4096)
+    workers: int = Field(default=1, ge=1, le=4096)
 
 
 class StudySpec(BaseModel):
@@ -82,9 +82,9 @@ class StudySpec(BaseModel):
     mode: Literal["min", "max"] | None = None
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
     resources: Resources = Field(default_factory=Resources)
-    concurrency: int = Field(default=2, ge=1)
+    concurrency: int = Field(default=2, ge=1, le=100_000)
     max_failures: int = Field(default=1, ge=0)
     paper_reference: str | None = None  # "<file relative to the study>#<entry>": the paper's numbers
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study

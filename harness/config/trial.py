@@ -72,11 +72,11 @@ class DataConfig(Section):
 class ModelSection(Section):
     timestep: Literal["explicit", "implicit"] = "implicit"
     size: str = "tiny"
-    depth: int | None = Field(default=None, ge=1)
-    width: int | None = Field(default=None, ge=8)
-    heads: int | None = Field(default=None, ge=1)
-    mlp_ratio: float = Field(default=4.0, gt=0)
-    time_scale: float = Field(default=1000.0, gt=0)
+    depth: int | None = Field(default=None, ge=1, le=512)
+    width: int | None = Field(default=None, ge=8, le=65536)
+    heads: int | None = Field(default=None, ge=1, le=4096)
+    mlp_ratio: float = Field(default=4.0, gt=0, le=64)
+    time_scale: float = Field(default=1000.0, gt=0, le=1e9)
     patch: tuple[int, ...] | None = None  # tokens per transformer position along each grid axis
     # Captions as the condition: models.text.TextConfig fields ({encoder: learned} or
     # {encoder: clip, path: FOLDER}); the data must be captioned. None: class labels, if any.
@@ -118,18 +118,20 @@ def section_from_dataclass(
 
 # Bounds on models.trainer.TrainConfig's fields; their names, types (choices as Literal) and
 # defaults come from the dataclass. Its seed is the trial's (TrialConfig.seed), not a train field.
+# Every float is finite (Section); the upper bounds are far beyond any real run (the paper's
+# ImageNet training: 400,000 steps at batch 256) and stop a typo (steps: 1e12) before any work.
 TRAIN_CONSTRAINTS: dict[str, FieldInfo] = {
-    "steps": Field(ge=1),
-    "batch_size": Field(ge=1),
-    "grad_accum": Field(ge=1),
+    "steps": Field(ge=1, le=10**9),
+    "batch_size": Field(ge=1, le=2**20),
+    "grad_accum": Field(ge=1, le=2**16),
     "lr": Field(gt=0),
     "weight_decay": Field(ge=0),
-    "warmup_steps": Field(ge=0),
+    "warmup_steps": Field(ge=0, le=10**9),
     "grad_clip": Field(ge=0),
     "ema_decay": Field(ge=0, le=1),
     "class_dropout": Field(ge=0, le=1),
     "t_eps": Field(ge=0, lt=1),
-    "checkpoint_every": Field(ge=0),
+    "checkpoint_every": Field(ge=0, le=10**9),
 }
 
 
@@ -168,11 +170,11 @@ class MaskGITOptions(Section):
 
 class SamplerSection(Section):
     name: str = "euler"
-    num_steps: int = Field(default=16, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
+    num_steps: int = Field(default=16, ge=1, le=100_000)
+    temperature: float = Field(default=1.0, gt=0, le=1e6)
     top_k: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    cfg_scale: float = 1.0
+    cfg_scale: float = Field(default=1.0, ge=-1e6, le=1e6)
     exclude_mask: bool = True
     euler: EulerOptions = Field(default_factory=EulerOptions)
     maskgit: MaskGITOptions = Field(default_factory=MaskGITOptions)
@@ -218,8 +220,8 @@ class ExtraProtocol(Section):
 
     extractor: str
     metrics: list[str] = Field(default_factory=lambda: ["fid"], min_length=1)
-    num_samples: int | None = Field(default=None, ge=2)
-    num_reference: int | None = Field(default=None, ge=2)
+    num_samples: int | None = Field(default=None, ge=2, le=1_000_000)
+    num_reference: int | None = Field(default=None, ge=2, le=10_000_000)
 
     _metrics = field_validator("metrics")(_known_metrics)
     _extractor = field_validator("extractor")(_known_extractor)
@@ -229,11 +231,11 @@ class ExtraProtocol(Section):
 
 
 class EvalSection(Section):
-    num_samples: int = Field(default=500, ge=2)
-    batch_size: int = Field(default=250, ge=1)
+    num_samples: int = Field(default=500, ge=2, le=1_000_000)  # per sample seed
+    batch_size: int = Field(default=250, ge=1, le=2**20)
     metrics: list[str] = Field(default_factory=lambda: ["fid", "kid_mean", "precision", "recall", "is_mean"])
     extractor: str | None = None
-    sample_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sample_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
     extra_protocols: list[ExtraProtocol] = Field(default_factory=list)
 
     _metrics = field_validator("metrics")(_known_metrics)

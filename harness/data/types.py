@@ -138,13 +138,31 @@ class Dataset:
             except ValidationError as err:
                 e = err.errors()[0]
                 where = ".".join(str(p) for p in e["loc"])
-                raise UserError(f"data.options.{where}: {short(e.get('input'))}: {e['msg']}") from None
+                expected = _EXPECTED.get(e["type"], e["msg"])
+                raise UserError(f"data.options.{where}: {short(e.get('input'))}; {expected}") from None
         try:
             return self.shape(**options)
         except TypeError as err:  # an option a **options shape does not take
             raise UserError(f"data.options for {self.name!r}: {err}") from None
         except ValueError as err:
             raise UserError(str(err)) from None
+
+
+# pydantic error type -> what was expected, in the words of the other refusals.
+_EXPECTED = {
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
+    "string_type": "expected a string",
+    "dict_type": "expected a mapping",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+}
 
 
 def _options_model(
