@@ -9,17 +9,29 @@
   run_study.py evaluate SAMPLES --dataset D     rescore samples saved on disk (no resampling)
   run_study.py tokenize IMAGES OUT --tokenizer VQ   an image folder into a shard folder (resumable)
 
-Exit code 2 on invalid input (harness.errors.UserError), with nothing started; any other error is a
-bug: exit 1 with its traceback.
+One driver per study: run/resume hold <runs-root>/<study>/driver.lock (it records the holder's pid
+and host) from validation to exit, on this machine and on any node that shares the runs root.
+
+Exit codes:
+  0  done: every trial of the study finished (or the command did its work)
+  1  a bug: any error not listed here, with its traceback
+  2  invalid input (harness.errors.UserError): one line naming the field or path; nothing started
+  3  the study ran but some trials failed: how many, and the ledger files that hold their errors
+  4  the study is being run by another driver (its pid and host are named); nothing started
+  5  a path could not be written (disk full, quota, read-only, no permission, a path under a file):
+     the path and the cause are named; finished trials are kept, resume once it is fixed
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
+EXIT_TRIALS_FAILED, EXIT_LOCKED, EXIT_UNWRITABLE = 3, 4, 5
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EIO}
 DEFAULT_RUNS = Path("runs")
 QUICKSTART = Path(__file__).resolve().parent / "search_spaces" / "quickstart.yaml"
 
@@ -76,15 +88,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args) -> int:
-    from harness.evaluation import Evaluator
+    from harness.data.registry import get_dataset, real_images
+    from harness.errors import check_known
+    from harness.evaluation import EXTRACTORS, METRICS, Evaluator
+    from harness.evaluation.evaluator import checked_samples
 
+    get_dataset(args.dataset)  # unknown names are refused before anything loads
+    for name in args.metrics or ():
+        check_known(name, METRICS, "--metrics")
+    if args.extractor is not None:
+        check_known(args.extractor, EXTRACTORS, "--extractor")
+    like = real_images(args.dataset, "heldout")[0][0]  # one real image: the shape samples must have
+    samples = checked_samples(args.samples, like)  # refused before an extractor is built or trained
     evaluator = Evaluator(
         args.dataset,
         extractor=args.extractor,
         metrics=args.metrics,
         weights_path=args.weights,
     )
-    for result in evaluator.score_sample_dir(args.samples):
+    seed = int(samples.meta["sample_seed"])
+    for result in evaluator.evaluate(samples.images, seed, labels=samples.labels):
         print(f"{result.name} = {result.value:.4f}   [{result.protocol.protocol_key()}]")
     return 0
 
@@ -135,12 +158,14 @@ def _log_report(tracker, report) -> None:
 def _run(args) -> int:
     import logging
 
+    from harness.run.lock import StudyLock
     from harness.run.plan import measured_flops_per_second
-    from harness.runner import execute, prepare
-    from harness.tracking.tracker import Tracker, resolve_tracking_uri
+    from harness.runner import prepare
 
     for noisy in ("mlflow", "alembic"):  # database set-up chatter; our progress lines say what matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow logs a store error as a traceback before raising it; the raised one is reported (exit 5)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     target = QUICKSTART if args.command == "quickstart" else args.study
     run = prepare(target, args.runs_root)
     gpu_tflops = args.gpu_tflops if run.spec.resources.gpu > 0 else None
@@ -153,13 +178,22 @@ def _run(args) -> int:
         from harness.runner import check_resources, local_resources
 
         check_resources(run.spec, local_resources())
+    with StudyLock(run.study_dir, run.spec.name):  # validated; nothing of the study written yet
+        return _drive(args, run)
+
+
+def _drive(args, run) -> int:
+    """Runs a validated study under its lock: MLflow invocation, trials, sync, report; the exit code."""
+    from harness.run.ledger import Ledger
+    from harness.runner import execute
+    from harness.tracking.tracker import Tracker, resolve_tracking_uri
+
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
     tracker = Tracker(uri, run.spec.name)
-    from harness.run.ledger import Ledger
-
+    if killed := tracker.end_stale_invocations():  # we hold the lock: their drivers are gone
+        print(f"marked {killed} invocation(s) left RUNNING by a stopped driver as KILLED in MLflow")
     ledger = Ledger(run.study_dir)
     tracker.start_invocation(run.spec.model_dump(mode="json"), {"git_commit": _git_commit(), **_versions()})
-    status = "FAILED"
     try:
         records = execute(
             run,
@@ -170,19 +204,47 @@ def _run(args) -> int:
         tracker.sync(ledger.records())
         report = _report(run, uri)
         _log_report(tracker, report)
-        status = "FINISHED"
-    finally:
-        tracker.end_invocation(status)
-    finished = sum(r.status == "finished" for r in records)
-    print(f"{finished}/{len(records)} trials finished")
+    except BaseException as err:
+        _end_quietly(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end_invocation("FINISHED")
+    total = max(len(records), len(run.plan.trials))
+    print(f"{sum(r.status == 'finished' for r in records)}/{total} trials finished")
     print(f"report: {report.markdown} and {report.html}")
     print(f"MLflow store: {uri}  (view: mlflow ui --backend-store-uri {uri})")
-    return 0
+    return _trial_failures(run, records)
+
+
+def _end_quietly(tracker, status: str) -> None:
+    """Ends the parent run while an error propagates: a store that fails here must not hide it."""
+    try:
+        tracker.end_invocation(status)
+    except Exception as err:
+        print(f"note: the parent run stays RUNNING ({err}); the next run marks it KILLED", file=sys.stderr)
+
+
+def _trial_failures(run, records: list) -> int:
+    """0 when every planned trial finished; else says how many did not, and where their errors are."""
+    failed = [r for r in records if r.status != "finished"]
+    missing = max(len(run.plan.trials) - len(records), 0)  # a worker that died before its record
+    if not failed and not missing:
+        return 0
+    lines = [f"error: {len(failed) + missing} of {max(len(records), len(run.plan.trials))} trials failed"]
+    if failed:
+        lines.append(f"  {len(failed)} with a ledger record (its 'error' field; MLflow tag unmask.error):")
+        lines += [f"    {run.study_dir / 'ledger' / f'{r.trial_hash}.json'}" for r in failed[:10]]
+        lines += [f"    ... and {len(failed) - 10} more"] if len(failed) > 10 else []
+    if missing:
+        lines.append(f"  {missing} without one (its worker died): see error.txt in {run.study_dir / 'ray'}")
+    print("\n".join(lines), file=sys.stderr)
+    return EXIT_TRIALS_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports download many
     from harness.errors import UserError
+    from harness.run.lock import StudyLockedError
 
     try:
         if args.command == "validate":
@@ -205,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             from harness.tracking.tracker import Tracker, resolve_tracking_uri
 
             run = prepare(args.study, args.runs_root)
+            if not (run.study_dir / "ledger").is_dir():
+                raise UserError(f"study {run.spec.name!r} has not run yet: no ledger under {run.study_dir}")
             if args.from_ledger:  # no MLflow needed: tables from the study's ledger files
                 from harness.config.study import metric_mode
                 from reports.markdown import write_markdown_report
@@ -222,9 +286,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {report.markdown} and {report.html}")
             return 0
         return _run(args)
-    except UserError as err:  # bad input; anything else is a bug and keeps its traceback (exit 1)
+    except UserError as err:  # bad input; anything not caught here is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StudyLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except OSError as err:
+        if err.errno not in UNWRITABLE:
+            raise
+        path = err.filename or getattr(args, "runs_root", "?")
+        driver = args.command in ("run", "resume", "quickstart")
+        hint = "; finished trials are kept: fix it, then resume the study" if driver else ""
+        print(f"error: {path}: {err.strerror} ({errno.errorcode[err.errno]}){hint}", file=sys.stderr)
+        return EXIT_UNWRITABLE
 
 
 if __name__ == "__main__":

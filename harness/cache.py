@@ -2,6 +2,10 @@
 
 Everything cached is a dict of tensors and plain Python values, saved with ``torch.save`` and
 read back with ``torch.load(weights_only=True)``, so loading a cache file never runs code.
+
+A damaged file (a cache entry, a ledger record, a checkpoint, a sample file) is never deleted
+and never fatal: it is moved aside to a ``quarantine`` folder of its root, named
+``<name>.<UTC timestamp>``, with a one-line warning on stderr, and recomputed.
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +65,35 @@ def load_torch(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_cached(path: Path, root: Path, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """A cache entry written by :func:`save_torch`, or None when it is absent or damaged.
+
+    A file that does not load, or lacks a ``required`` key, is quarantined under
+    ``<root>/quarantine/`` (see :func:`quarantine_cache_entry`) and the caller recomputes it.
+    """
+    if not path.is_file():
+        return None
+    try:
+        entry = load_torch(path)
+        if not isinstance(entry, dict):
+            raise TypeError(f"holds a {type(entry).__name__}, not a dict")
+        if missing := [key for key in required if key not in entry]:
+            raise KeyError(f"lacks {missing}")
+    except FileNotFoundError:  # another process moved it aside first
+        return None
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        quarantine_cache_entry(path, root, f"unreadable cache entry ({type(err).__name__}: {err})")
+        return None
+    return entry
+
+
+def quarantine_cache_entry(path: Path, root: Path, reason: str) -> Path | None:
+    """Moves a damaged cache file to ``<root>/quarantine/<its folder under root>/``."""
+    path, root = Path(path), Path(root)
+    below = path.parent.relative_to(root) if path.parent.is_relative_to(root) else Path()
+    return quarantine(path, root / QUARANTINE / below, reason)
+
+
 def sha256_tensors(tensors: Mapping[str, Tensor]) -> str:
     """sha256 over (name, dtype, shape, bytes) of each tensor, in sorted name order."""
     h = hashlib.sha256()
@@ -102,3 +137,32 @@ def _json_default(obj: Any) -> Any:
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes text so that a reader sees the old file or the whole new one (tmp file + rename)."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+QUARANTINE = "quarantine"  # the folder, under a root, where damaged files are moved aside
+
+
+def stamped(folder: Path, name: str) -> Path:
+    """``folder/<name>.<UTC timestamp>``, to microseconds so that two moves do not collide."""
+    return Path(folder) / f"{name}.{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+
+
+def quarantine(path: Path, folder: Path, reason: str) -> Path | None:
+    """Moves a damaged file or folder to ``folder/<name>.<UTC timestamp>`` and warns on stderr.
+
+    Returns where it went, or None when it was gone already (another process moved it first).
+    """
+    target = stamped(folder, Path(path).name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    warn_quarantined(path, target, reason)
+    return target
+
+
+def warn_quarantined(path: Path, target: Path, reason: str) -> None:
+    """One line on stderr: what was damaged, why, and where it went."""
+    why = " ".join(reason.split())  # one line, whatever the error message held
+    print(f"warning: {path}: {why}; moved to {target} (it is recomputed)", file=sys.stderr, flush=True)

@@ -17,9 +17,25 @@ class UserError(ValueError):
 
 
 def did_you_mean(name: object, known: Iterable[str], cutoff: float = 0.6) -> str:
-    """'; did you mean 'x'?' for the closest known name, or ''."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """'; did you mean 'x'?' for the closest known name, or ''. Among difflib's close matches the
+    fewest edits wins (a swap of two letters is one edit: 'fdi' -> 'fid', not 'fvd')."""
+    close = difflib.get_close_matches(str(name), sorted({str(k) for k in known}), n=5, cutoff=cutoff)
+    if not close:
+        return ""
+    best = min(close, key=lambda k: (_edits(str(name), k), close.index(k)))
+    return f"; did you mean {best!r}?"
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
 
 
 def check_known(name: object, known: Iterable[str], field: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -18,7 +18,7 @@ from harness.ray.dispatch import RayDispatcher, TrialContext
 from harness.run.ledger import Ledger, TrialRecord
 from harness.run.plan import Plan, make_plan
 from harness.run.store import CheckpointStore
-from harness.run.trial import trial_evaluators
+from harness.run.trial import damaged_samples, trial_evaluators
 
 STUDY_FILE = "study.yaml"  # the resolved study (its base embedded), written at the first run
 
@@ -144,6 +144,20 @@ def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
     return out
 
 
+def verify_finished_trials(run: StudyRun) -> Plan:
+    """The plan once what its finished trials point to is checked: each seed's samples exist and
+    match their checksum. A trial whose samples are gone or damaged runs again: the damaged files
+    go to the store's quarantine and its record to the ledger's (the ledger never holds two
+    records of one trial). Reads every sample file of the study; writes only what it moves."""
+    ledger, plan = Ledger(run.study_dir), run.plan
+    pending = {t.trial_hash() for t in plan.pending_trials}
+    for trial in plan.trials:
+        if trial.trial_hash() not in pending and (problem := damaged_samples(trial, run.store)):
+            ledger.quarantine(trial.trial_hash(), f"finished, but its samples are not intact ({problem})")
+            pending.add(trial.trial_hash())
+    return replace(plan, pending_trials=[t for t in plan.trials if t.trial_hash() in pending])
+
+
 def execute(
     run: StudyRun,
     *,
@@ -165,7 +179,7 @@ def execute(
         run.spec.resources.cpu,
         run.spec.resources.gpu,
     )
-    plan = run.plan
+    plan = verify_finished_trials(run)
     warm_datasets(plan.trials, run.study_dir, run.cache_dir)
     warm_evaluators(plan.pending_trials, run.cache_dir)
     if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":

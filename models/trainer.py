@@ -23,7 +23,9 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from models.backbone import DiscreteDiT, ModelConfig
 from models.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
-from models.data_parallel import DataParallel, draw_micro_batch, mean_over_ranks, training_loss
+from models.data_parallel import DataParallel, draw_micro_batch, training_loss
+from models.divergence import DivergenceGuard
+from models.divergence import TrainingDivergedError as TrainingDivergedError  # raised by train / train_step
 from models.losses import LOSSES
 from models.registry import check_keys
 from models.schedulers import KappaScheduler, build_scheduler
@@ -178,20 +180,21 @@ def parallelize(state: TrainState, parallel: DataParallel, config: TrainConfig) 
     state.forward = torch.compile(state.wrapped) if config.compile else state.wrapped
 
 
-def train_step(
+def optimizer_step(
     state: TrainState,
     tokens: Tensor,
     labels: Tensor | None,
     config: TrainConfig,
     scheduler: KappaScheduler,
     device: str | torch.device,
-) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss (over all ranks)."""
+) -> tuple[Tensor, Tensor]:
+    """One optimizer step over ``grad_accum`` micro-batches: (this rank's mean loss, the gradient
+    norm before clipping), 0-d tensors left on the device (no synchronisation)."""
     model, parallel = state.model, state.parallel
     shard = (parallel.rank, parallel.world_size) if parallel else (0, 1)
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.step, config)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for k in range(config.grad_accum):
         batch = draw_micro_batch(tokens, labels, config, scheduler, model.config, state.generator, shard)
         x_1, x_t, t = batch.x_1.to(device), batch.x_t.to(device), batch.t.to(device)
@@ -203,9 +206,11 @@ def train_step(
                 logits = state.forward(x_t, t, y)  # (b, L, V)
             loss = training_loss(logits, x_1, x_t, t, config, scheduler, model.config, batch.weights)
             (loss / config.grad_accum).backward()
-        total += loss.item()
+        total += loss.detach().double()
     if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    else:  # computed anyway: a non-finite gradient must stop the training at its own step
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     # EMA with the usual warm-up, so that a short run's EMA is not mostly the initialisation.
@@ -214,7 +219,24 @@ def train_step(
         for p_ema, p in zip(state.ema.parameters(), model.parameters(), strict=True):
             p_ema.lerp_(p, 1.0 - decay)
     state.step += 1
-    return mean_over_ranks(total / config.grad_accum, parallel, device)
+    return total / config.grad_accum, grad_norm
+
+
+def train_step(
+    state: TrainState,
+    tokens: Tensor,
+    labels: Tensor | None,
+    config: TrainConfig,
+    scheduler: KappaScheduler,
+    device: str | torch.device,
+) -> float:
+    """One optimizer step; returns the mean loss (over all ranks). Raises TrainingDivergedError when
+    the loss or the gradient norm is not finite. Synchronises once per call (``train`` checks
+    only at its logging and saving steps)."""
+    guard = DivergenceGuard(state.parallel)
+    loss, grad_norm = optimizer_step(state, tokens, labels, config, scheduler, device)
+    guard.record(state.step, loss, grad_norm)
+    return guard.check()[0]
 
 
 def save_state(path: str | Path, state: TrainState, config: TrainConfig, extra: dict | None = None) -> None:
@@ -264,6 +286,10 @@ def train(
     every ``checkpoint_every`` steps) to ``checkpoint_path``. With ``parallel`` every rank calls
     this with the same arguments: each trains on B / N rows of every micro-batch, ``log`` gets
     the mean loss over ranks on every rank, and only rank 0 writes the checkpoint.
+
+    Raises TrainingDivergedError (on every rank) when a step's loss or gradient norm is not finite;
+    checked every ``log_every`` steps and before each save, whose weights and EMA must be finite
+    too, so a checkpoint never holds weights from a non-finite step.
     """
     if labels is not None and not model_config.conditional:
         labels = None
@@ -281,10 +307,15 @@ def train(
     writes = checkpoint_path is not None and (parallel is None or parallel.rank == 0)
     scheduler = config.build_scheduler()
     state.model.train()
+    guard = DivergenceGuard(parallel)
     started, window = time.perf_counter(), []
     while state.step < config.steps:
-        window.append(train_step(state, tokens, labels, config, scheduler, device))
+        loss, grad_norm = optimizer_step(state, tokens, labels, config, scheduler, device)
+        guard.record(state.step, loss, grad_norm)  # state.step: the step just taken, counted from 1
         done = state.step == config.steps
+        periodic = bool(config.checkpoint_every) and state.step % config.checkpoint_every == 0
+        if state.step % log_every == 0 or periodic or done:  # the same steps on every rank
+            window += guard.check((state.model, state.ema) if periodic or done else ())
         if log is not None and (state.step % log_every == 0 or done):
             log(
                 state.step,
@@ -295,7 +326,6 @@ def train(
                 },
             )
             window = []
-        periodic = config.checkpoint_every and state.step % config.checkpoint_every == 0
         if writes and (periodic or done):
             save_state(checkpoint_path, state, config)
     state.model.eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,22 @@ class MetricColumn:
 
 
 def load_records(study_dir: Path) -> list[dict]:
-    """Every ledger record of the study, as dicts with the TrialRecord fields (defaults filled)."""
+    """Every ledger record of the study, as dicts with the TrialRecord fields (defaults filled).
+
+    A file that is not a record (truncated, foreign) is skipped with a warning naming it; the
+    next run of the study moves it to the quarantine and runs its trial again."""
     defaults = {"metrics": {}, "protocols": {}, "intervals": {}, "artifacts": {}, "config": {}}
     records = []
     for path in sorted((Path(study_dir) / "ledger").glob("*.json")):
         if path.name.startswith("."):
             continue  # an atomic write in progress
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict) or not isinstance(record.get("status"), str):
+                raise ValueError("not a JSON object with a status")
+        except (OSError, ValueError) as err:
+            print(f"warning: {path}: skipped, not a ledger record ({err})", file=sys.stderr, flush=True)
+            continue
         records.append({**defaults, "seconds": 0.0, "error": None, "attempts": 1, **record})
     return records
 

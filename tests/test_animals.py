@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import re
 from pathlib import Path
 
 import numpy as np
@@ -135,12 +134,18 @@ def test_cache_is_hit_and_carries_config_and_report(images: torch.Tensor, cached
     assert meta["num_train"] == 150 and meta["num_heldout"] == 50
 
 
-def test_corrupt_cache_names_the_file(images: torch.Tensor, cached, tmp_path: Path) -> None:
+def test_a_corrupt_cached_tokenizer_is_quarantined_and_trained_again(
+    images: torch.Tensor, cached, tmp_path: Path, capsys
+) -> None:
     path = tmp_path / "cache" / "tokenizers" / cached[1].name
     path.parent.mkdir(parents=True)
     path.write_bytes(cached[1].read_bytes()[:100])
-    with pytest.raises(TokenizerCacheError, match=re.escape(str(path))):
-        cached_tokenizer(VQConfig(**TINY), images[:150], images[150:])
+    again = cached_tokenizer(VQConfig(**TINY), images[:150], images[150:], num_threads=1)
+    assert again.weights_sha256 == cached[0].weights_sha256  # trained again, deterministically
+    assert vq_store.load_tokenizer(path).weights_sha256 == again.weights_sha256  # and cached again
+    (moved,) = (tmp_path / "cache" / "quarantine" / "tokenizers").iterdir()
+    assert moved.name.startswith(path.name) and moved.read_bytes() == cached[1].read_bytes()[:100]
+    assert str(path) in capsys.readouterr().err
 
 
 def test_tampered_weights_are_detected(cached, tmp_path: Path) -> None:

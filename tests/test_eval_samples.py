@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.evaluation.protocol import Protocol
-from harness.evaluation.samples import MAX_NAME, SAMPLES_FILE, load_samples, sample_dir_name, save_samples
+from harness.evaluation.samples import (
+    MAX_NAME,
+    SAMPLES_FILE,
+    load_samples,
+    sample_dir_name,
+    save_samples,
+    verify_samples,
+)
 from harness.evaluation.uncertainty import bootstrap_interval, t_interval
 
 values = st.one_of(
@@ -56,7 +63,8 @@ def test_save_and_load_round_trip_and_uint8_images_are_scaled(tmp_path) -> None:
     labels = torch.arange(5)
     path = save_samples(tmp_path / "run", tokens, images, labels, {"sample_seed": 3, "num_steps": 8})
     assert path == tmp_path / "run" / SAMPLES_FILE
-    assert [p.name for p in path.parent.iterdir()] == [SAMPLES_FILE]  # no temporary file left behind
+    # no temporary file left behind; the checksum beside the samples
+    assert sorted(p.name for p in path.parent.iterdir()) == [SAMPLES_FILE, f"{SAMPLES_FILE}.sha256"]
     loaded = load_samples(tmp_path / "run")
     assert torch.equal(loaded.tokens, tokens) and torch.equal(loaded.images, images)
     assert torch.equal(loaded.labels, labels) and loaded.meta == {"sample_seed": 3, "num_steps": 8}
@@ -78,7 +86,8 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch) -
         save_samples(tmp_path, tokens, images, meta={"v": 2})
     monkeypatch.undo()
     assert load_samples(tmp_path).meta == {"v": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [SAMPLES_FILE]
+    # the old checksum went first (it must never describe a new file); the old file still verifies
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SAMPLES_FILE] and verify_samples(tmp_path) is None
 
 
 def test_mismatched_lengths_are_rejected(tmp_path) -> None:

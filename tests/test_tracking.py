@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities import Param
 
 from harness.run.ledger import TrialRecord
 from harness.tracking.schema import TAG_ATTEMPTS, TAG_ERROR, TAG_TRIAL_HASH, experiment_name
@@ -118,7 +119,7 @@ def test_child_run_holds_params_metrics_curve_tags_and_artifacts(store, tmp_path
     assert [f.path for f in client.list_artifacts(parent_id)] == ["study_config.yaml"]
 
 
-def test_failed_record_gives_failed_run_and_a_retry_is_logged_once(store):
+def test_failed_record_gives_failed_run_and_a_retry_fills_the_same_run(store):
     tracker = Tracker(store, "failures")
     tracker.start_invocation({}, {})
     assert tracker.sync([_record("ddd", status="failed", error="x" * 20000)]) == 1
@@ -130,18 +131,22 @@ def test_failed_record_gives_failed_run_and_a_retry_is_logged_once(store):
     assert tracker.sync([retried]) == 0
     frame = study_runs(store, "failures")
     assert len(frame) == 1 and frame.loc[0, "status"] == "FINISHED"
-    assert len(study_runs(store, "failures", latest_only=False)) == 2
+    (again,) = _trial_runs(store, "failures")  # one child run per trial, ever
+    assert again.info.run_id == run.info.run_id and TAG_ERROR not in again.data.tags
+    assert again.data.tags[TAG_ATTEMPTS] == "2" and again.data.metrics["fid"] == 12.5
 
 
-def test_run_left_running_by_a_killed_sync_is_killed_and_relogged(store):
+def test_run_left_running_by_a_killed_sync_is_filled_in(store):
     tracker = Tracker(store, "stale")
     client = MlflowClient(tracking_uri=store)
     stale = client.create_run(tracker.experiment_id, tags={TAG_TRIAL_HASH: "eee"})
+    client.log_batch(stale.info.run_id, params=[Param("seed", "0")])  # half-logged
     tracker.start_invocation({}, {})
     assert tracker.sync([_record("eee")]) == 1
-    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert client.get_run(stale.info.run_id).info.status == "FINISHED"
+    assert client.get_run(stale.info.run_id).data.params["model.timestep"] == "explicit"
     assert tracker.sync([_record("eee")]) == 0
-    assert len(study_runs(store, "stale")) == 1
+    assert [r.info.run_id for r in _trial_runs(store, "stale")] == [stale.info.run_id]
 
 
 def test_long_param_values_are_cut_to_the_mlflow_limit(store):

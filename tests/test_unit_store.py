@@ -39,6 +39,11 @@ def tiny_trial(**sections) -> TrialConfig:
     return build_trial(d)
 
 
+def fake_training(trial: TrialConfig, folder: Path, *args, **kwargs) -> None:
+    """Stands in for train_into: leaves a checkpoint file (done.json records its size and sha256)."""
+    (folder / "checkpoint.pt").write_bytes(b"a checkpoint of " + trial.training_hash().encode())
+
+
 def curve_steps(folder: Path) -> list[int]:
     lines = (folder / "curve.jsonl").read_text().splitlines()
     return [json.loads(line)["step"] for line in lines if line.strip()]
@@ -149,7 +154,7 @@ def test_ensure_trains_once_and_a_second_call_reuses_it(tmp_path: Path, monkeypa
 
 
 def test_a_different_training_config_gets_its_own_folder(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "train_into", lambda trial, folder, *a, **k: None)
+    monkeypatch.setattr(store_module, "train_into", fake_training)
     store = CheckpointStore(tmp_path)
     trials = [tiny_trial(), tiny_trial(train={"lr": 5e-4}), tiny_trial(model={"timestep": "explicit"})]
     for trial in trials:
@@ -171,6 +176,7 @@ def test_a_launcher_trains_instead_and_done_json_follows_it(tmp_path: Path, monk
         assert not store.is_done(t.training_hash())
         assert (folder / "config.json").is_file()  # written before the launch
         launched.append((t, folder))
+        fake_training(t, folder)
 
     store.ensure(trial, launcher=launcher)
     assert launched == [(trial, store.folder(trial.training_hash()))]
@@ -194,7 +200,8 @@ def test_a_trial_waits_on_the_lock_and_reuses_what_the_holder_trained(tmp_path: 
         thread = _ensure_in_thread(store, trial, out)
         time.sleep(0.5)
         assert thread.is_alive() and not out  # it waits instead of training alongside
-        (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))  # the holder finishes
+        fake_training(trial, folder)  # the holder finishes
+        store.mark_done(trial.training_hash(), 1.0)
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert out == [store.checkpoint(trial.training_hash())] and trainings == []
@@ -206,6 +213,7 @@ def test_concurrent_trials_of_one_checkpoint_train_it_once(tmp_path: Path, monke
     def slow_training(trial, folder, *args, **kwargs) -> None:
         trainings.append(folder)
         time.sleep(0.3)
+        fake_training(trial, folder)
 
     monkeypatch.setattr(store_module, "train_into", slow_training)
     store = CheckpointStore(tmp_path)

@@ -94,7 +94,20 @@ class StudySpec(BaseModel):
 class _BoundedLoader(yaml.SafeLoader):
     """yaml.SafeLoader (no tag that builds an object) that refuses a document whose tree, with
     every alias expanded, has more than MAX_NODES nodes (an alias bomb: nine aliases of nine
-    aliases of ... are a few lines that expand to billions), before anything is constructed."""
+    aliases of ... are a few lines that expand to billions), before anything is constructed, and
+    a mapping with a key twice (YAML forbids it; PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 (PyYAML's signature)
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
     def construct_document(self, node):  # noqa: ANN001 (PyYAML's signature)
         sizes: dict[int, int] = {}
@@ -172,10 +185,17 @@ def read_reference(folder: Path, ref: str) -> dict[str, Any]:
     data = read_yaml(folder / file)
     if entry not in data:
         raise ConfigError(
-            f"paper_reference {ref!r}: no entry {entry!r} in {file}; expected one of {sorted(data)}"
+            f"paper_reference {ref!r}: no entry {entry!r} in {file}; expected one of {sorted(map(str, data))}"
         )
     reference = data[entry]
-    for finding in reference.get("findings", []):
+    if not isinstance(reference, dict):
+        raise ConfigError(f"paper_reference {ref!r}: expected a mapping; got {short(reference)}")
+    findings = reference.get("findings", [])
+    if not isinstance(findings, list):
+        raise ConfigError(f"paper_reference {ref!r}: findings: expected a list; got {short(findings)}")
+    for finding in findings:
+        if not isinstance(finding, dict):
+            raise ConfigError(f"paper_reference {ref!r}: a finding: expected a mapping; got {short(finding)}")
         if finding.get("kind") not in FINDING_KINDS:
             raise ConfigError(
                 f"paper_reference {ref!r}: finding kind {finding.get('kind')!r};"
@@ -208,8 +228,11 @@ def _deep_merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
-    """(distribution, parameters) of one space entry; a bare list is a grid."""
+    """(distribution, parameters) of one space entry; a bare list is a grid. A distribution's
+    bounds are numbers with low < high (randint: integers; loguniform: both positive)."""
     if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"space.{key}: an empty grid; expected at least one value")
         return "grid", value
     if isinstance(value, dict) and len(value) == 1:
         ((kind, params),) = value.items()
@@ -219,10 +242,25 @@ def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
             )
         if not isinstance(params, list) or not params:
             raise ConfigError(f"space.{key}.{kind}: expected a non-empty list, got {params!r}")
-        if kind in ("uniform", "loguniform", "randint") and len(params) != 2:
-            raise ConfigError(f"space.{key}.{kind}: expected [low, high], got {params!r}")
+        if kind in ("uniform", "loguniform", "randint"):
+            _check_bounds(f"space.{key}.{kind}", kind, params)
         return kind, params
     raise ConfigError(f"space.{key}: expected a list (grid) or one of {list(DISTRIBUTIONS)}, got {value!r}")
+
+
+def _check_bounds(where: str, kind: str, params: list[Any]) -> None:
+    numbers = len(params) == 2 and all(
+        isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p) for p in params
+    )
+    if not numbers:
+        raise ConfigError(f"{where}: expected [low, high], two finite numbers; got {short(params)}")
+    low, high = params
+    if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
+        raise ConfigError(f"{where}: expected two integers [low, high); got {short(params)}")
+    if not low < high:
+        raise ConfigError(f"{where}: expected low < high; got {short(params)}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: expected 0 < low < high (a log scale); got {short(params)}")
 
 
 @dataclass(frozen=True)
@@ -350,6 +388,7 @@ def validate_study(spec: StudySpec) -> None:
     if spec.metric not in produced:
         raise ConfigError(
             f"metric {spec.metric!r} is not produced by the evaluator; expected one of {sorted(produced)}"
+            f"{did_you_mean(spec.metric, produced)}"
         )
     if spec.metric in METRICS and spec.metric not in first.eval.metrics:
         raise ConfigError(f"metric {spec.metric!r} is not in eval.metrics {first.eval.metrics}: add it there")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.cache import cache_dir as resolve_cache_dir
-from harness.cache import load_torch, save_torch, sha256_tensors, stable_hash
+from harness.cache import load_cached, load_torch, save_torch, sha256_tensors, stable_hash
 from harness.data.registry import load_dataset
 from harness.evaluation.domain_cnn import (
     ClassifierTrainConfig,
@@ -122,7 +122,8 @@ def train_and_save(spec: DomainSpec, x_train: Tensor, y_train: Tensor, path: Pat
 def domain_extractor(
     spec: DomainSpec, cache_dir: str | Path | None = None, weights_path: str | Path | None = None
 ) -> DomainExtractor:
-    """The spec's extractor from weights_path if given, else from the cache, else trained now and cached."""
+    """The spec's extractor from weights_path if given, else from the cache, else trained now and
+    cached (a damaged cache file is quarantined and trained again)."""
     if weights_path is not None:
         if not Path(weights_path).is_file():
             raise WeightsNotFoundError(f"{spec.extractor}: no checkpoint at {weights_path}")
@@ -130,7 +131,10 @@ def domain_extractor(
     else:
         x_train, y_train = spec.load_split("train")
         path = cache_path(spec, x_train, y_train, cache_dir)
-        checkpoint = load_torch(path) if path.is_file() else train_and_save(spec, x_train, y_train, path)
+        required = ("config", "state_dict", "meta")
+        checkpoint = load_cached(path, resolve_cache_dir(cache_dir), required=required)
+        if checkpoint is None:
+            checkpoint = train_and_save(spec, x_train, y_train, path)
     config = DomainCNNConfig(
         **{**checkpoint["config"], "input_size": tuple(checkpoint["config"]["input_size"])}
     )

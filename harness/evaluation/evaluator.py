@@ -17,6 +17,7 @@ from torch import Tensor
 
 from harness.errors import UserError, check_known
 from harness.evaluation.extractors import (
+    INPUT_KINDS,
     FeatureExtractor,
     Features,
     build_extractor,
@@ -26,7 +27,7 @@ from harness.evaluation.extractors import (
 from harness.evaluation.metrics import LABELS, LOGITS, MASKS, METRICS, Metric
 from harness.evaluation.protocol import MetricResult, Protocol
 from harness.evaluation.reference import ReferenceSet, ReferenceStats, dataset_reference, reference_stats
-from harness.evaluation.samples import load_samples
+from harness.evaluation.samples import SampleSet, load_samples, samples_file
 from harness.evaluation.uncertainty import bootstrap_interval, t_interval
 
 DTYPE = "features float32; statistics float64"
@@ -88,6 +89,10 @@ class Evaluator:
         self.reference = reference
         if not isinstance(extractor, FeatureExtractor):
             name = default_extractor_name(reference.dataset, extractor)
+            kind = INPUT_KINDS.get(name)
+            for metric in (METRICS[m] for m in metrics or ()):  # before it is built (or trained)
+                if kind is not None and metric.needs != MASKS and kind not in metric.kinds:
+                    raise UserError(f"{metric.key} applies to {metric.kinds} inputs; {name} takes {kind}s")
             extractor = build_extractor(name, weights_path=weights_path, cache_dir=cache_dir)
         self.extractor = extractor
         names = default_metrics(extractor) if metrics is None else list(metrics)
@@ -201,8 +206,26 @@ class Evaluator:
 
     def score_sample_dir(self, path: str | Path, *, bootstrap: int = 0) -> list[MetricResult]:
         """Score samples saved by ``save_samples``; their meta must record ``sample_seed``."""
-        samples = load_samples(path)
-        if "sample_seed" not in samples.meta:
-            raise UserError(f"{path}: the samples' meta has no 'sample_seed'; it is part of the protocol")
+        samples = checked_samples(path)
         seed = int(samples.meta["sample_seed"])
         return self.evaluate(samples.images, seed, bootstrap=bootstrap, labels=samples.labels)
+
+
+def checked_samples(path: str | Path, like: Tensor | None = None) -> SampleSet:
+    """Saved samples that can be scored, else UserError naming the file: readable, at least two,
+    finite, with their sample seed, and (given ``like``, a real image of the reference) of its
+    shape. Checked before any extractor is built or trained."""
+    samples, file = load_samples(path), samples_file(path)
+    if "sample_seed" not in samples.meta:
+        raise UserError(f"{file}: the samples' meta has no 'sample_seed'; it is part of the protocol")
+    if len(samples.images) < 2:
+        raise UserError(f"{file}: {len(samples.images)} sample(s); scoring needs at least 2 samples")
+    bad = int((~samples.images.isfinite()).sum())
+    if bad:
+        raise UserError(f"{file}: {bad} of {samples.images.numel()} image values are NaN or infinite")
+    if like is not None and tuple(samples.images.shape[1:]) != tuple(like.shape):
+        raise UserError(
+            f"{file}: images of shape {tuple(samples.images.shape)}; the reference data's images are "
+            f"{tuple(like.shape)} each"
+        )
+    return samples

@@ -97,8 +97,16 @@ def build_extractor(
     return EXTRACTORS[name](weights_path=weights_path, cache_dir=cache_dir)
 
 
+def check_finite(x: Tensor, what: str) -> None:
+    """ValueError naming how many entries of ``x`` are NaN or infinite (a broken model's samples,
+    features or logits are refused, never scored)."""
+    bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    if bad:
+        raise ValueError(f"{what}: {bad} of {x.numel()} values are NaN or infinite; refusing to score them")
+
+
 def check_input(extractor: FeatureExtractor, x: Tensor) -> None:
-    """Images must be 4-D and videos 5-D, both float in [0, 1]."""
+    """Images must be 4-D and videos 5-D, both float in [0, 1] (and finite)."""
     ndim = 4 if extractor.input_kind == IMAGE else 5
     if x.ndim != ndim:
         raise ValueError(
@@ -106,6 +114,7 @@ def check_input(extractor: FeatureExtractor, x: Tensor) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"{extractor.name} takes float samples in [0, 1]; got {x.dtype}")
+    check_finite(x, f"{extractor.input_kind} samples")
 
 
 @torch.no_grad()
@@ -125,7 +134,11 @@ def extract_features(extractor: FeatureExtractor, x: Tensor, batch_size: int = 6
             logits.append(lg.float().cpu())
     if not feats:
         raise ValueError("extract_features got an empty batch (N = 0)")
-    return Features(torch.cat(feats), torch.cat(logits) if logits else None)
+    out = Features(torch.cat(feats), torch.cat(logits) if logits else None)
+    check_finite(out.features, f"{extractor.name} features")
+    if out.logits is not None:
+        check_finite(out.logits, f"{extractor.name} logits")
+    return out
 
 
 def to_three_channels(x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import pickle
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.cache import sha256_file
+from harness.errors import UserError
 from harness.evaluation.extractors import (
     IMAGE,
     FeatureExtractor,
@@ -117,6 +119,11 @@ class CleanFidInception(nn.Module):
         return self.net((x - 128.0) / 128.0).reshape(x.shape[0], -1)
 
 
+class UnsafeWeightsError(UserError, pickle.UnpicklingError):
+    """A weights file that ``torch.load(weights_only=True)`` refuses: bad input (exit 2), and an
+    unpickling error for callers that catch those; nothing in it ran."""
+
+
 def _validated_state_dict_path(weights_path: str | Path | None) -> Path:
     """Check the torch-fidelity weights file exists and is a plain state dict of tensors."""
     published = (
@@ -126,9 +133,16 @@ def _validated_state_dict_path(weights_path: str | Path | None) -> Path:
     path = require_file(weights_path, published)
     # torch-fidelity itself loads with weights_only=False; loading it here first with
     # weights_only=True refuses any file that would need to run code to unpickle.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UnsafeWeightsError(
+            f"{path}: not a weights file torch loads safely ({first_line}); expected torch-fidelity's "
+            f"{TORCH_FIDELITY_FILE}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
+        raise UserError(
             f"{path} is not a state dict of tensors (expected torch-fidelity's {TORCH_FIDELITY_FILE})"
         )
     return path

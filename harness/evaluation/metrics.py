@@ -14,6 +14,7 @@ real held-out data, the ceiling a perfect generator reaches under this classifie
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,10 @@ class Metric:
         self, generated: Features, reference: ReferenceStats, options: Options | None = None
     ) -> float:
         settings = self.options(len(generated), reference.num) if options is None else options
-        return float(self.compute(generated, reference, settings))
+        value = float(self.compute(generated, reference, settings))
+        if not math.isfinite(value):  # e.g. a failed matrix root: an error, never a result
+            raise ValueError(f"{self.key} came out {value} on {len(generated)} samples; it is not a result")
+        return value
 
 
 METRICS: Registry[Metric] = Registry("metric")

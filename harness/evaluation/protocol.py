@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,6 +77,13 @@ class MetricResult:
     ci_low: float | None = None
     ci_high: float | None = None
     per_set: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        numbers = {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high}
+        numbers.update({f"per_set[{i}]": v for i, v in enumerate(self.per_set)})
+        bad = [f"{k} = {v}" for k, v in numbers.items() if v is not None and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"{self.name}: non-finite {', '.join(bad)}; a NaN or infinity is not a result")
 
     def to_dict(self) -> dict[str, Any]:
         """Value, interval and the flattened protocol (``protocol.<field>``) plus its key."""

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from harness.cache import cache_dir as resolve_cache_dir
-from harness.cache import load_torch, save_torch, sha256_tensor, stable_hash
+from harness.cache import load_cached, save_torch, sha256_tensor, stable_hash
 from harness.data.registry import real_images
 from harness.evaluation.extractors import FeatureExtractor, extract_features
 from harness.evaluation.frechet import GaussianStats, gaussian_stats, stats_from_tensors, stats_to_tensors
@@ -90,11 +90,13 @@ def reference_stats(
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
 ) -> ReferenceStats:
-    """Load the reference statistics from the cache, or extract features, fit the Gaussian and cache them."""
+    """Load the reference statistics from the cache, or extract features, fit the Gaussian and cache
+    them (a damaged cache file is quarantined and recomputed)."""
     key = reference_key(reference, extractor)
-    path = resolve_cache_dir(cache_dir) / "reference" / f"{extractor.name}-{key}.pt"
-    if path.is_file():
-        stored = load_torch(path)
+    root = resolve_cache_dir(cache_dir)
+    path = root / "reference" / f"{extractor.name}-{key}.pt"
+    stored = load_cached(path, root, required=("features", "stats"))
+    if stored is not None:
         return ReferenceStats(stored["features"], stats_from_tensors(stored["stats"]), key)
     features = extract_features(extractor, reference.data, batch_size).features  # (N, D)
     stats = gaussian_stats(features)

@@ -3,7 +3,8 @@
 A sample file ``<folder>/samples.npz`` holds ``tokens`` (N, L) int, ``images`` (N, C, H, W)
 float in [0, 1] or uint8 in [0, 255] (videos (N, C, T, H, W)), optional ``labels`` (N,), optional
 ``captions`` (N,) strings (a text model's conditions; labels are then their classes), and
-``meta_json``: the sampling settings and the sample seed as JSON. It is written atomically.
+``meta_json``: the sampling settings and the sample seed as JSON. It is written atomically, then
+its size and sha256 beside it in ``samples.npz.sha256`` (JSON), which :func:`verify_samples` checks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import json
 import math
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.cache import atomic_write
+from harness.cache import atomic_write, atomic_write_text, sha256_file
 from harness.errors import UserError
 
 SAMPLES_FILE = "samples.npz"
+CHECKSUM_SUFFIX = ".sha256"  # samples.npz.sha256: {"size": bytes, "sha256": hex} of samples.npz
+_MEMBERS = ("tokens.npy", "images.npy")
 MAX_NAME = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+-]")  # anything else becomes "-"
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
@@ -41,9 +45,15 @@ class SampleSet:
     captions: tuple[str, ...] | None = None
 
 
-def _samples_file(path: str | Path) -> Path:
+def samples_file(path: str | Path) -> Path:
     path = Path(path)
     return path if path.suffix == ".npz" else path / SAMPLES_FILE
+
+
+def checksum_file(path: str | Path) -> Path:
+    """The checksum written beside a sample file (``path`` a samples folder or file)."""
+    file = samples_file(path)
+    return file.with_name(file.name + CHECKSUM_SUFFIX)
 
 
 def save_samples(
@@ -69,23 +79,66 @@ def save_samples(
         arrays["captions"] = np.array(captions, dtype=str)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return atomic_write(_samples_file(path), lambda f: f.write(buffer.getvalue()))
+    data = buffer.getvalue()
+    checksum = checksum_file(path)
+    checksum.unlink(missing_ok=True)  # a stale checksum must never describe the new file
+    file = atomic_write(samples_file(path), lambda f: f.write(data))
+    atomic_write_text(checksum, json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+    return file
+
+
+def verify_samples(path: str | Path) -> str | None:
+    """None when the sample file is intact, else what is wrong: it is missing, or its size or
+    sha256 differ from its checksum file; a file without one (written before checksums, or
+    the checksum not written yet) must open as a zip whose members pass their CRC-32."""
+    file, checksum = samples_file(path), checksum_file(path)
+    try:
+        size = file.stat().st_size
+        if checksum.is_file():
+            expected = json.loads(checksum.read_text())
+            if (size, sha256_file(file)) != (expected["size"], expected["sha256"]):
+                return f"{file.name} ({size} bytes) does not match the size and sha256 in {checksum.name}"
+            return None
+        with zipfile.ZipFile(file) as archive:
+            missing = [m for m in _MEMBERS if m not in archive.namelist()]
+            bad = archive.testzip()
+    except FileNotFoundError:
+        return f"{file.name} is missing"
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        return f"{file.name} or its checksum is unreadable ({type(err).__name__}: {err})"
+    if missing or bad is not None:
+        return f"{file.name}: " + (f"lacks {missing}" if missing else f"member {bad} fails its CRC")
+    return None
 
 
 def load_samples(path: str | Path) -> SampleSet:
     """Read a file written by :func:`save_samples`; uint8 images are scaled to [0, 1]."""
-    file = _samples_file(path)
+    file = samples_file(path)
     if not file.is_file():
         raise UserError(
             f"{str(path)!r}: no {file.name} (expected a samples folder or file written by a trial)"
         )
-    with np.load(file, allow_pickle=False) as data:
-        images = torch.from_numpy(data["images"])
-        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
-        meta = json.loads(str(data["meta_json"])) if "meta_json" in data else {}
-        captions = tuple(str(c) for c in data["captions"]) if "captions" in data else None
-        return SampleSet(torch.from_numpy(data["tokens"]).long(), images, labels, meta, captions)
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            images = torch.from_numpy(data["images"])
+            images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+            labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+            meta = json.loads(str(data["meta_json"])) if "meta_json" in data else {}
+            captions = tuple(str(c) for c in data["captions"]) if "captions" in data else None
+            tokens = torch.from_numpy(data["tokens"]).long()
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        raise UserError(
+            f"{file}: not a readable samples file ({type(err).__name__}: {str(err)[:200]}); expected the "
+            "npz a trial writes (tokens, images, meta_json)"
+        ) from None
+    n = len(images)
+    if images.ndim not in (4, 5) or not isinstance(meta, dict):
+        raise UserError(
+            f"{file}: images of shape {list(images.shape)}; expected (N, C, H, W) or (N, C, T, H, W)"
+        )
+    if len(tokens) != n or any(x is not None and len(x) != n for x in (labels, captions)):
+        raise UserError(f"{file}: tokens, images, labels and captions hold different numbers of samples")
+    return SampleSet(tokens, images, labels, meta, captions)
 
 
 def _format(value: Any) -> str:

@@ -90,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.max_shards is not None and args.max_shards < 1:
         raise UserError(f"--max-shards: {args.max_shards}; expected >= 1")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"OUT {str(args.out)!r} is a file; expected a shard folder (new or to resume)")
     source = open_source(args.source, args.source_kind, args.captions)
     tokenizer, spec = tokenizer_from_args(args)
     what = f"clips of {args.frames} frames" if args.frames else "images"

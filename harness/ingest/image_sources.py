@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 from models.registry import Registry
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -162,6 +162,10 @@ def open_source(root: str | Path, kind: str | None = None, captions: str | Path 
     root = Path(root).resolve()
     if not root.is_dir():
         raise SourceError(f"image source {str(root)!r}: no such folder")
+    if kind is not None and kind not in SOURCES:
+        known = sorted(SOURCES)
+        hint = did_you_mean(kind, known)
+        raise SourceError(f"--source-kind: unknown {kind!r}; expected one of {known}{hint}")
     kind = kind or detect_kind(root)
     options = {"captions": Path(captions)} if captions is not None and kind == "coco" else {}
     source = SOURCES[kind](root, **options)

@@ -64,6 +64,14 @@ class TokenizeOptions:
                 raise UserError(f"--{name.replace('_', '-')}: {getattr(self, name)!r}; expected >= 1")
         if self.frames < 0:
             raise UserError(f"--frames: {self.frames!r}; expected >= 0 (0: images)")
+        if self.reference < 0:
+            raise UserError(f"--reference: {self.reference!r}; expected >= 0 (0: no reference images)")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise UserError(f"--device: {self.device!r}; expected cpu, cuda or cuda:<index>") from None
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device: {self.device!r}, but torch sees no CUDA device here")
         if self.channels not in (1, 3):
             raise ValueError(f"channels: {self.channels!r}; expected 1 or 3")
 

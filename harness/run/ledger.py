@@ -1,19 +1,47 @@
 """The study ledger: one JSON record per trial, keyed by the hash of its full config.
 
 Each record is written atomically by whoever finishes the trial (a worker on any node, if
-the study folder is shared), so a result survives the driver being killed right after.
+the study folder is shared), so a result survives the driver being killed right after. A record
+that does not parse or validate (a truncated file, a foreign one) is moved to
+``<study_dir>/quarantine/ledger/<name>.<UTC timestamp>`` with a warning, and its trial runs again.
+
+Records are strict JSON: a NaN or an infinity is never a result, so a record holding one cannot
+be built (the trial that produced it is recorded as failed, naming the value), is never
+written, and a file holding one does not parse.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.cache import atomic_write_text
+from harness.cache import QUARANTINE, atomic_write_text, quarantine
 
 STATUSES = ("finished", "failed")
+
+
+def strict_loads(text: str) -> Any:
+    """``json.loads`` that refuses NaN, Infinity and -Infinity (which Python's json accepts)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} in JSON: a non-finite number is never a result")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def nonfinite_fields(value: Any, path: str = "") -> list[str]:
+    """``path = value`` for every NaN or infinite float in a JSON-like value (dicts, lists, tuples)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{path} = {value}"]
+    if isinstance(value, dict):
+        prefix = f"{path}." if path else ""
+        return [bad for k, v in value.items() for bad in nonfinite_fields(v, f"{prefix}{k}")]
+    if isinstance(value, list | tuple):
+        return [bad for i, v in enumerate(value) for bad in nonfinite_fields(v, f"{path}[{i}]")]
+    return []
 
 
 @dataclass(frozen=True)
@@ -40,12 +68,39 @@ class TrialRecord:
     attempts: int = 1
     host: str | None = None
 
+    def __post_init__(self) -> None:
+        bad = nonfinite_fields(vars(self))
+        if bad:
+            raise ValueError(
+                f"trial {self.trial_hash}: non-finite value(s) {', '.join(bad)}; "
+                "a NaN or infinite number is never recorded as a result"
+            )
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """Strict JSON (no NaN / Infinity)."""
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
         return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialRecord:
+        """The record in ``text``; ValueError says why it is not one (truncated JSON, a missing or
+        unknown field, a field of the wrong type, an unknown status)."""
+        try:
+            d = strict_loads(text)
+            record = cls(**d) if isinstance(d, dict) else None
+        except TypeError as err:  # a missing or unknown field
+            raise ValueError(str(err)) from err
+        if record is None:
+            raise ValueError(f"holds a JSON {type(d).__name__}, not an object")
+        for name, kind in (("trial_hash", str), ("config", dict), ("metrics", dict), ("artifacts", dict)):
+            if not isinstance(getattr(record, name), kind):
+                raise ValueError(f"field {name!r} is not a {kind.__name__}")
+        if record.status not in STATUSES:
+            raise ValueError(f"status {record.status!r}; expected one of {STATUSES}")
+        return record
 
 
 class Ledger:
@@ -58,10 +113,31 @@ class Ledger:
         return self.root / f"{trial_hash}.json"
 
     def get(self, trial_hash: str) -> TrialRecord | None:
-        path = self.path(trial_hash)
-        if not path.is_file():
+        """The trial's record; None when there is none, or it was damaged (and is quarantined now)."""
+        return self._read(self.path(trial_hash))
+
+    def _read(self, path: Path) -> TrialRecord | None:
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
             return None
-        return TrialRecord.from_dict(json.loads(path.read_text()))
+        try:
+            record = TrialRecord.from_json(raw.decode())
+            if record.trial_hash != path.stem:
+                raise ValueError(f"holds trial {record.trial_hash!r}, not {path.stem!r}")
+        except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
+            quarantine(path, self.quarantine_folder, f"not a ledger record ({err})")
+            return None
+        return record
+
+    @property
+    def quarantine_folder(self) -> Path:
+        """``<study_dir>/quarantine/ledger``: damaged or superseded records, kept, never read."""
+        return self.root.parent / QUARANTINE / "ledger"
+
+    def quarantine(self, trial_hash: str, reason: str) -> Path | None:
+        """Moves the trial's record aside (its trial runs again); where it went, or None if absent."""
+        return quarantine(self.path(trial_hash), self.quarantine_folder, reason)
 
     def write(self, record: TrialRecord) -> None:
         if record.status not in STATUSES:
@@ -71,14 +147,15 @@ class Ledger:
             return  # exactly once: a finished result is final
         if existing is not None:
             record = TrialRecord.from_dict(
-                {**json.loads(record.to_json()), "attempts": existing.attempts + 1}
+                {**strict_loads(record.to_json()), "attempts": existing.attempts + 1}
             )
         atomic_write_text(self.path(record.trial_hash), record.to_json())
 
     def records(self) -> list[TrialRecord]:
         if not self.root.is_dir():
             return []
-        return [TrialRecord.from_dict(json.loads(p.read_text())) for p in sorted(self.root.glob("*.json"))]
+        found = (self._read(p) for p in sorted(self.root.glob("*.json")))
+        return [r for r in found if r is not None]
 
     def finished(self) -> set[str]:
         return {r.trial_hash for r in self.records() if r.status == "finished"}

@@ -3,11 +3,17 @@
     <root>/<training_hash>/config.json      the training part of the trial config
     <root>/<training_hash>/checkpoint.pt    latest state (periodic, then final)
     <root>/<training_hash>/curve.jsonl      training curve, one line per logged step
-    <root>/<training_hash>/done.json        written last: the training finished
+    <root>/<training_hash>/done.json        written last: the training finished, and the
+                                            checkpoint's size and sha256
     <root>/<training_hash>/samples/<settings>/seed_<k>/samples.npz
+    <root>/quarantine/<training_hash>.<UTC timestamp>/   a damaged checkpoint, its done.json, curve
+    <root>/quarantine/samples/<training_hash>/<settings>/seed_<k>.<UTC timestamp>/   damaged samples
 
 Trials that need the same checkpoint wait on a file lock instead of training twice; a
-training interrupted at any point continues from its last periodic checkpoint. A launcher
+training interrupted at any point continues from its last periodic checkpoint. A finished
+checkpoint is verified before it is handed out (size and sha256 against done.json, hashed once
+per process and file; a done.json without them: the file loads); a damaged one is moved to the
+quarantine and trained again, under the same lock. A launcher
 (``harness.ray.distributed``) can run the training data parallel: every worker calls
 ``train_into`` with its rank, and rank 0 writes the checkpoint and the curve.
 """
@@ -16,16 +22,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.cache import atomic_write_text
+from harness.cache import QUARANTINE, atomic_write_text, quarantine, sha256_file, stamped, warn_quarantined
 from harness.config.trial import TrialConfig
 from harness.data.registry import load_dataset
 from models.backbone import ModelConfig
+from models.checkpoint import CheckpointError, load_checkpoint
 from models.data_parallel import DataParallel
 from models.trainer import TrainConfig, train
 
@@ -34,6 +42,15 @@ if TYPE_CHECKING:
 
 # launcher(trial, folder): trains the trial's checkpoint into the store folder (harness.ray.distributed)
 Launcher = Callable[[TrialConfig, Path], None]
+
+CHECKPOINT, DONE = "checkpoint.pt", "done.json"
+# What a training wrote, moved aside together when its checkpoint is damaged (config.json and the
+# samples stay: the samples of finished trials keep pointing where they were).
+TRAINING_OUTPUTS = (DONE, CHECKPOINT, "curve.jsonl", "heldout_ce.txt")
+
+# Keyed by (path, size, mtime_ns), so that many trials on one checkpoint check it once per process.
+_hashed: dict[tuple[str, int, int], str] = {}  # -> sha256 of the file
+_loaded: set[tuple[str, int, int]] = set()  # checkpoints seen to load
 
 
 def model_config_for(trial: TrialConfig) -> ModelConfig:
@@ -64,10 +81,53 @@ class CheckpointStore:
         return self.root / training_hash
 
     def checkpoint(self, training_hash: str) -> Path:
-        return self.folder(training_hash) / "checkpoint.pt"
+        return self.folder(training_hash) / CHECKPOINT
 
     def is_done(self, training_hash: str) -> bool:
-        return (self.folder(training_hash) / "done.json").is_file()
+        return (self.folder(training_hash) / DONE).is_file()
+
+    def mark_done(self, training_hash: str, seconds: float) -> None:
+        """Writes done.json: the training took ``seconds`` and left this checkpoint (size, sha256)."""
+        path = self.checkpoint(training_hash)
+        if not path.is_file():
+            raise CheckpointError(f"the training finished without writing {str(path)!r}")
+        size, digest = _sha256(path)
+        done = {"seconds": seconds, "checkpoint": {"size": size, "sha256": digest}}
+        atomic_write_text(self.folder(training_hash) / DONE, json.dumps(done))
+
+    def verify(self, training_hash: str) -> str | None:
+        """None when the finished checkpoint is intact; else what is wrong with it."""
+        path = self.checkpoint(training_hash)
+        try:
+            expected = json.loads((self.folder(training_hash) / DONE).read_text()).get("checkpoint")
+            if expected is None:  # a done.json from before checksums: the file must load
+                return _load_problem(path)
+            wanted = (expected["size"], expected["sha256"])
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as err:
+            return f"{DONE} is unreadable ({type(err).__name__}: {err})"
+        try:
+            actual = _sha256(path)
+        except FileNotFoundError:
+            return f"{CHECKPOINT} is missing"
+        if actual != wanted:
+            return f"{CHECKPOINT} ({actual[0]} bytes) does not match the size and sha256 in {DONE}"
+        return None
+
+    def quarantine(self, training_hash: str, reason: str) -> Path:
+        """Moves the training's outputs to ``<root>/quarantine/<training_hash>.<UTC timestamp>/``."""
+        folder = self.folder(training_hash)
+        target = stamped(self.root / QUARANTINE, training_hash)
+        target.mkdir(parents=True)
+        for name in TRAINING_OUTPUTS:  # done.json first: the training stops counting as finished
+            if (folder / name).exists():
+                os.replace(folder / name, target / name)
+        warn_quarantined(folder, target, f"{reason}; its training runs again")
+        return target
+
+    def quarantine_samples(self, folder: Path, reason: str) -> Path | None:
+        """Moves a damaged sample folder to ``<root>/quarantine/samples/<its path under root>``."""
+        below = folder.parent.relative_to(self.root)
+        return quarantine(folder, self.root / QUARANTINE / "samples" / below, reason)
 
     def curve(self, training_hash: str) -> list[tuple[int, dict]]:
         """The training curve, one entry per step (a step redone after a resume keeps its last value)."""
@@ -96,10 +156,10 @@ class CheckpointStore:
         """
         h = trial.training_hash()
         folder = self.folder(h)
-        if self.is_done(h):
+        if self.is_done(h) and self.verify(h) is None:
             return self.checkpoint(h)
         with file_lock(folder / "lock"):
-            if self.is_done(h):  # another trial trained it while we waited
+            if self._usable(h):  # another trial trained (or healed) it while we waited
                 return self.checkpoint(h)
             atomic_write_text(
                 folder / "config.json", json.dumps(trial.training_part(), indent=2, sort_keys=True)
@@ -119,12 +179,53 @@ class CheckpointStore:
                 train_into(trial, folder, device, on_log=log)
             else:
                 launcher(trial, folder)
-            atomic_write_text(folder / "done.json", json.dumps({"seconds": time.perf_counter() - started}))
+            self.mark_done(h, time.perf_counter() - started)
         return self.checkpoint(h)
 
+    def _usable(self, training_hash: str) -> bool:
+        """Under the lock: whether the checkpoint is finished and intact. A damaged finished one,
+        or a periodic one that would not load to resume from, is moved to the quarantine."""
+        path = self.checkpoint(training_hash)
+        if self.is_done(training_hash):
+            problem = self.verify(training_hash)
+            if problem is None:
+                return True
+            self.quarantine(training_hash, problem)
+        elif path.is_file() and (problem := _load_problem(path)) is not None:
+            self.quarantine(training_hash, f"the periodic checkpoint cannot be resumed from: {problem}")
+        return False
+
     def training_seconds(self, training_hash: str) -> float:
-        path = self.folder(training_hash) / "done.json"
+        path = self.folder(training_hash) / DONE
         return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
+
+
+def _key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a file, hashed once per process while its size and mtime stay the same."""
+    key = _key(path)
+    if key not in _hashed:
+        _hashed[key] = sha256_file(path)
+    return key[1], _hashed[key]
+
+
+def _load_problem(path: Path) -> str | None:
+    """None when the checkpoint loads (checked once per process and file), else the error."""
+    try:
+        key = _key(path)
+    except FileNotFoundError:
+        return f"{CHECKPOINT} is missing"
+    if key not in _loaded:
+        try:
+            load_checkpoint(path)
+        except CheckpointError as err:
+            return str(err)
+        _loaded.add(key)
+    return None
 
 
 def train_into(

@@ -18,6 +18,7 @@ from harness.cache import atomic_write_text
 from harness.config.trial import TrialConfig
 from harness.data.registry import load_dataset
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
+from harness.evaluation.samples import SAMPLES_FILE, verify_samples
 from harness.generation.baselines import BASELINES
 from harness.generation.sampling import Generated, build_sampler, generate, save_image_grid
 from harness.run.ledger import Ledger, TrialRecord
@@ -60,11 +61,34 @@ def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str
     return dataclasses.replace(result, labels=given.labels, captions=given.captions)
 
 
+def sample_folder(trial: TrialConfig, store: CheckpointStore, seed: int) -> Path:
+    """``<store>/<training_hash>/samples/<settings>/seed_<seed>``: where one seed's samples live."""
+    settings = sample_dir_name(sampling_settings(trial))
+    return store.folder(trial.training_hash()) / "samples" / settings / f"seed_{seed}"
+
+
+def check_samples(folder: Path, store: CheckpointStore) -> str | None:
+    """None when the folder holds intact samples, else what is wrong; a damaged sample file is
+    moved (with its folder) to the store's quarantine, so that it is drawn again."""
+    problem = verify_samples(folder)
+    if problem is not None and (folder / SAMPLES_FILE).exists():
+        store.quarantine_samples(folder, problem)
+    return problem
+
+
+def damaged_samples(trial: TrialConfig, store: CheckpointStore) -> str | None:
+    """What is wrong with the samples a finished trial scored (None: every seed is intact)."""
+    found = (check_samples(sample_folder(trial, store, seed), store) for seed in trial.eval.sample_seeds)
+    problems = [f"seed {seed}: {p}" for seed, p in zip(trial.eval.sample_seeds, found, strict=True) if p]
+    return "; ".join(problems) or None
+
+
 def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device: str = "cpu") -> Path:
-    """Samples for one seed, written before they are scored; reused when already on disk."""
+    """Samples for one seed, written before they are scored; reused when already on disk and
+    intact (a damaged file is quarantined and drawn again)."""
     h = trial.training_hash()
-    folder = store.folder(h) / "samples" / sample_dir_name(sampling_settings(trial)) / f"seed_{seed}"
-    if (folder / "samples.npz").is_file():
+    folder = sample_folder(trial, store, seed)
+    if check_samples(folder, store) is None:
         return folder
     data = load_dataset(trial.data.name, "train", **trial.data.options)
     if trial.sampler.is_baseline:

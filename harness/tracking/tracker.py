@@ -6,24 +6,35 @@ study (run or resume); one child run per trial, created from the ledger by :meth
 Exactly once: a trial is logged when a child run tagged ``unmask.trial_hash`` exists in the
 experiment and is FINISHED (or FAILED with the same attempt count, for a failed record). The check
 reads the store, not the process, so it survives the driver being killed and the study resumed.
-A child left RUNNING by a killed sync is marked KILLED and the trial is logged again.
+A trial has one child run, ever: a run left RUNNING by a killed sync, or a FAILED run whose trial
+was retried, is filled in again rather than joined by a second one. The caller holds the study's
+lock (``harness.run.lock``), so no other driver syncs the same study meanwhile.
+
+A SQLite store is created under a file lock beside the database (two drivers creating one store at
+once would both run its migrations), and a SQLite store that cannot be written (disk full,
+read-only) raises an OSError naming the database file, as a failed file write would.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from harness.run.ledger import TrialRecord
+from harness.run.lock import file_lock
 from harness.tracking.schema import (
     CI_HIGH,
     CI_LOW,
@@ -47,6 +58,13 @@ from harness.tracking.schema import (
 
 ERROR_TAG_CHARS = min(4000, MAX_TAG_VAL_LENGTH)
 _RUN_STATUS = {"finished": "FINISHED", "failed": "FAILED"}
+# SQLite's words for a store it cannot write, as the errno a file write would have raised.
+_SQLITE_FAULTS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EACCES,
+    "unable to open database file": errno.EACCES,
+    "disk I/O error": errno.EIO,
+}
 
 
 def resolve_tracking_uri(cli_uri: str | None, runs_root: Path) -> str:
@@ -73,8 +91,8 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _sqlite_artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts of a SQLite store live beside the database, not in ``./mlruns`` of the cwd.
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a SQLite URI (None for other stores and in-memory databases).
 
     SQLAlchemy reads ``sqlite:///rel.db`` as a relative path and ``sqlite:////abs.db`` as absolute,
     so the path is whatever follows the third slash.
@@ -84,7 +102,50 @@ def _sqlite_artifact_location(tracking_uri: str) -> str | None:
     db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
     if not db_path or db_path == ":memory:":
         return None
-    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+    return Path(db_path).resolve()
+
+
+def _sqlite_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database, not in ``./mlruns`` of the cwd."""
+    db_path = _sqlite_path(tracking_uri)
+    return None if db_path is None else (db_path.parent / "mlartifacts").as_uri()
+
+
+def _connect(tracking_uri: str) -> MlflowClient:
+    """A client; a SQLite store is opened (and, when new, created) under ``<db>.lock``."""
+    db_path = _sqlite_path(tracking_uri)
+    if db_path is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    with file_lock(db_path.with_name(f"{db_path.name}.lock")):
+        return MlflowClient(tracking_uri=tracking_uri)  # creates the tables of a new store
+
+
+@contextlib.contextmanager
+def store_faults(tracking_uri: str) -> Iterator[None]:
+    """A SQLite store that cannot be written raises OSError(errno, cause, database file)."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:
+        text = str(err)
+        code = next((code for words, code in _SQLITE_FAULTS.items() if words in text), None)
+        db_path = _sqlite_path(tracking_uri)
+        if code is None or db_path is None:
+            raise
+        cause = f"{os.strerror(code)} (MLflow store: {text.splitlines()[0]})"
+        raise OSError(code, cause, str(db_path)) from err
+
+
+def _store_faults(method):
+    """Runs a Tracker method under :func:`store_faults` for its store."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with store_faults(self.tracking_uri):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, create: bool) -> str | None:
@@ -100,7 +161,7 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, create: b
 
 
 def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
-    """Whether one of the terminated runs of this trial already holds the record's result."""
+    """Whether one of the runs of this trial already holds the record's result."""
     for run in runs:
         if run.info.status == "FINISHED":
             return True  # the ledger never replaces a finished result
@@ -179,12 +240,33 @@ class Tracker:
     def __init__(self, tracking_uri: str, study_name: str) -> None:
         self.tracking_uri = tracking_uri
         self.study_name = study_name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment_id = _experiment_id(self.client, tracking_uri, experiment_name(study_name), create=True)
+        with store_faults(tracking_uri):
+            self.client = _connect(tracking_uri)
+            experiment_id = _experiment_id(
+                self.client, tracking_uri, experiment_name(study_name), create=True
+            )
         assert experiment_id is not None
         self.experiment_id: str = experiment_id
         self.parent_run_id: str | None = None
 
+    @_store_faults
+    def end_stale_invocations(self) -> int:
+        """Marks KILLED the study's parent runs still RUNNING; returns how many.
+
+        Only the holder of the study's lock may call this: no other driver of the study is alive,
+        so a RUNNING parent run belongs to an invocation that was killed before it could end it.
+        """
+        running = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_INVOCATION}' and attributes.status = 'RUNNING'",
+            max_results=1000,
+        )
+        stale = [run.info.run_id for run in running if run.info.run_id != self.parent_run_id]
+        for run_id in stale:
+            self.client.set_terminated(run_id, status="KILLED")
+        return len(stale)
+
+    @_store_faults
     def start_invocation(self, study_config: dict, tags: dict[str, str]) -> str:
         """Start the parent run of this run/resume, log the study config and tags; return its id."""
         if self.parent_run_id is not None:
@@ -202,6 +284,7 @@ class Tracker:
         self.client.log_text(self.parent_run_id, text, STUDY_CONFIG_ARTIFACT)
         return self.parent_run_id
 
+    @_store_faults
     def end_invocation(self, status: str = "FINISHED") -> None:
         """End the parent run (FINISHED, FAILED or KILLED)."""
         if self.parent_run_id is None:
@@ -209,6 +292,7 @@ class Tracker:
         self.client.set_terminated(self.parent_run_id, status=status)
         self.parent_run_id = None
 
+    @_store_faults
     def log_parent_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Attach a file or a folder (a report, its figures) to the parent run."""
         if Path(path).is_dir():
@@ -216,6 +300,7 @@ class Tracker:
         else:
             self.client.log_artifact(self._require_parent(), str(path), artifact_path)
 
+    @_store_faults
     def reopen_latest_invocation(self) -> bool:
         """Make the latest (finished) parent run the target of log_parent_artifact; False if none."""
         runs = self.client.search_runs(
@@ -227,24 +312,24 @@ class Tracker:
         self.parent_run_id = runs[0].info.run_id if runs else None
         return self.parent_run_id is not None
 
+    @_store_faults
     def sync(self, records: list[TrialRecord], base_dir: Path | None = None) -> int:
-        """Log every record not yet in MLflow as a child run; return how many runs were created.
+        """Log every record not yet in MLflow in its trial's child run; return how many were logged.
 
         base_dir: where relative paths in ``record.artifacts`` are read from (default: the cwd).
         """
         parent_run_id = self._require_parent()
         existing: dict[str, list[Run]] = {}
-        for run in trial_runs(self.client, self.experiment_id):
+        for run in trial_runs(self.client, self.experiment_id):  # every invocation's child runs
             existing.setdefault(run.data.tags[TAG_TRIAL_HASH], []).append(run)
         logged_now: set[str] = set()
         for record in records:
-            runs = existing.get(record.trial_hash, [])
-            terminated = [r for r in runs if r.info.status in ("FINISHED", "FAILED")]
-            if record.trial_hash in logged_now or _is_logged(record, terminated):
+            runs = sorted(existing.get(record.trial_hash, []), key=lambda r: r.info.start_time)
+            if record.trial_hash in logged_now or _is_logged(record, runs):
                 continue
-            for stale in (r for r in runs if r.info.status == "RUNNING"):
+            for stale in (r for r in runs[:-1] if r.info.status == "RUNNING"):  # from older versions
                 self.client.set_terminated(stale.info.run_id, status="KILLED")
-            self._log_trial(record, parent_run_id, base_dir)
+            self._log_trial(record, parent_run_id, base_dir, runs[-1] if runs else None)
             logged_now.add(record.trial_hash)
         return len(logged_now)
 
@@ -253,25 +338,36 @@ class Tracker:
             raise RuntimeError("no open invocation: call start_invocation() first")
         return self.parent_run_id
 
-    def _log_trial(self, record: TrialRecord, parent_run_id: str, base_dir: Path | None) -> None:
-        """Create, fill and terminate one child run; a half-logged run is left KILLED, never FAILED."""
-        run = self.client.create_run(
-            self.experiment_id,
-            tags=_trial_tags(record, parent_run_id),
-            run_name=f"trial-{record.trial_hash[:12]}",
-        )
-        run_id = run.info.run_id
-        try:
-            timestamp = int(time.time() * 1000)
-            self.client.log_batch(
-                run_id,
-                metrics=_metric_entities(record, timestamp),
-                params=_param_entities(record.config),
-                synchronous=True,
+    def _log_trial(
+        self, record: TrialRecord, parent_run_id: str, base_dir: Path | None, earlier: Run | None
+    ) -> None:
+        """Fill and terminate the trial's child run: ``earlier`` (a run of the trial that does not
+        hold this record: half-logged, or an earlier failed attempt) or else a new one. A run whose
+        logging fails is left KILLED, never FAILED, and is filled in again by the next sync."""
+        tags = _trial_tags(record, parent_run_id)
+        metrics = _metric_entities(record, int(time.time() * 1000))
+        params = _param_entities(record.config)
+        if earlier is None:
+            run_tags = []
+            run = self.client.create_run(
+                self.experiment_id, tags=tags, run_name=f"trial-{record.trial_hash[:12]}"
             )
+            run_id = run.info.run_id
+        else:
+            run_tags = [RunTag(key, value) for key, value in tags.items()]
+            run_id = earlier.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            # log_batch writes all of a batch or nothing: what the run has came from one batch
+            metrics = [m for m in metrics if m.key not in earlier.data.metrics]
+            params = [p for p in params if p.key not in earlier.data.params]
+            if TAG_ERROR in earlier.data.tags and TAG_ERROR not in tags:
+                self.client.delete_tag(run_id, TAG_ERROR)
+        try:
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=run_tags, synchronous=True)
             self._log_trial_artifacts(run_id, record, base_dir)
         except BaseException:
-            self.client.set_terminated(run_id, status="KILLED")
+            with contextlib.suppress(Exception):  # a store that fails here hides nothing of the first error
+                self.client.set_terminated(run_id, status="KILLED")
             raise
         self.client.set_terminated(run_id, status=_RUN_STATUS.get(record.status, "FAILED"))
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.cache import cache_dir
+from harness.cache import cache_dir, load_cached
 from harness.data.tokenizers.vq import VQConfig, VQTokenizer
-from harness.data.tokenizers.vq_store import CACHE_FORMAT, TokenizerCacheError, cached_tokenizer
+from harness.data.tokenizers.vq_store import CACHE_FORMAT, cached_tokenizer
 from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset, split_indices
 from models.checkpoint import atomic_save
 
@@ -126,17 +126,13 @@ def animal_tokenizer(
 
 
 def cached_tokens(tok: VQTokenizer, split: str, *, seed: int, num_heldout: int, cache: str | None) -> Tensor:
-    """tokens (N, L) long of a split: from <cache>/datasets/animals-*.pt, else encoded and cached."""
+    """tokens (N, L) long of a split: from <cache>/datasets/animals-*.pt, else encoded and cached
+    (a damaged cache file is quarantined and encoded again)."""
     key = hashlib.sha256(f"{CACHE_FORMAT}|{tok.weights_sha256}|{seed}|{num_heldout}".encode()).hexdigest()
     path = cache_dir(cache) / "datasets" / f"animals-{split}-{key[:16]}.pt"
-    if path.exists():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            return stored["tokens"].long()
-        except Exception as err:
-            raise TokenizerCacheError(
-                f"cached tokens {str(path)!r} are unreadable ({err}); delete it"
-            ) from err
+    stored = load_cached(path, cache_dir(cache), required=("tokens",))
+    if stored is not None:
+        return stored["tokens"].long()
     x, _ = animal_split(split, seed=seed, num_heldout=num_heldout)
     tokens = tok.encode(x)  # (N, L)
     dtype = torch.int16 if tok.vocab_size <= 2**15 else torch.long

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.cache import cache_dir, sha256_tensors, stable_hash
+from harness.cache import cache_dir, quarantine_cache_entry, sha256_tensors, stable_hash
 from harness.data.tokenizers.vq import VQVAE, VQConfig, VQTokenizer, train_vqvae, training_threads
 from models.checkpoint import atomic_save
 
@@ -104,9 +104,8 @@ def tokenizer_path(config: VQConfig, data_sha256: str, cache: str | os.PathLike 
 
 def load_tokenizer(path: str | os.PathLike, expected: VQConfig | None = None) -> VQTokenizer:
     """Rebuild a VQTokenizer from its checkpoint alone; unreadable or inconsistent files raise
-    TokenizerCacheError naming the file (delete it to retrain)."""
+    TokenizerCacheError naming the file."""
     path = Path(path)
-    hint = "delete it to retrain"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         config = VQConfig.from_dict(state["config"])
@@ -114,18 +113,12 @@ def load_tokenizer(path: str | os.PathLike, expected: VQConfig | None = None) ->
         model.load_state_dict(state["state_dict"])
         metadata = state["meta"]
     except Exception as err:  # truncated zip, foreign pickle, missing keys, shape mismatch
-        raise TokenizerCacheError(
-            f"cached tokenizer {str(path)!r} is corrupt or unreadable ({err}); {hint}"
-        ) from err
+        raise TokenizerCacheError(f"cached tokenizer {str(path)!r} is corrupt or unreadable ({err})") from err
     tokenizer = VQTokenizer(model, metadata)
     if expected is not None and config != expected:
-        raise TokenizerCacheError(
-            f"cached tokenizer {str(path)!r} has config {config}, expected {expected}; {hint}"
-        )
+        raise TokenizerCacheError(f"cached tokenizer {str(path)!r} has config {config}, expected {expected}")
     if tokenizer.weights_sha256 != metadata.get("weights_sha256"):
-        raise TokenizerCacheError(
-            f"cached tokenizer {str(path)!r}: weights do not match their sha256; {hint}"
-        )
+        raise TokenizerCacheError(f"cached tokenizer {str(path)!r}: weights do not match their sha256")
     return tokenizer
 
 
@@ -138,11 +131,15 @@ def cached_tokenizer(
 ) -> VQTokenizer:
     """The tokenizer of ``config`` trained on train_images (N, C, S, S), from the cache or trained
     now and cached with its config, weights sha256 and report (held-out reconstruction, train
-    seconds, context entropy of the train tokens scored on the held-out ones)."""
+    seconds, context entropy of the train tokens scored on the held-out ones). A cached file that
+    cannot be used is quarantined under ``<cache>/quarantine/tokenizers/`` and trained again."""
     data_sha256 = sha256_tensors({"images": train_images.float()})
     path = tokenizer_path(config, data_sha256, cache)
     if path.exists():
-        return load_tokenizer(path, expected=config)
+        try:
+            return load_tokenizer(path, expected=config)
+        except TokenizerCacheError as err:
+            quarantine_cache_entry(path, cache_dir(cache), str(err))
     with training_threads(num_threads) as threads:
         start = time.perf_counter()
         model = train_vqvae(train_images, config)

@@ -1,0 +1,613 @@
+"""A corpus of bad inputs to ``run_study.py``: each case is a command line, the files it needs and the
+words its refusal must name. tests/reliability/test_bad_inputs.py runs every case and
+benchmarks/bad_inputs.py times them; tests/reliability/refusal.py runs and judges one case.
+
+Paths in ``argv`` and text files say ``@TMP@`` for the case's own empty folder and ``@REPO@`` for the
+repository. A case with ``bug`` set is a known harness bug: the test expects it to fail (strict xfail).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = "@REPO@/search_spaces/small.yaml"
+STUDY = "@TMP@/study.yaml"
+RUNS = ("--runs-root", "@TMP@/runs")
+SMALL_CANVASES = {"num_train": 12, "num_heldout": 6}
+
+Content = str | bytes | Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    expect: tuple[str, ...]  # substrings stderr must contain: the field, value or path at fault
+    files: Mapping[str, Content] = field(default_factory=dict)  # path under @TMP@ -> its content
+    subprocess: bool = False  # the real CLI under a time and memory limit (hangs, blow-ups)
+    time_limit: float = 60.0  # seconds; a subprocess case gets SUBPROCESS_TIME_LIMIT (torch imports)
+    bug: str | None = None  # a known harness bug: the case is expected to fail
+
+
+def study(overrides: dict[str, Any] | None = None, **fields: Any) -> str:
+    """A study file's text over search_spaces/small.yaml."""
+    spec: dict[str, Any] = {"name": "bad", "base": SMALL}
+    if overrides is not None:
+        spec["overrides"] = overrides
+    return yaml.safe_dump({**spec, **fields}, sort_keys=False)
+
+
+def validate(
+    id: str, text: Content, *expect: str, files: Mapping[str, Content] | None = None, **kwargs: Any
+) -> Case:
+    """``validate @TMP@/study.yaml`` on ``text`` (plus further files)."""
+    return Case(id, ("validate", STUDY, *RUNS), expect, {"study.yaml": text, **(files or {})}, **kwargs)
+
+
+def override(id: str, overrides: dict[str, Any], *expect: str, **kwargs: Any) -> Case:
+    return validate(id, study(overrides), *expect, **kwargs)
+
+
+# ---- files that are not what they claim ------------------------------------------------------------
+
+
+def samples_npz(images_shape: tuple[int, ...], n_tokens: int = 64, **extra: Any) -> Callable[[Path], None]:
+    """A samples.npz writer: tokens (N, n_tokens), images of ``images_shape`` in [0, 1], a sample seed."""
+
+    def write(path: Path) -> None:
+        n = images_shape[0]
+        arrays = {
+            "tokens": np.zeros((n, n_tokens), dtype=np.int64),
+            "images": np.full(images_shape, 0.5, dtype=np.float32),
+            "meta_json": np.array('{"sample_seed": 0}'),
+            **extra,
+        }
+        np.savez(path, **arrays)
+
+    return write
+
+
+def truncated(writer: Callable[[Path], None]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        writer(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    return write
+
+
+def zip_without_arrays(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "not an array")
+
+
+class _Mkdir:
+    """Unpickled, it creates ``marker`` beside the weights: proof that a load ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.marker,))
+
+
+def pickled_object(path: Path) -> None:
+    """A torch.save file holding a pickled callable: torch.load(weights_only=True) refuses it."""
+    import torch
+
+    torch.save({"weight": torch.zeros(1), "payload": _Mkdir(str(path.parent / "pwned"))}, path)
+
+
+def plain_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps(_Mkdir(str(path.parent / "pwned"))))
+
+
+def images(count: int = 2, size: int = 16) -> Callable[[Path], None]:
+    """A class folder ``<path>/<class>/<i>.png`` of grey PNGs (``path`` is a folder to create)."""
+
+    def write(path: Path) -> None:
+        from PIL import Image
+
+        for label in ("a", "b"):
+            folder = path / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("L", (size, size), 40 * i).save(folder / f"{i}.png")
+
+    return write
+
+
+def empty_folder(path: Path) -> None:
+    path.mkdir(parents=True)
+
+
+def nested(depth: int) -> str:
+    return "name: deep\noverrides: " + "[" * depth + "]" * depth + "\n"
+
+
+def alias_bomb() -> str:
+    """Nine lists of nine aliases, nine deep: 9^9 (~387 million) nodes once expanded."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "name: bomb\n" + "\n".join(lines) + "\nseeds: *a9\n"
+
+
+def huge_grid() -> str:
+    space = {
+        "sampler.num_steps": list(range(1, 61)),
+        "sampler.temperature": [round(0.5 + i / 60, 4) for i in range(60)],
+        "sampler.top_k": list(range(1, 61)),
+        "model.mlp_ratio": [float(i) for i in range(1, 61)],
+    }
+    return study(space=space)
+
+
+def two_levels(base_text: str) -> Mapping[str, Content]:
+    """A study over ``base.yaml`` (in @TMP@) whose text is ``base_text``."""
+    return {"study.yaml": yaml.safe_dump({"name": "bad", "base": "base.yaml"}), "base.yaml": base_text}
+
+
+REFERENCE = "paper_reference: ref.yaml#entry\n"
+DIGIT_CANVASES = {"data.name": "digit-canvases", "data.options": SMALL_CANVASES}
+TINY_RUN = {"train.steps": 2, "eval.num_samples": 4, "eval.batch_size": 4, "sampler.num_steps": 2}
+RANDOM = {"algorithm": "random", "num_trials": 2}
+HUGE_GRID = huge_grid()
+BILLION_TRIALS = study(
+    space={"sampler.temperature": {"uniform": [0.5, 1.5]}}, search={**RANDOM, "num_trials": 10**9}
+)
+SAMPLES = "@TMP@/samples"
+TRAINS_FIRST = (
+    "Evaluator trains digits-cnn into $UNMASK_CACHE (~5 s) before it reads the samples or checks the metric"
+)
+UNPICKLING = "torch.load(weights_only=True)'s UnpicklingError escapes _validated_state_dict_path: exit 1"
+DIGITS_SAMPLES = samples_npz((4, 1, 8, 8))
+INCEPTION = ("evaluate", SAMPLES, "--dataset", "digits", "--extractor", "inception-v3-compat")
+TOKENIZE = ("tokenize", "@TMP@/images", "@TMP@/out", "--pixel-levels", "4", "--no-progress")
+IMAGES = {"images": images()}
+
+
+CASES: list[Case] = [
+    # ---- unknown keys, at every level of a study file ----
+    validate("unknown-top-level-key", study(metrci="fid"), "metrci", "did you mean 'metric'"),
+    validate("unknown-search-key", study(search={"algoritm": "grid"}), "search.algoritm", "'algorithm'"),
+    validate("unknown-resources-key", study(resources={"cpus": 1}), "resources.cpus", "'cpu'"),
+    validate("unknown-scheduler-key", study(scheduler={"grace": 2}), "scheduler.grace"),
+    override("unknown-override-key", {"train.stpes": 10}, "train.stpes", "did you mean 'train.steps'"),
+    override("unknown-nested-override-key", {"sampler.euler.argmax": True}, "sampler.euler.argmax"),
+    override("unknown-key-inside-a-section-override", {"train": {"stpes": 5}}, "train.stpes"),
+    validate("unknown-space-key", study(space={"model.widht": [8, 16]}), "model.widht", "'model.width'"),
+    validate("unknown-variant-key", study(variants={"a": {"sampler.nme": "maskgit"}}), "sampler.nme"),
+    validate("unknown-key-in-base", "", "trian", files=two_levels("trian: {steps: 5}\n")),
+    override("unknown-data-option", {"data.options": {"colour": True}}, "data.options.colour"),
+    override("unknown-scheduler-param", {"train.scheduler_params": {"bogus": 1}}, "bogus"),
+    override(
+        "unknown-extra-protocol-key",
+        {"eval.extra_protocols": [{"extractor": "digits-cnn", "metric": ["fid"]}]},
+        "extra_protocols.0.metric",
+    ),
+    # ---- wrong types ----
+    validate("name-not-a-string", study(name=5), "name", "5"),
+    validate("name-null", study(name=None), "name", "None"),
+    validate("seeds-a-string", study(seeds="zero"), "seeds", "'zero'"),
+    validate("seeds-empty", study(seeds=[]), "seeds"),
+    validate("overrides-a-list", study(["train.steps", 5]), "overrides"),
+    override("steps-a-word", {"train.steps": "many"}, "train.steps", "'many'"),
+    override("lr-a-word", {"train.lr": "fast"}, "train.lr", "'fast'"),
+    override("temperature-a-list", {"sampler.temperature": [1, 2]}, "sampler.temperature"),
+    override("bf16-not-a-bool", {"train.bf16": "maybe"}, "train.bf16", "'maybe'"),
+    override("metrics-a-string", {"eval.metrics": "fid"}, "eval.metrics", "'fid'"),
+    override("patch-a-string", {"model.patch": "2x2"}, "model.patch", "'2x2'"),
+    validate("concurrency-a-word", study(concurrency="two"), "concurrency", "'two'"),
+    validate("mode-unknown", study(mode="maximize"), "mode", "'maximize'"),
+    validate("search-algorithm-unknown", study(search={"algorithm": "bayes"}), "search.algorithm", "'bayes'"),
+    validate("variant-not-a-mapping", study(variants={"a": 5}), "variants.a"),
+    validate("space-axis-a-scalar", study(space={"sampler.num_steps": 5}), "space.sampler.num_steps"),
+    validate(
+        "space-unknown-distribution",
+        study(space={"sampler.temperature": {"gaussian": [0, 1]}}),
+        "space.sampler.temperature",
+        "'gaussian'",
+    ),
+    validate(
+        "space-uniform-three-bounds",
+        study(space={"sampler.temperature": {"uniform": [0.5, 1, 2]}}, search=RANDOM),
+        "space.sampler.temperature.uniform",
+        "[low, high]",
+    ),
+    validate(
+        "space-continuous-axis-on-grid",
+        study(space={"sampler.temperature": {"uniform": [0.5, 1.5]}}),
+        "sampler.temperature",
+        "grid",
+    ),
+    validate("base-not-a-string", study(base=5), "base", "5"),
+    validate(
+        "space-empty-grid-axis",
+        study(space={"sampler.num_steps": []}),
+        "space.sampler.num_steps",
+    ),
+    validate(
+        "space-loguniform-below-zero",
+        study(space={"sampler.cfg_scale": {"loguniform": [-1.0, 2.0]}}, search=RANDOM),
+        "space.sampler.cfg_scale",
+    ),
+    validate(
+        "space-randint-empty-range",
+        study(space={"sampler.top_k": {"randint": [10, 2]}}, search=RANDOM),
+        "space.sampler.top_k",
+    ),
+    validate(
+        "space-uniform-of-words",
+        study(space={"sampler.temperature": {"uniform": ["low", "high"]}}, search=RANDOM),
+        "space.sampler.temperature",
+    ),
+    # ---- non-finite numbers ----
+    override("lr-nan", {"train.lr": float("nan")}, "train.lr", "nan"),
+    override("lr-inf", {"train.lr": float("inf")}, "train.lr", "inf"),
+    override("temperature-inf", {"sampler.temperature": float("inf")}, "sampler.temperature"),
+    override("cfg-scale-nan", {"sampler.cfg_scale": float("nan")}, "sampler.cfg_scale"),
+    override("mlp-ratio-minus-inf", {"model.mlp_ratio": float("-inf")}, "model.mlp_ratio"),
+    override("ema-decay-nan", {"train.ema_decay": float("nan")}, "train.ema_decay"),
+    override("time-scale-inf", {"model.time_scale": float("inf")}, "model.time_scale"),
+    override("remask-scale-nan", {"sampler.euler.remask_scale": float("nan")}, "sampler.euler.remask_scale"),
+    validate(
+        "space-uniform-to-inf",
+        study(space={"sampler.temperature": {"uniform": [0.5, float("inf")]}}, search=RANDOM),
+        "sampler.temperature",
+        "inf",
+    ),
+    validate("resources-cpu-nan", study(resources={"cpu": float("nan")}), "resources.cpu"),
+    validate(
+        "reduction-factor-nan",
+        study(scheduler={"name": "asha", "reduction_factor": float("nan")}),
+        "scheduler.reduction_factor",
+    ),
+    # ---- out of range ----
+    override("steps-1e12", {"train.steps": 10**12}, "train.steps", "1000000000000"),
+    validate("steps-1e12-float", study() + "overrides: {train.steps: 1.0e12}\n", "train.steps"),
+    validate("steps-1e12-text", study() + "overrides: {train.steps: 1e12}\n", "train.steps", "1e12"),
+    override("num-samples-1e12", {"eval.num_samples": 10**12}, "eval.num_samples"),
+    override("sampler-steps-1e9", {"sampler.num_steps": 10**9}, "sampler.num_steps"),
+    override("steps-zero", {"train.steps": 0}, "train.steps"),
+    override("batch-size-negative", {"train.batch_size": -1}, "train.batch_size", "-1"),
+    override("eval-batch-size-zero", {"eval.batch_size": 0}, "eval.batch_size"),
+    override("warmup-negative", {"train.warmup_steps": -5}, "train.warmup_steps", "-5"),
+    override("top-p-above-one", {"sampler.top_p": 1.5}, "sampler.top_p", "1.5"),
+    override("t-eps-one", {"train.t_eps": 1.0}, "train.t_eps"),
+    override("depth-zero", {"model.depth": 0}, "model.depth"),
+    validate("num-trials-negative", study(search={"algorithm": "random", "num_trials": -3}), "num_trials"),
+    validate("concurrency-zero", study(concurrency=0), "concurrency"),
+    validate("max-failures-negative", study(max_failures=-1), "max_failures"),
+    validate("workers-zero", study(resources={"workers": 0}), "resources.workers"),
+    validate("gpu-negative", study(resources={"gpu": -1}), "resources.gpu"),
+    validate("seeds-1001", study(seeds=list(range(1001))), "seeds"),
+    validate(
+        "batch-not-divisible-by-workers", study(resources={"workers": 3}), "train.batch_size", "workers"
+    ),
+    # ---- unsafe study names (a name is a folder under the runs root) ----
+    validate("name-dot-dot", study(name="../../etc"), "name", "../../etc"),
+    validate("name-absolute", study(name="/etc/passwd"), "name", "/etc/passwd"),
+    validate("name-with-slash", study(name="a/b"), "name", "a/b"),
+    validate("name-with-space", study(name="my study"), "name", "my study"),
+    validate("name-empty", study(name=""), "name"),
+    validate("name-hidden", study(name=".hidden"), "name", ".hidden"),
+    validate("name-too-long", study(name="x" * 200), "name"),
+    # ---- the file itself ----
+    validate("yaml-syntax-error", "name: [bad\nseeds: [0\n", "study.yaml", "not valid YAML"),
+    validate("yaml-tab-indent", "name: bad\noverrides:\n\ttrain.steps: 5\n", "study.yaml", "not valid YAML"),
+    validate(
+        "yaml-python-object-tag",
+        "name: !!python/object/apply:os.mkdir ['@TMP@/pwned']\n",
+        "study.yaml",
+        "python/object",
+    ),
+    validate("yaml-python-name-tag", "name: bad\nbase: !!python/name:os.system\n", "python/name"),
+    validate("alias-bomb", alias_bomb(), "study.yaml", "100,000 nodes", subprocess=True),
+    validate("recursive-alias", "name: bad\nbase: " + SMALL + "\nseeds: &s [0, *s]\n", "seeds"),
+    validate("deeply-nested", nested(5000), "study.yaml"),
+    validate("not-utf8", b"name: caf\xe9\n", "study.yaml", "UTF-8"),
+    validate("empty-file", "", "study.yaml", "mapping"),
+    validate("list-at-top-level", "- name: bad\n", "study.yaml", "mapping", "list"),
+    validate("scalar-at-top-level", "just a sentence\n", "study.yaml", "mapping", "str"),
+    validate("file-over-1mb", "name: big\n" + "#" * (2 << 20) + "\n", "study.yaml", "bytes"),
+    validate(
+        "duplicate-key",
+        study({"train.steps": 5}) + "overrides: {train.lr: 0.1}\n",
+        "overrides",
+    ),
+    Case("study-is-a-directory", ("validate", "@TMP@/folder", *RUNS), ("@TMP@/folder",), {"folder/x": "x"}),
+    # ---- bases and paper references ----
+    validate("missing-base", study(base="nowhere.yaml"), "nowhere.yaml", "does not exist"),
+    validate(
+        "base-cycle",
+        "",
+        "cycle",
+        "a.yaml",
+        files={
+            "study.yaml": yaml.safe_dump({"name": "bad", "base": "a.yaml"}),
+            "a.yaml": "base: b.yaml\n",
+            "b.yaml": "base: a.yaml\n",
+        },
+    ),
+    validate("base-self-cycle", "", "cycle", files=two_levels("base: base.yaml\n")),
+    validate("base-a-list", "", "base.yaml", "mapping", files=two_levels("- 1\n- 2\n")),
+    validate("base-not-utf8", "", "base.yaml", "UTF-8", files=two_levels(b"train: {lr: 0.\xff}\n")),
+    validate("base-a-directory", study(base="."), "@TMP@"),
+    validate("missing-paper-reference", study() + REFERENCE, "ref.yaml", "does not exist"),
+    validate(
+        "paper-reference-no-entry",
+        study() + REFERENCE,
+        "paper_reference",
+        "'entry'",
+        files={"ref.yaml": "other: {}\n"},
+    ),
+    validate(
+        "paper-reference-bad-finding-kind",
+        study() + REFERENCE,
+        "paper_reference",
+        "'best'",
+        files={"ref.yaml": "entry: {findings: [{kind: best}]}\n"},
+    ),
+    validate(
+        "paper-reference-entry-a-number",
+        study() + REFERENCE,
+        "paper_reference",
+        "entry",
+        files={"ref.yaml": "entry: 5\n"},
+    ),
+    validate(
+        "paper-reference-finding-a-string",
+        study() + REFERENCE,
+        "paper_reference",
+        "oops",
+        files={"ref.yaml": "entry: {findings: [oops]}\n"},
+    ),
+    # ---- plans too big to expand: refused fast, with the count (in process: a tight time bound) ----
+    validate("huge-grid-60-to-the-4", HUGE_GRID, "12,960,000", "max_trials", time_limit=10),
+    validate("num-trials-1e9", BILLION_TRIALS, "1,000,000,000", "max_trials", time_limit=10),
+    validate("huge-grid-cli", HUGE_GRID, "12,960,000", "max_trials", subprocess=True),
+    validate("num-trials-1e9-cli", BILLION_TRIALS, "1,000,000,000", "max_trials", subprocess=True),
+    # ---- unknown names, with a did-you-mean ----
+    override("unknown-dataset", {"data.name": "digitz"}, "'digitz'", "did you mean 'digits'"),
+    override("unknown-sampler", {"sampler.name": "maskgti"}, "'maskgti'", "did you mean 'maskgit'"),
+    override("unknown-scheduler", {"train.scheduler": "cosin"}, "'cosin'", "did you mean 'cosine'"),
+    override("unknown-loss", {"train.loss": "masked-ce"}, "'masked-ce'", "did you mean 'masked_ce'"),
+    override("unknown-eval-metric", {"eval.metrics": ["fidd"]}, "'fidd'", "did you mean 'fid'"),
+    override("unknown-extractor", {"eval.extractor": "inceptoin"}, "'inceptoin'", "'inception'"),
+    override("unknown-maskgit-schedule", {"sampler.maskgit.schedule": "cosin"}, "'cosin'", "'cosine'"),
+    override("unknown-model-size", {"model.size": "DiT-XXL"}, "'DiT-XXL'", "did you mean"),
+    validate(
+        "unknown-recipe",
+        study(variants={"a": {"recipe": "maskgti"}}),
+        "variants.a.recipe",
+        "did you mean 'maskgit'",
+    ),
+    validate("unknown-tune-scheduler", study(scheduler={"name": "hyperband"}), "scheduler.name"),
+    validate(
+        "unknown-study-metric",
+        study(metric="fdi"),
+        "'fdi'",
+        "did you mean 'fid'",
+    ),
+    # ---- metrics and data that do not go together ----
+    override(
+        "miou-without-condition-on",
+        {**DIGIT_CANVASES, "eval.metrics": ["miou"]},
+        "miou",
+        "sampler.condition_on: image",
+    ),
+    override("fvd-on-digits", {"eval.metrics": ["fid", "fvd"]}, "eval.metrics", "fvd"),
+    override("fid-on-moving-digits", {"data.name": "moving-digits", "eval.metrics": ["fid"]}, "fid"),
+    override("text-on-digits", {"model.text": {"encoder": "learned"}}, "model.text", "'digits'"),
+    override("video-extractor-on-digits", {"eval.extractor": "moving-digits-cnn3d"}, "moving-digits-cnn3d"),
+    override("condition-on-image-on-digits", {"sampler.condition_on": "image"}, "condition_on"),
+    validate(
+        "metric-not-in-eval-metrics",
+        study({"eval.metrics": ["fid"]}, metric="kid_mean"),
+        "kid_mean",
+        "eval.metrics",
+    ),
+    # ---- data options ----
+    override("digits-num-heldout-negative", {"data.options": {"num_heldout": -5}}, "num_heldout", "-5"),
+    override("digits-seed-a-string", {"data.options": {"seed": "a"}}, "data.options.seed", "'a'"),
+    override("data-options-a-list", {"data.options": [1, 2]}, "data.options"),
+    override(
+        "shards-without-path",
+        {"data.name": "shards", "data.options": {"grid": [8, 8], "vocab_size": 16}},
+        "data.options",
+        "path",
+    ),
+    override(
+        "moving-digits-levels-99",
+        {"data.name": "moving-digits", "data.options": {"levels": 99}},
+        "data.options.levels",
+        "99",
+    ),
+    override(
+        "canvas-odd",
+        {**DIGIT_CANVASES, "data.options": {**SMALL_CANVASES, "canvas": 15}},
+        "data.options.canvas",
+        "15",
+    ),
+    # ---- resources beyond the machine (refused before MLflow or Ray start) ----
+    Case(
+        "run-cpu-10000",
+        ("run", STUDY, *RUNS),
+        ("resources.cpu", "10000"),
+        {"study.yaml": study(TINY_RUN, resources={"cpu": 10000})},
+        subprocess=True,
+    ),
+    Case(
+        "run-cpu-4000-beyond-the-machine",
+        ("run", STUDY, *RUNS),
+        ("resources.cpu", "4000"),
+        {"study.yaml": study(TINY_RUN, resources={"cpu": 4000})},
+        subprocess=True,
+    ),
+    # ---- command lines ----
+    Case("missing-study-file", ("validate", "@TMP@/nowhere.yaml", *RUNS), ("@TMP@/nowhere.yaml",)),
+    Case("unknown-flag", ("validate", STUDY, "--bogus", *RUNS), ("--bogus",), {"study.yaml": study()}),
+    Case("unknown-command", ("vaildate", STUDY), ("'vaildate'",)),
+    Case("no-command", (), ("command",)),
+    Case("gpu-tflops-not-a-number", ("run", STUDY, "--gpu-tflops", "abc", *RUNS), ("--gpu-tflops", "'abc'")),
+    Case("dry-run-missing-study", ("run", "@TMP@/nowhere.yaml", "--dry-run", *RUNS), ("nowhere.yaml",)),
+    Case("resume-unknown-study", ("resume", "never-ran", *RUNS), ("never-ran",)),
+    Case("report-unknown-study", ("report", "never-ran", *RUNS), ("never-ran",)),
+    Case(
+        "report-from-ledger-of-a-study-never-run",
+        ("report", STUDY, "--from-ledger", *RUNS),
+        ("bad",),
+        {"study.yaml": study()},
+    ),
+    # ---- evaluate ----
+    Case(
+        "evaluate-missing-samples",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        (SAMPLES, "samples.npz"),
+    ),
+    Case(
+        "evaluate-truncated-npz",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples.npz",),
+        {"samples/samples.npz": truncated(DIGITS_SAMPLES)},
+    ),
+    Case(
+        "evaluate-text-named-npz",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples.npz",),
+        {"samples/samples.npz": "these are not samples\n"},
+    ),
+    Case(
+        "evaluate-zip-without-arrays",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples.npz", "images"),
+        {"samples/samples.npz": zip_without_arrays},
+    ),
+    Case(
+        "evaluate-wrong-image-shape",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples.npz", "(4, 3, 32, 32)"),
+        {"samples/samples.npz": samples_npz((4, 3, 32, 32), n_tokens=1024)},
+    ),
+    Case(
+        "evaluate-one-sample",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples.npz", "2 samples"),
+        {"samples/samples.npz": samples_npz((1, 1, 8, 8))},
+    ),
+    Case(
+        "evaluate-nan-images",
+        ("evaluate", SAMPLES, "--dataset", "digits", "--metrics", "fid"),
+        ("samples.npz", "NaN"),
+        {"samples/samples.npz": samples_npz((4, 1, 8, 8), images=np.full((4, 1, 8, 8), np.nan, np.float32))},
+    ),
+    Case(
+        "evaluate-meta-not-json",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples.npz", "meta_json"),
+        {"samples/samples.npz": samples_npz((4, 1, 8, 8), meta_json=np.array("{not json"))},
+    ),
+    Case(
+        "evaluate-labels-too-few",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples.npz", "labels"),
+        {"samples/samples.npz": samples_npz((4, 1, 8, 8), labels=np.zeros(2, np.int64))},
+    ),
+    Case("evaluate-shards-without-path", ("evaluate", SAMPLES, "--dataset", "shards"), ("path",)),
+    Case("evaluate-unknown-dataset", ("evaluate", SAMPLES, "--dataset", "digitz"), ("'digitz'", "'digits'")),
+    Case(
+        "evaluate-unknown-metric",
+        ("evaluate", SAMPLES, "--dataset", "digits", "--metrics", "fidd"),
+        ("'fidd'", "did you mean 'fid'"),
+    ),
+    Case(
+        "evaluate-fvd-on-digits",
+        ("evaluate", SAMPLES, "--dataset", "digits", "--metrics", "fvd"),
+        ("fvd",),
+        {"samples/samples.npz": DIGITS_SAMPLES},
+    ),
+    Case(
+        "evaluate-pickled-weights",
+        (*INCEPTION, "--weights", "@TMP@/weights.pt"),
+        ("@TMP@/weights.pt",),
+        {"samples/samples.npz": DIGITS_SAMPLES, "weights.pt": pickled_object},
+    ),
+    Case(
+        "evaluate-plain-pickle-weights",
+        (*INCEPTION, "--weights", "@TMP@/weights.pkl"),
+        ("@TMP@/weights.pkl",),
+        {"samples/samples.npz": DIGITS_SAMPLES, "weights.pkl": plain_pickle},
+    ),
+    Case(
+        "evaluate-text-weights",
+        (*INCEPTION, "--weights", "@TMP@/weights.pt"),
+        ("@TMP@/weights.pt",),
+        {"samples/samples.npz": DIGITS_SAMPLES, "weights.pt": "not weights\n"},
+    ),
+    Case(
+        "evaluate-missing-weights",
+        (*INCEPTION, "--weights", "@TMP@/nowhere.pt"),
+        ("@TMP@/nowhere.pt",),
+        {"samples/samples.npz": DIGITS_SAMPLES},
+    ),
+    Case("evaluate-no-weights", INCEPTION, ("weights",), {"samples/samples.npz": DIGITS_SAMPLES}),
+    # ---- tokenize ----
+    Case("tokenize-missing-folder", TOKENIZE, ("@TMP@/images",)),
+    Case("tokenize-empty-folder", TOKENIZE, ("@TMP@/images",), {"images": empty_folder}),
+    Case(
+        "tokenize-out-is-a-file",
+        TOKENIZE,
+        ("@TMP@/out",),
+        {**IMAGES, "out": "an existing file\n"},
+    ),
+    Case("tokenize-image-size-zero", (*TOKENIZE, "--image-size", "0"), ("--image-size", "0"), IMAGES),
+    Case("tokenize-image-size-negative", (*TOKENIZE, "--image-size", "-8"), ("--image-size", "-8"), IMAGES),
+    Case("tokenize-image-size-a-word", (*TOKENIZE, "--image-size", "big"), ("--image-size", "'big'"), IMAGES),
+    Case(
+        "tokenize-pixel-levels-one",
+        ("tokenize", "@TMP@/images", "@TMP@/out", "--pixel-levels", "1"),
+        ("--pixel-levels", "1"),
+        IMAGES,
+    ),
+    Case(
+        "tokenize-missing-tokenizer",
+        ("tokenize", "@TMP@/images", "@TMP@/out", "--tokenizer", "@TMP@/vq.ckpt"),
+        ("@TMP@/vq.ckpt",),
+        IMAGES,
+    ),
+    Case("tokenize-unknown-split", (*TOKENIZE, "--split", "valid"), ("'valid'",), IMAGES),
+    Case(
+        "tokenize-unknown-source-kind",
+        (*TOKENIZE, "--source-kind", "zip"),
+        ("'zip'",),
+        IMAGES,
+    ),
+    Case("tokenize-frames-negative", (*TOKENIZE, "--frames", "-1"), ("--frames", "-1"), IMAGES),
+    Case(
+        "tokenize-reference-negative",
+        (*TOKENIZE, "--reference", "-1"),
+        ("--reference", "-1"),
+        IMAGES,
+    ),
+    Case("tokenize-workers-zero", (*TOKENIZE, "--workers", "0"), ("--workers",), IMAGES),
+    Case(
+        "tokenize-unknown-device",
+        (*TOKENIZE, "--device", "gpu9"),
+        ("--device", "'gpu9'"),
+        IMAGES,
+    ),
+    Case("tokenize-max-shards-zero", (*TOKENIZE, "--max-shards", "0"), ("--max-shards",), IMAGES),
+    Case("tokenize-shard-size-zero", (*TOKENIZE, "--shard-size", "0"), ("--shard-size",), IMAGES),
+    Case("tokenize-batch-size-zero", (*TOKENIZE, "--batch-size", "0"), ("--batch-size",), IMAGES),
+]
