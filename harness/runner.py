@@ -52,11 +52,18 @@ def prepare(target: str | Path, runs_root: Path) -> StudyRun:
 
 
 def check_resources(spec: StudySpec, available: dict[str, float]) -> None:
-    """A request larger than the cluster would wait forever: refuse it up front."""
+    """A request larger than the cluster would wait forever: refuse it up front. A data-parallel
+    training (resources.workers > 1) needs its workers' share at once."""
+    workers = spec.resources.workers
     for name, asked in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
         have = available.get(name.upper(), 0.0)
         if asked > have:
             raise ConfigError(f"resources.{name} = {asked} but the cluster has {have} {name.upper()}(s)")
+        if workers > 1 and asked * workers > have:
+            raise ConfigError(
+                f"resources.workers = {workers} x resources.{name} = {asked} needs {asked * workers:g} "
+                f"{name.upper()}(s) at once; the cluster has {have}"
+            )
 
 
 def local_resources() -> dict[str, float]:
