@@ -7,8 +7,6 @@ a test's toy dataset) under the same checks.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
 from torch import Tensor
@@ -16,6 +14,7 @@ from torch import Tensor
 from harness.data import sources
 from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset
 from harness.errors import check_known
+from harness.plugins import add, discover
 
 DATASETS: dict[str, Dataset] = {}
 
@@ -24,10 +23,7 @@ def register(dataset: Dataset) -> Dataset:
     """Adds ``dataset`` under its name; a second, different dataset of that name is refused."""
     if not isinstance(dataset, Dataset):
         raise TypeError(f"register: expected a harness.data.types.Dataset; got {type(dataset).__name__}")
-    if DATASETS.get(dataset.name, dataset) is not dataset:
-        raise ValueError(f"dataset {dataset.name!r} is registered twice")
-    DATASETS[dataset.name] = dataset
-    return dataset
+    return add(DATASETS, dataset.name, dataset, "dataset")
 
 
 def unregister(name: str) -> None:
@@ -35,15 +31,8 @@ def unregister(name: str) -> None:
     DATASETS.pop(name, None)
 
 
-def _discover() -> None:
-    for info in sorted(pkgutil.iter_modules(sources.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"{sources.__name__}.{info.name}")
-        dataset = getattr(module, "DATASET", None)
-        if isinstance(dataset, Dataset):
-            register(dataset)
-
-
-_discover()
+for _dataset in discover(sources, "DATASET", Dataset):
+    register(_dataset)
 
 
 def get_dataset(name: str) -> Dataset:

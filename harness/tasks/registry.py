@@ -7,12 +7,10 @@ families claiming one trial is a combination the harness does not support, refus
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import harness.tasks as package
 from harness.data.types import DatasetShape
 from harness.errors import UserError
+from harness.plugins import add, discover
 from harness.tasks.base import Task, Trial
 
 GENERATION = Task()
@@ -20,25 +18,15 @@ TASKS: dict[str, Task] = {}
 
 
 def register(task: Task) -> Task:
-    if TASKS.get(task.name, task) is not task:
-        raise ValueError(f"task family {task.name!r} is registered twice")
-    TASKS[task.name] = task
-    return task
+    return add(TASKS, task.name, task, "task family")
 
 
 def unregister(name: str) -> None:
     TASKS.pop(name, None)
 
 
-def _discover() -> None:
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        task = getattr(module, "TASK", None)
-        if isinstance(task, Task):
-            register(task)
-
-
-_discover()
+for _task in discover(package, "TASK", Task):
+    register(_task)
 
 
 def task_for(trial: Trial, shape: DatasetShape) -> Task:
