@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study test lint install benchmark clean
+.PHONY: study test lint install benchmark check-readme clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: lint
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/sampler.py
+
+# Reruns the studies behind the README's quoted numbers and fails on any outside its tolerance
+# (search_spaces/readme_numbers.yaml; all of them: about 75 minutes on 2 busy cores). Not part of
+# `make test`. ONLY="video-fvd ..." picks blocks; RUNS_ROOT=runs reuses the finished trials there.
+check-readme: $(STAMP)
+	$(BIN)/python benchmarks/check_readme.py $(if $(ONLY),--only $(ONLY)) $(if $(RUNS_ROOT),--runs-root $(RUNS_ROOT))
 
 clean:
 	rm -rf $(VENV) runs .cache
