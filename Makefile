@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: study test lint install benchmark check-readme clean
+.PHONY: study test test-slow lint install benchmark check-readme clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The slow tests (SIGKILL, fault and concurrency scenarios through the CLI): run by .ci/run.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/sampler.py
