@@ -155,6 +155,18 @@ def _log_report(tracker, report) -> None:
         tracker.log_parent_artifact(files, "report_files")
 
 
+def _sync_or_hold(tracker, ledger, held: list[OSError]) -> None:
+    """MLflow sync after each trial; an OSError (disk full, read-only store) is held for the
+    driver to raise once Tune returns, so it ends as exit 5 naming the path instead of a TuneError
+    traceback. No later sync is tried: the store cannot be written."""
+    if held:
+        return
+    try:
+        tracker.sync(ledger.records())
+    except OSError as err:
+        held.append(err)
+
+
 def _run(args) -> int:
     import logging
 
@@ -194,13 +206,16 @@ def _drive(args, run) -> int:
         print(f"marked {killed} invocation(s) left RUNNING by a stopped driver as KILLED in MLflow")
     ledger = Ledger(run.study_dir)
     tracker.start_invocation(run.spec.model_dump(mode="json"), {"git_commit": _git_commit(), **_versions()})
+    held: list[OSError] = []
     try:
         records = execute(
             run,
             address=args.address,
             verbose=args.verbose,
-            on_complete=lambda: tracker.sync(ledger.records()),
+            on_complete=lambda: _sync_or_hold(tracker, ledger, held),
         )
+        if held:  # an unwritable store inside Tune's callback: raised here, not wrapped by Tune
+            raise held[0]
         tracker.sync(ledger.records())
         report = _report(run, uri)
         _log_report(tracker, report)
