@@ -28,14 +28,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harness.config.files import read_yaml
 from harness.config.recipes import RECIPES
 from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, set_dotted
 from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
-MAX_FILE_BYTES = 1 << 20  # a study or base file; anything larger is not a hand-written config
-MAX_NODES = 100_000  # YAML nodes per file, aliases expanded
 # A study name is a folder under the runs root: a plain name, never a path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -89,60 +88,6 @@ class StudySpec(BaseModel):
     paper_reference: str | None = None  # "<file relative to the study>#<entry>": the paper's numbers
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
     reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no tag that builds an object) that refuses a document whose tree, with
-    every alias expanded, has more than MAX_NODES nodes (an alias bomb: nine aliases of nine
-    aliases of ... are a few lines that expand to billions), before anything is constructed, and
-    a mapping with a key twice (YAML forbids it; PyYAML would keep the last one silently)."""
-
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001 (PyYAML's signature)
-        seen = set()
-        for key_node, _ in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key != "<<":
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"the key {key!r} appears twice", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-    def construct_document(self, node):  # noqa: ANN001 (PyYAML's signature)
-        sizes: dict[int, int] = {}
-
-        def expanded(n) -> int:  # noqa: ANN001
-            if id(n) not in sizes:
-                sizes[id(n)] = 0  # a node inside itself (a recursive alias) counts once
-                children = n.value if isinstance(n.value, list) else []
-                items = [c for child in children for c in (child if isinstance(child, tuple) else (child,))]
-                sizes[id(n)] = 1 + sum(expanded(c) for c in items)
-            return sizes[id(n)]
-
-        if expanded(node) > MAX_NODES:
-            raise yaml.YAMLError(f"the document expands to more than {MAX_NODES:,} nodes (aliases expanded)")
-        return super().construct_document(node)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from a file, safely: its size and its expanded tree bounded, UTF-8 only."""
-    if not path.is_file():
-        raise ConfigError(f"file {str(path)!r} does not exist")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: {size:,} bytes; a study or base file is at most {MAX_FILE_BYTES:,}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
-    try:
-        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
-    except (yaml.YAMLError, RecursionError) as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err)[:300]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
 
 
 def _field_hint(loc: tuple) -> str:
