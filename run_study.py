@@ -31,7 +31,6 @@ import sys
 from pathlib import Path
 
 EXIT_TRIALS_FAILED, EXIT_LOCKED, EXIT_UNWRITABLE = 3, 4, 5
-UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EIO}
 DEFAULT_RUNS = Path("runs")
 QUICKSTART = Path(__file__).resolve().parent / "search_spaces" / "quickstart.yaml"
 
@@ -258,7 +257,7 @@ def _trial_failures(run, records: list) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports download many
-    from harness.errors import UserError
+    from harness.errors import UserError, unwritable
     from harness.run.lock import StudyLockedError
 
     try:
@@ -308,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_LOCKED
     except OSError as err:
-        if err.errno not in UNWRITABLE:
+        if not unwritable(err):
             raise
         path = err.filename or getattr(args, "runs_root", "?")
         driver = args.command in ("run", "resume", "quickstart")

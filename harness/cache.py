@@ -55,6 +55,27 @@ def atomic_write(path: Path, write: Any) -> Path:
     return path
 
 
+def probe_writable(folder: Path, size: int = 1 << 16) -> None:
+    """Writes, syncs and removes ``size`` bytes in ``folder``; raises the OSError (with the
+    folder as its filename) when that fails. Tells a full disk or a read-only folder apart from
+    the error a library raised on top of it (Ray Tune's, when its experiment state is cut short)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=folder)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from err
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def save_torch(obj: Mapping[str, Any], path: Path) -> Path:
     """Atomically ``torch.save`` a dict of tensors and plain values."""
     return atomic_write(path, lambda f: torch.save(dict(obj), f))

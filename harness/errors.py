@@ -7,8 +7,19 @@ any other exception is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import difflib
+import errno
 import reprlib
 from collections.abc import Iterable
+
+
+UNWRITABLE = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EIO}
+)  # a path that cannot be written: run_study.py exits 5 naming it (disk full, quota, read-only)
+
+
+def unwritable(err: BaseException) -> bool:
+    """Whether ``err`` says a path cannot be written (disk full, quota, read-only, permission)."""
+    return isinstance(err, OSError) and err.errno in UNWRITABLE
 
 
 class UserError(ValueError):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.cache import atomic_write_text, cache_dir
+from harness.cache import atomic_write_text, cache_dir, probe_writable
 from harness.config.study import StudySpec, load_study
 from harness.config.trial import ConfigError
 from harness.data.registry import load_dataset, real_images
@@ -190,16 +190,30 @@ def execute(
     warm_datasets(plan.trials, run.study_dir, run.cache_dir)
     warm_evaluators(plan.pending_trials, run.cache_dir)
     if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":
-        with RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose) as ray:
-            if address:
-                check_resources(run.spec, ray.cluster_resources())
-            if run.spec.search.algorithm == "grid":
-                ray.run_grid(run.spec, plan.pending_trainings, plan.pending_trials, ctx, on_complete)
-            else:
-                ray.run_search(run.spec, ctx, on_complete)
+        try:
+            with RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose) as ray:
+                if address:
+                    check_resources(run.spec, ray.cluster_resources())
+                if run.spec.search.algorithm == "grid":
+                    ray.run_grid(run.spec, plan.pending_trainings, plan.pending_trials, ctx, on_complete)
+                else:
+                    ray.run_search(run.spec, ctx, on_complete)
+        except Exception:
+            check_writable(run)  # a full disk under Ray's own error: the disk is what to report
+            raise
     wanted = {t.trial_hash() for t in plan.trials}
-    return [
+    records = [
         r
         for r in Ledger(run.study_dir).records()
         if r.trial_hash in wanted or run.spec.search.algorithm != "grid"
     ]
+    if len({r.trial_hash for r in records} & wanted) < len(wanted):
+        check_writable(run)  # a trial whose record could not be written
+    return records
+
+
+def check_writable(run: StudyRun) -> None:
+    """Raises the OSError of the first of the study's folder, the checkpoint store and the cache
+    that cannot take a small write (disk full, read-only); returns when all can."""
+    for folder in (run.study_dir, run.store.root, run.cache_dir):
+        probe_writable(folder)

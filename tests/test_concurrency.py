@@ -242,3 +242,76 @@ def test_a_sqlite_store_that_cannot_be_written_raises_an_oserror_naming_the_data
     assert "database or disk is full" in caught.value.strerror
     with pytest.raises(MlflowException, match="no such run"), store_faults(uri):
         raise MlflowException("no such run")  # not a fault of the disk: raised as it is
+
+
+def test_a_full_disk_under_rays_own_error_is_reported_as_the_disk(
+    write_study, runs_root, capsys, monkeypatch
+) -> None:
+    """Tune, its experiment state cut short by a full disk, raises EOFError reading it back: the
+    driver probes the study's folders and reports the disk, not Tune's error."""
+    import harness.runner
+    from harness.ray.dispatch import RayDispatcher
+
+    study = write_study("tune-full", space=SAMPLING_SPACE)
+    full = runs_root / "tune-full"
+
+    def cut_short(*args, **kwargs) -> None:
+        raise EOFError("Ran out of input")
+
+    def probe(folder: Path, size: int = 1 << 16) -> None:
+        if Path(folder) == full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+    monkeypatch.setattr(RayDispatcher, "run_grid", cut_short)
+    monkeypatch.setattr(harness.runner, "probe_writable", probe)
+    assert cli("run", study, runs_root) == run_study.EXIT_UNWRITABLE
+    err = capsys.readouterr().err
+    assert f"error: {full}: No space left on device (ENOSPC)" in err and "Traceback" not in err, err
+
+
+def test_rays_error_on_a_writable_disk_stays_a_bug(write_study, runs_root, monkeypatch) -> None:
+    from harness.ray.dispatch import RayDispatcher
+
+    def cut_short(*args, **kwargs) -> None:
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr(RayDispatcher, "run_grid", cut_short)
+    with pytest.raises(EOFError):
+        cli("run", write_study("tune-bug", space=SAMPLING_SPACE), runs_root)
+
+
+def test_probe_writable_names_the_folder_and_leaves_nothing(tmp_path) -> None:
+    from harness.cache import probe_writable
+
+    probe_writable(tmp_path / "new")
+    assert list((tmp_path / "new").iterdir()) == []
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OSError) as caught:
+        probe_writable(tmp_path / "a-file" / "below")
+    assert caught.value.errno == errno.ENOTDIR and caught.value.filename == str(tmp_path / "a-file" / "below")
+
+
+@pytest.mark.parametrize("in_text", [False, True])
+def test_rays_logged_disk_errors_are_one_line_other_errors_keep_their_traceback(in_text) -> None:
+    import io
+    import logging
+    import traceback
+
+    from harness.ray.dispatch import _shorten_unwritable
+
+    stream = io.StringIO()
+    logger = logging.getLogger(f"test-ray-{in_text}")
+    logger.addHandler(logging.StreamHandler(stream))
+    logger.propagate = False
+    _shorten_unwritable(logger)
+    for err in (OSError(errno.ENOSPC, "No space left on device"), ValueError("a bug")):
+        try:
+            raise err
+        except Exception:
+            if in_text:  # Ray's syncer puts the traceback into the message
+                logger.warning(f"sync failed with the following error:\n{traceback.format_exc()}")
+            else:
+                logger.error("Trial task failed", exc_info=True)
+    first, rest = stream.getvalue().split("\n", 1)
+    assert "No space left on device" in first and "Traceback" not in first
+    assert rest.count("Traceback") == 1 and "a bug" in rest

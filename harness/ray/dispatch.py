@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from harness.cache import CACHE_ENV
 from harness.config.study import StudySpec, apply_assignment, axes, metric_mode
 from harness.config.trial import TrialConfig
+from harness.errors import unwritable
 from harness.ray.distributed import DataParallelLauncher, check_workers_fit
 from harness.run.ledger import Ledger, TrialRecord
 from harness.run.store import CheckpointStore
@@ -199,6 +201,28 @@ class _Progress:
             self.on_complete()
 
 
+class _OneLineForUnwritable(logging.Filter):
+    """Ray logs a full traceback for each write that fails on a full disk or a read-only folder
+    (every trial, every save of the experiment state); this keeps each to one line, and the
+    driver ends with one error naming the path (run_study.py, exit 5)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # logged with exc_info, or inside the except block with the traceback in the text
+        err = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        cause = getattr(err, "cause", None) or err  # a RayTaskError carries the worker's error
+        if err is not None and unwritable(cause):
+            text = record.getMessage().split("Traceback (most recent call last)")[0].rstrip(" :\n")
+            record.msg, record.args = f"{text}: {cause}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _shorten_unwritable(logger: logging.Logger) -> None:
+    for handler in logger.handlers:
+        if not any(isinstance(f, _OneLineForUnwritable) for f in handler.filters):
+            handler.addFilter(_OneLineForUnwritable())
+
+
 class RayDispatcher:
     """Starts (or joins) Ray for the duration of a ``with`` block and runs Tune experiments."""
 
@@ -218,6 +242,7 @@ class RayDispatcher:
         if not self.verbose:  # quiet logs: our own progress lines only
             logging.getLogger("ray").setLevel(logging.WARNING)
             logging.getLogger("ray.tune").setLevel(logging.WARNING)
+            _shorten_unwritable(logging.getLogger("ray"))
         self.owned = not ray.is_initialized()  # a Ray started by the caller (tests) is reused, not stopped
         if not self.owned:
             return self

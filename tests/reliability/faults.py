@@ -704,11 +704,6 @@ UNANNOUNCED_CHECKPOINT = KnownBug(
     " to Ray's worker log (log_to_driver=False), not to the resume's stderr",
     ("the resume's stderr does not name",),
 )
-FULL_DISK_IN_SYNC = KnownBug(
-    "a disk that fills during the sampling phase fails the MLflow sync in Tune's trial callback"
-    " (run_study.py on_complete); Tune wraps the OSError in a TuneError: exit 1 and a traceback, not 5",
-    ("the driver on a full disk exited", "not one error naming a path"),
-)
 SCENARIOS = [
     *(Scenario(f"SIGKILL of the driver: {p}", lambda ws, p=p: kill_and_resume(ws, p)) for p in KILL_POINTS),
     *(
@@ -723,7 +718,7 @@ SCENARIOS = [
     ),
     Scenario("a second driver of a running study", second_driver),
     Scenario("two studies on one new MLflow store", two_studies_one_store),
-    Scenario("disk full mid-study, then resume", disk_full, FULL_DISK_IN_SYNC),
+    Scenario("disk full mid-study, then resume", disk_full),
     Scenario("a training that diverges (lr 1e30)", nan_training),
 ]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from faults import (
-    FULL_DISK_IN_SYNC,
     SCENARIOS,
     STEPS,
+    KnownBug,
     KnownBugError,
     Result,
     Scenario,
@@ -139,7 +139,8 @@ def test_a_training_completed_twice_is_a_duplicate(tmp_path: Path) -> None:
 
 
 def test_a_known_bug_explains_only_its_own_problems() -> None:
-    scenario = Scenario("disk", lambda ws: Tally(), FULL_DISK_IN_SYNC)
+    bug = KnownBug("exits 1 on a full disk", ("the driver on a full disk exited", "not one error naming"))
+    scenario = Scenario("disk", lambda ws: Tally(), bug)
     buggy = Tally(["the driver on a full disk exited 1, expected 5", "not one error naming a path: ..."])
     with pytest.raises(KnownBugError):
         verdict(Result(scenario, buggy, 1.0))
