@@ -11,7 +11,6 @@ import errno
 import reprlib
 from collections.abc import Iterable
 
-
 UNWRITABLE = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EIO}
 )  # a path that cannot be written: run_study.py exits 5 naming it (disk full, quota, read-only)
