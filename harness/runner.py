@@ -151,18 +151,28 @@ def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
     return out
 
 
-def verify_finished_trials(run: StudyRun) -> Plan:
-    """The plan once what its finished trials point to is checked: each seed's samples exist and
-    match their checksum. A trial whose samples are gone or damaged runs again: the damaged files
-    go to the store's quarantine and its record to the ledger's (the ledger never holds two
-    records of one trial). Reads every sample file of the study; writes only what it moves."""
+def verify_finished_work(run: StudyRun) -> Plan:
+    """The plan once what the study finished is checked, by the driver under the study's lock
+    (so each repair is announced on its stderr): a damaged ledger record, a finished trial whose
+    samples are gone or damaged, and a finished checkpoint that does not match its checksum are
+    moved to their quarantine, and their trials or trainings run again (the ledger never holds
+    two records of one trial). Reads every sample file and checkpoint of the study."""
     ledger, plan = Ledger(run.study_dir), run.plan
-    pending = {t.trial_hash() for t in plan.pending_trials}
+    finished = ledger.finished()  # heals: a damaged record goes to the quarantine
+    pending = {t.trial_hash() for t in plan.trials if t.trial_hash() not in finished}
     for trial in plan.trials:
         if trial.trial_hash() not in pending and (problem := damaged_samples(trial, run.store)):
             ledger.quarantine(trial.trial_hash(), f"finished, but its samples are not intact ({problem})")
             pending.add(trial.trial_hash())
-    return replace(plan, pending_trials=[t for t in plan.trials if t.trial_hash() in pending])
+    trainings = {t.training_hash() for t in plan.pending_trainings}
+    for training in plan.trainings:
+        if training.training_hash() not in trainings and run.store.heal(training.training_hash()):
+            trainings.add(training.training_hash())
+    return replace(
+        plan,
+        pending_trials=[t for t in plan.trials if t.trial_hash() in pending],
+        pending_trainings=[t for t in plan.trainings if t.training_hash() in trainings],
+    )
 
 
 def execute(
@@ -186,7 +196,7 @@ def execute(
         run.spec.resources.cpu,
         run.spec.resources.gpu,
     )
-    plan = verify_finished_trials(run)
+    plan = verify_finished_work(run)
     warm_datasets(plan.trials, run.study_dir, run.cache_dir)
     warm_evaluators(plan.pending_trials, run.cache_dir)
     if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":

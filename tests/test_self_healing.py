@@ -183,9 +183,10 @@ def test_a_truncated_ledger_record_no_longer_blocks_report_or_resume(damaged, ca
     argv = ["report", str(damaged["study"]), "--runs-root", str(damaged["root"]), "--from-ledger"]
     assert run_study.main(argv) == 0
     assert str(ledger.path(broken)) in capsys.readouterr().err
+    assert not ledger.quarantine_folder.exists()  # report reads; the driver repairs, under its lock
+    resume(damaged)  # the trial runs once more; the intact record is not touched
     (moved,) = ledger.quarantine_folder.iterdir()
     assert moved.name.startswith(f"{broken}.json.") and moved.read_bytes() == truncated
-    resume(damaged)  # the trial runs once more; the intact record is not touched
     assert ledger.get(broken).status == "finished" and ledger.path(intact).read_bytes() == kept
 
 
@@ -259,3 +260,37 @@ def test_a_corrupt_cache_file_is_recomputed(finished_study, tmp_path, capsys) ->
     assert load_cached(cache / extractor, cache) is not None
     err = capsys.readouterr().err
     assert str(cache / reference) in err and str(cache / extractor) in err
+
+
+def test_validate_counts_a_damaged_record_as_pending_and_moves_nothing(damaged, capsys) -> None:
+    ledger = ledger_of(damaged)
+    broken = damaged["trials"][0].trial_hash()
+    truncated = truncate(ledger.path(broken))
+    argv = ["validate", str(damaged["study"]), "--runs-root", str(damaged["root"])]
+    assert run_study.main(argv) == 0
+    assert ledger.path(broken).read_bytes() == truncated and not ledger.quarantine_folder.exists()
+    plan = prepare(damaged["study"], damaged["root"]).plan
+    assert [t.trial_hash() for t in plan.pending_trials] == [broken]
+
+
+def test_resume_of_a_finished_study_checks_its_checkpoint_and_retrains_a_damaged_one(damaged, capsys) -> None:
+    store, ledger = store_of(damaged), ledger_of(damaged)
+    h = damaged["trials"][0].training_hash()
+    records = {t.trial_hash(): ledger.path(t.trial_hash()).read_bytes() for t in damaged["trials"]}
+    truncated = truncate(store.checkpoint(h))
+    assert prepare(damaged["study"], damaged["root"]).plan.pending_trainings == []  # validate: no reads
+    resume(damaged)
+    (moved,) = (store.root / "quarantine").iterdir()
+    assert moved.name.startswith(f"{h}.") and (moved / "checkpoint.pt").read_bytes() == truncated
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if str(store.folder(h)) in line]
+    assert "does not match" in warning and "runs again" in warning
+    assert store.verify(h) is None  # trained again, intact
+    assert {t: ledger.path(t).read_bytes() for t in records} == records  # the finished trials stand
+
+
+def test_heal_leaves_an_intact_or_unfinished_training_alone(damaged) -> None:
+    store = store_of(damaged)
+    h = damaged["trials"][0].training_hash()
+    kept = store.checkpoint(h).read_bytes()
+    assert store.heal(h) is None and store.checkpoint(h).read_bytes() == kept
+    assert store.heal("0" * 16) is None and not (store.root / "quarantine").exists()

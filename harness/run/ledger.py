@@ -106,8 +106,11 @@ class TrialRecord:
 class Ledger:
     """``<study_dir>/ledger/<trial_hash>.json``; a finished record is never overwritten."""
 
-    def __init__(self, study_dir: str | Path) -> None:
+    def __init__(self, study_dir: str | Path, heal: bool = True) -> None:
+        """``heal=False`` reads only: a damaged record counts as absent but stays where it is (a
+        plan made by ``validate``, or before the driver holds the study's lock, moves nothing)."""
         self.root = Path(study_dir) / "ledger"
+        self.heal = heal
 
     def path(self, trial_hash: str) -> Path:
         return self.root / f"{trial_hash}.json"
@@ -126,7 +129,8 @@ class Ledger:
             if record.trial_hash != path.stem:
                 raise ValueError(f"holds trial {record.trial_hash!r}, not {path.stem!r}")
         except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
-            quarantine(path, self.quarantine_folder, f"not a ledger record ({err})")
+            if self.heal:
+                quarantine(path, self.quarantine_folder, f"not a ledger record ({err})")
             return None
         return record
 

@@ -62,7 +62,7 @@ def parameter_count(trial: TrialConfig) -> int:
 def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
     trials = expand_grid(spec) if spec.search.algorithm == "grid" else sample_random(spec)
     trainings = list({t.training_hash(): t for t in trials if not t.sampler.is_baseline}.values())
-    finished = Ledger(study_dir).finished()
+    finished = Ledger(study_dir, heal=False).finished()  # the driver heals it, under its lock
     pending = [t for t in trials if t.trial_hash() not in finished]
     pending_trainings = [t for t in trainings if not store.is_done(t.training_hash())]
     train_flops = sample_flops = 0.0

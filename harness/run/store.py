@@ -113,6 +113,17 @@ class CheckpointStore:
             return f"{CHECKPOINT} ({actual[0]} bytes) does not match the size and sha256 in {DONE}"
         return None
 
+    def heal(self, training_hash: str) -> str | None:
+        """Under the training's lock: None when its finished checkpoint is intact (or it has none
+        yet); else what was wrong, its outputs now in the quarantine (the training runs again)."""
+        if not self.is_done(training_hash) or self.verify(training_hash) is None:
+            return None
+        with file_lock(self.folder(training_hash) / "lock"):
+            problem = self.verify(training_hash) if self.is_done(training_hash) else None
+            if problem is not None:
+                self.quarantine(training_hash, problem)
+            return problem
+
     def quarantine(self, training_hash: str, reason: str) -> Path:
         """Moves the training's outputs to ``<root>/quarantine/<training_hash>.<UTC timestamp>/``."""
         folder = self.folder(training_hash)
