@@ -149,6 +149,35 @@ def test_run_left_running_by_a_killed_sync_is_filled_in(store):
     assert [r.info.run_id for r in _trial_runs(store, "stale")] == [stale.info.run_id]
 
 
+def test_a_finished_result_the_ledger_replaced_is_logged_into_the_same_run(store):
+    """A finished trial whose samples were damaged runs again (its old record quarantined): the
+    child run then holds the new result, and an unchanged training curve is not logged twice."""
+    tracker = Tracker(store, "superseded")
+    tracker.start_invocation({}, {})
+    assert tracker.sync([_record("fff")]) == 1
+    (run,) = _trial_runs(store, "superseded")
+    rerun = _record("fff", metrics={"fid": 13.25, "nfe": 8.0}, intervals={"fid": [12.0, 14.5]}, seconds=4.0)
+    assert tracker.sync([rerun]) == 1
+    assert tracker.sync([rerun]) == 0
+    (again,) = _trial_runs(store, "superseded")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.data.metrics["fid"] == 13.25 and again.data.metrics["fid_ci_high"] == 14.5
+    client = MlflowClient(tracking_uri=store)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "nfe")] == [8.0]
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3
+
+
+def test_a_run_logged_before_record_digests_counts_as_holding_its_result(store):
+    from harness.tracking.schema import TAG_RECORD
+
+    tracker = Tracker(store, "undigested")
+    tracker.start_invocation({}, {})
+    assert tracker.sync([_record("ggg")]) == 1
+    (run,) = _trial_runs(store, "undigested")
+    MlflowClient(tracking_uri=store).delete_tag(run.info.run_id, TAG_RECORD)
+    assert tracker.sync([_record("ggg", seconds=9.0)]) == 0
+
+
 def test_long_param_values_are_cut_to_the_mlflow_limit(store):
     tracker = Tracker(store, "long")
     tracker.start_invocation({}, {})

@@ -27,6 +27,7 @@ TAG_ERROR = "unmask.error"
 TAG_ATTEMPTS = "unmask.attempts"
 TAG_SECONDS = "unmask.seconds"
 TAG_HOST = "unmask.host"
+TAG_RECORD = "unmask.record"  # a digest of the ledger record the run holds (a re-run trial differs)
 TAG_PROTOCOL_PREFIX = "unmask.protocol."
 TAG_GIT_COMMIT = "git_commit"
 CURVE_PREFIX = "train/"

@@ -4,7 +4,8 @@ One MLflow experiment per study (``unmask/<study_name>``); one parent run per in
 study (run or resume); one child run per trial, created from the ledger by :meth:`Tracker.sync`.
 
 Exactly once: a trial is logged when a child run tagged ``unmask.trial_hash`` exists in the
-experiment and is FINISHED (or FAILED with the same attempt count, for a failed record). The check
+experiment and is FINISHED holding this record (tag ``unmask.record``, a digest of it: a trial
+re-run after its samples were damaged updates its run), or FAILED with the same attempt count. The check
 reads the store, not the process, so it survives the driver being killed and the study resumed.
 A trial has one child run, ever: a run left RUNNING by a killed sync, or a FAILED run whose trial
 was retried, is filled in again rather than joined by a second one. The caller holds the study's
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import json
 import os
 import time
@@ -46,6 +48,7 @@ from harness.tracking.schema import (
     TAG_ERROR,
     TAG_HOST,
     TAG_PROTOCOL_PREFIX,
+    TAG_RECORD,
     TAG_ROLE,
     TAG_SECONDS,
     TAG_STATUS,
@@ -163,12 +166,29 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, create: b
 def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
     """Whether one of the runs of this trial already holds the record's result."""
     for run in runs:
-        if run.info.status == "FINISHED":
-            return True  # the ledger never replaces a finished result
+        if run.info.status == "FINISHED":  # a finished result is final, unless the ledger's was
+            held = run.data.tags.get(TAG_RECORD)  # superseded (damaged samples: the trial re-ran)
+            return held is None or held == record_digest(record)
         same_attempt = run.data.tags.get(TAG_ATTEMPTS) == str(record.attempts)
         if run.info.status == "FAILED" and record.status == "failed" and same_attempt:
             return True
     return False
+
+
+def record_digest(record: TrialRecord) -> str:
+    """A digest of the record's JSON: which ledger record a child run holds."""
+    return hashlib.sha256(record.to_json().encode()).hexdigest()[:16]
+
+
+def _metrics_to_add(metrics: list[Metric], held: dict[str, float]) -> list[Metric]:
+    """The metrics a run holding ``held`` (each key's latest value) lacks: a key whose latest
+    entry (highest step) already has that value is left out, a changed one is logged whole (its
+    later timestamp makes it the latest)."""
+    latest: dict[str, Metric] = {}
+    for m in metrics:
+        if m.key not in latest or m.step >= latest[m.key].step:
+            latest[m.key] = m
+    return [m for m in metrics if held.get(m.key) != latest[m.key].value]
 
 
 def _metric_entities(record: TrialRecord, timestamp: int) -> list[Metric]:
@@ -214,6 +234,7 @@ def _trial_tags(record: TrialRecord, parent_run_id: str) -> dict[str, str]:
         TAG_STATUS: record.status,
         TAG_ATTEMPTS: str(record.attempts),
         TAG_SECONDS: f"{record.seconds:.3f}",
+        TAG_RECORD: record_digest(record),
     }
     if record.error:
         tags[TAG_ERROR] = record.error[:ERROR_TAG_CHARS]
@@ -358,8 +379,9 @@ class Tracker:
             run_id = earlier.info.run_id
             self.client.update_run(run_id, status="RUNNING")
             # log_batch writes all of a batch or nothing: what the run has came from one batch
-            metrics = [m for m in metrics if m.key not in earlier.data.metrics]
-            params = [p for p in params if p.key not in earlier.data.params]
+            # (a half-logged run), or from a record the ledger has since replaced
+            metrics = _metrics_to_add(metrics, earlier.data.metrics)
+            params = [p for p in params if p.key not in earlier.data.params]  # one config per trial
             if TAG_ERROR in earlier.data.tags and TAG_ERROR not in tags:
                 self.client.delete_tag(run_id, TAG_ERROR)
         try:
