@@ -39,7 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import PYTHON, REPO, kill_tagged, study_file, subprocess_env, wait_untagged
+from conftest import (
+    PYTHON,
+    REPO,
+    kill_tagged,
+    process_name,
+    study_file,
+    subprocess_env,
+    tagged_pids,
+    wait_untagged,
+)
 from mlflow import MlflowClient
 
 from harness.evaluation import Evaluator
@@ -448,6 +457,53 @@ def _resume_log(tally: Tally, resumed: Driver, study: Study, trained: bool) -> N
     )
 
 
+def trial_worker(tag: str, besides: frozenset[int] = frozenset()) -> int | None:
+    """The pid of a Ray worker hosting a Tune trial of the scenario (``ray::ImplicitFunc``), other
+    than those in ``besides``."""
+    pids = (p for p in tagged_pids(tag) if p not in besides)
+    return next((p for p in pids if process_name(p).startswith("ray::ImplicitFunc")), None)
+
+
+def kill_worker(ws: Workspace, phase: str, retries: int) -> Tally:
+    """SIGKILL of the Ray worker running the training (past its periodic checkpoint) or the first
+    sampling trial. Whatever Tune does next (retry it, with ``max_failures: 1``; or not, where a
+    sampling trial trains what the training phase lost), no trial is lost or run twice and the
+    training resumes from its periodic checkpoint. A sampling trial killed without a retry has no
+    record: the driver exits 3 saying its worker died, and resume finishes the study."""
+    tally = Tally()
+    root, path = ws.folder / "runs", ws.study(f"worker-{phase}-{retries}", max_failures=retries)
+    study = Study.plan(path, root)
+    driver = ws.start("run", path, root)
+    if phase == "training":
+        driver.wait_for(lambda: max(study.curve_steps(), default=0) > PERIODIC + 5, "training past step 25")
+        landed = not study.done()
+        pid = trial_worker(ws.tag)
+    else:  # the training's worker may outlive done.json a little: wait for another one
+        driver.wait_for(lambda: trial_worker(ws.tag) is not None, "the training's worker")
+        trainer = frozenset({trial_worker(ws.tag)})
+        driver.wait_for(lambda: trial_worker(ws.tag, trainer) is not None, "the first sampling trial")
+        pid, landed = trial_worker(ws.tag, trainer), study.done() and not study.records()
+    if pid is None or not landed:
+        raise NotLandedError(f"no {phase} worker to kill in time{driver.tail()}")
+    os.kill(pid, signal.SIGKILL)
+    driver.finish()
+    if phase == "training" or retries:
+        finished_cleanly(tally, driver, study)
+    else:
+        expect_exit(tally, driver, 3, "the driver whose sampling worker was killed")
+        tally.expect(
+            "1 of 3 trials failed" in driver.stderr
+            and "without one (its worker died)" in driver.stderr
+            and "Traceback" not in driver.stderr.split("error: ")[-1],
+            f"the failure does not say the worker died{driver.tail()}",
+        )
+        finished_cleanly(tally, ws.cli("resume", study.name, root), study)
+    audit(tally, study)
+    redone = [s for s in study.curve_steps() if s <= PERIODIC]
+    tally.expect(len(redone) == len(set(redone)), f"the training restarted from step 0: {redone}")
+    return tally
+
+
 # ---- 2. a damaged file of each stored kind ----------------------------------------------------
 
 
@@ -714,6 +770,13 @@ class Scenario:
 
 SCENARIOS = [
     *(Scenario(f"SIGKILL of the driver: {p}", lambda ws, p=p: kill_and_resume(ws, p)) for p in KILL_POINTS),
+    *(
+        Scenario(
+            f"SIGKILL of a Ray {phase} worker, {retries} retries",
+            lambda ws, p=phase, r=retries: kill_worker(ws, p, r),
+        )
+        for phase, retries in (("training", 1), ("training", 0), ("sampling", 0))
+    ),
     *(Scenario(f"corrupt {k}, then resume", lambda ws, k=k: corrupt_and_resume(ws, k)) for k in DAMAGES),
     Scenario("a second driver of a running study", second_driver),
     Scenario("two studies on one new MLflow store", two_studies_one_store),
