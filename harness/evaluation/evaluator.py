@@ -9,6 +9,7 @@ per Evaluator (a domain extractor is trained on first use and cached).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -102,10 +103,12 @@ class Evaluator:
 
     @property
     def reference_stats(self) -> ReferenceStats:
-        """Reference features and Gaussian, from the disk cache when present."""
+        """Reference features, Gaussian and the k-NN radii the metrics read, from the disk cache
+        when present."""
         if self._reference_stats is None:
+            neighborhoods = {k for metric in self.metrics for k in metric.reference_radii}
             self._reference_stats = reference_stats(
-                self.reference, self.extractor, self.cache_dir, self.batch_size
+                self.reference, self.extractor, self.cache_dir, self.batch_size, neighborhoods
             )
         return self._reference_stats
 
@@ -157,14 +160,20 @@ class Evaluator:
         of FID-like set metrics is shifted; ``evaluate_seeds`` is the sounder interval for them.
         """
         generated, ref = self.features(samples, labels), self.reference_stats
+        # Stages several metrics read (precision and recall: one k-NN pass) run once per sample
+        # set: once for the full set, once per bootstrap resample.
+        passes: dict = {}
+        resample_passes: dict[bytes, dict] = {}
         results = []
         for metric in self.metrics:
             options = metric.options(len(generated), ref.num)
-            value = metric(generated, ref, options)
+            value = metric(generated, ref, options, passes=passes)
             uncertainty, low, high, per_set = "none", None, None, ()
             if bootstrap:
                 low, high, per_set = bootstrap_interval(
-                    lambda idx, m=metric, o=options: m(generated.select(idx), ref, o),
+                    lambda idx, m=metric, o=options: m(
+                        generated.select(idx), ref, o, passes=resample_passes.setdefault(_digest(idx), {})
+                    ),
                     len(generated),
                     bootstrap,
                     bootstrap_seed,
@@ -209,6 +218,11 @@ class Evaluator:
         samples = checked_samples(path)
         seed = int(samples.meta["sample_seed"])
         return self.evaluate(samples.images, seed, bootstrap=bootstrap, labels=samples.labels)
+
+
+def _digest(index: Tensor) -> bytes:
+    """A short name of a bootstrap resample (its indices), to find its shared stages."""
+    return hashlib.sha256(index.numpy().tobytes()).digest()
 
 
 def checked_samples(path: str | Path, like: Tensor | None = None) -> SampleSet:

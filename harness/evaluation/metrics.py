@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from harness.evaluation.extractors import IMAGE, VIDEO, Features
 from harness.evaluation.frechet import DEFAULT_EPS, frechet_distance, gaussian_stats
+from harness.evaluation.neighbors import PrecisionRecall, knn_radii, precision_recall
 from harness.evaluation.reference import ReferenceStats
 from models.registry import Registry
 
@@ -53,7 +55,13 @@ class Metric:
     """key; higher_is_better; needs: FEATURES | LOGITS | MASKS | LABELS; kinds: extractor input
     kinds it applies to; library: who computes it; compute(generated, reference, options) -> float;
     options(n_generated, n_reference) -> the settings used (recorded in the protocol);
-    extractor_options(extractor) -> facts of the extractor the protocol records, if any."""
+    extractor_options(extractor) -> facts of the extractor the protocol records, if any.
+
+    shared: a stage several metrics read (precision and recall: one k-NN pass), run as
+    shared(generated, reference, options), whose result compute(result) -> float reads; within
+    one ``passes`` dict it runs once per options. reference_radii: the k of the reference k-NN
+    radii the metric reads, computed with the reference statistics and cached with them.
+    """
 
     key: str
     higher_is_better: bool
@@ -63,12 +71,28 @@ class Metric:
     compute: Callable[..., float]
     options: Callable[[int, int], dict[str, Any]]
     extractor_options: Callable[[Any], dict[str, Any]] | None = None
+    shared: Callable[[Features, ReferenceStats, Options], Any] | None = None
+    reference_radii: tuple[int, ...] = ()
 
     def __call__(
-        self, generated: Features, reference: ReferenceStats, options: Options | None = None
+        self,
+        generated: Features,
+        reference: ReferenceStats,
+        options: Options | None = None,
+        *,
+        passes: dict[Any, Any] | None = None,
     ) -> float:
+        """The value on one generated set; ``passes`` (one dict per generated set) holds the
+        results of shared stages, so that the metrics reading one stage run it once."""
         settings = self.options(len(generated), reference.num) if options is None else options
-        value = float(self.compute(generated, reference, settings))
+        if self.shared is None:
+            value = float(self.compute(generated, reference, settings))
+        else:
+            passes = {} if passes is None else passes
+            stage = (self.shared, tuple(sorted(settings.items())))
+            if stage not in passes:
+                passes[stage] = self.shared(generated, reference, settings)
+            value = float(self.compute(passes[stage]))
         if not math.isfinite(value):  # e.g. a failed matrix root: an error, never a result
             raise ValueError(f"{self.key} came out {value} on {len(generated)} samples; it is not a result")
         return value
@@ -121,27 +145,12 @@ def _kid(generated: Features, reference: ReferenceStats, options: Options) -> fl
     return out[KEY_METRIC_KID_MEAN]
 
 
-def _precision_recall(generated: Features, reference: ReferenceStats, options: Options) -> dict[str, float]:
-    """Improved precision / recall (Kynkaanniemi et al., 2019), k-NN balls, via torch-fidelity."""
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
-    # torch-fidelity's convention: input 1 is generated, input 2 is real.
-    return prc_features_to_metric(
-        generated.features.float(),
-        reference.features.float(),
-        prc_neighborhood=options["neighborhood"],
-        prc_batch_size=10000,
-        save_cpu_ram=False,
-        verbose=False,
-    )
-
-
-def _precision(generated: Features, reference: ReferenceStats, options: Options) -> float:
-    return _precision_recall(generated, reference, options)[PRECISION]
-
-
-def _recall(generated: Features, reference: ReferenceStats, options: Options) -> float:
-    return _precision_recall(generated, reference, options)[RECALL]
+def _precision_recall(generated: Features, reference: ReferenceStats, options: Options) -> PrecisionRecall:
+    """Improved precision / recall (Kynkaanniemi et al., 2019), k-NN balls, torch-fidelity's arithmetic;
+    the reference radii come with the reference statistics (cached), the generated ones are computed."""
+    k = options["neighborhood"]
+    features = generated.features  # (N, D)
+    return precision_recall(features, knn_radii(features, k), reference.features, reference.knn_radii(k))
 
 
 def _inception_score(generated: Features, reference: ReferenceStats, options: Options) -> float:
@@ -190,16 +199,33 @@ def _miou_options(n_gen: int, n_ref: int) -> dict[str, Any]:
     return {}
 
 
+BOTH = (IMAGE, VIDEO)
+
+
+def _prc_metric(key: str, read: Callable[[PrecisionRecall], float]) -> Metric:
+    """Precision or recall: ``read`` of the k-NN pass the two share."""
+    return Metric(
+        key,
+        True,
+        FEATURES,
+        BOTH,
+        TORCH_FIDELITY_LIBRARY,
+        read,
+        _prc_options,
+        shared=_precision_recall,
+        reference_radii=(PRC_NEIGHBORHOOD,),
+    )
+
+
 def _not_a_feature_metric(*args: Any) -> float:
     raise TypeError("mIoU scores segmentation masks: call harness.evaluation.segmentation.miou_result")
 
 
-BOTH = (IMAGE, VIDEO)
 register(Metric(FID, False, FEATURES, (IMAGE,), UNMASK_LIBRARY, _frechet, _frechet_options))
 register(Metric(FVD, False, FEATURES, (VIDEO,), UNMASK_LIBRARY, _frechet, _frechet_options))
 register(Metric(KID, False, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _kid, _kid_options))
-register(Metric(PRECISION, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _precision, _prc_options))
-register(Metric(RECALL, True, FEATURES, BOTH, TORCH_FIDELITY_LIBRARY, _recall, _prc_options))
+register(_prc_metric(PRECISION, attrgetter("precision")))
+register(_prc_metric(RECALL, attrgetter("recall")))
 register(Metric(IS, True, LOGITS, (IMAGE,), UNMASK_LIBRARY, _inception_score, _is_options))
 register(Metric(MIOU, True, MASKS, (), UNMASK_LIBRARY, _not_a_feature_metric, _miou_options))
 register(

@@ -3,11 +3,18 @@
 The statistics of a reference set are computed once per (reference name and pixel hash,
 extractor name and weights hash, resize rule, N) and cached under a hash of those; a second
 evaluation against the same reference loads them and runs no reference features at all.
+
+The statistics are the features (N, D), their Gaussian fit, and the k-NN radii r_k (N,) that
+precision / recall read (each feature's distance to its k-th nearest neighbour), one entry per
+k asked for, in the same cache file. An entry that lacks a k asked for (one written before
+radii were cached, or for other k) gets it computed and written back, atomically.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -19,8 +26,10 @@ from harness.cache import load_cached, save_torch, sha256_tensor, stable_hash
 from harness.data.registry import real_images
 from harness.evaluation.extractors import FeatureExtractor, extract_features
 from harness.evaluation.frechet import GaussianStats, gaussian_stats, stats_from_tensors, stats_to_tensors
+from harness.evaluation.neighbors import knn_radii
 
 CACHE_FORMAT = 1
+RADII = "radii"  # the cache entry's {k: r_k (N,)}; absent from entries written before it existed
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,15 +66,22 @@ def dataset_reference(
 
 @dataclass(frozen=True)
 class ReferenceStats:
-    """features (N, D) float32 (for KID, precision/recall), stats (Gaussian, float64), and the cache key."""
+    """features (N, D) float32 (for KID, precision/recall), stats (Gaussian, float64), the cache key,
+    and radii {k: r_k (N,) float32}, the k-NN radii computed with the statistics."""
 
     features: Tensor
     stats: GaussianStats
     key: str
+    radii: Mapping[int, Tensor] = field(default_factory=dict)
 
     @property
     def num(self) -> int:
         return self.features.shape[0]
+
+    def knn_radii(self, k: int) -> Tensor:
+        """r_k (N,): the stored radii, else computed from the features (and not stored)."""
+        stored = self.radii.get(k)
+        return knn_radii(self.features, k) if stored is None else stored
 
 
 def reference_key(reference: ReferenceSet, extractor: FeatureExtractor) -> str:
@@ -89,25 +105,55 @@ def reference_stats(
     extractor: FeatureExtractor,
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
+    neighborhoods: Iterable[int] = (),
 ) -> ReferenceStats:
     """Load the reference statistics from the cache, or extract features, fit the Gaussian and cache
-    them (a damaged cache file is quarantined and recomputed)."""
+    them (a damaged cache file is quarantined and recomputed), with the k-NN radii for each k in
+    ``neighborhoods``: those the entry lacks are computed and the entry written back."""
     key = reference_key(reference, extractor)
     root = resolve_cache_dir(cache_dir)
     path = root / "reference" / f"{extractor.name}-{key}.pt"
-    stored = load_cached(path, root, required=("features", "stats"))
-    if stored is not None:
-        return ReferenceStats(stored["features"], stats_from_tensors(stored["stats"]), key)
-    features = extract_features(extractor, reference.data, batch_size).features  # (N, D)
-    stats = gaussian_stats(features)
-    save_torch(
-        {
+    entry = load_cached(path, root, required=("features", "stats"))
+    if entry is None:
+        features = extract_features(extractor, reference.data, batch_size).features  # (N, D)
+        stats = gaussian_stats(features)
+        entry = {
             "format": CACHE_FORMAT,
             "features": features,
             "stats": stats_to_tensors(stats),
             "reference": reference.name,
             "extractor": extractor.name,
-        },
-        path,
-    )
-    return ReferenceStats(features, stats, key)
+        }
+        stale = True
+    else:
+        features, stats, stale = entry["features"], stats_from_tensors(entry["stats"]), False
+    radii = _stored_radii(entry.get(RADII), features.shape[0])
+    missing = sorted(set(neighborhoods) - set(radii))
+    radii.update({k: knn_radii(features, k) for k in missing})
+    if stale:
+        save_torch({**entry, RADII: radii}, path)
+    elif missing:
+        _write_back({**entry, RADII: radii}, path)
+    return ReferenceStats(features, stats, key, radii)
+
+
+def _write_back(entry: dict, path: Path) -> None:
+    """Adds radii to an entry that was complete without them: a cache that cannot be written (a full
+    disk, a read-only shared cache) served evaluations before, so it still does, with a warning."""
+    try:
+        save_torch(entry, path)
+    except OSError as err:
+        print(
+            f"warning: {path}: the k-NN radii were not cached ({err}); they are recomputed", file=sys.stderr
+        )
+
+
+def _stored_radii(stored: object, n: int) -> dict[int, Tensor]:
+    """The well-formed radii of a cache entry: int k -> float32 (n,); anything else is recomputed."""
+    if not isinstance(stored, dict):
+        return {}
+    return {
+        k: r
+        for k, r in stored.items()
+        if isinstance(k, int) and isinstance(r, Tensor) and r.dtype == torch.float32 and r.shape == (n,)
+    }
