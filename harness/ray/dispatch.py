@@ -130,6 +130,20 @@ def _sample_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     _finish(TrialConfig.model_validate(config["trial"]), ctx)
 
 
+TRAIN, SAMPLE = "train", "sample"  # the two kinds of job of a grid study's one Tuner
+
+
+def _grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """A grid study's job: a training (``kind: train``) or a sampling trial (``kind: sample``).
+    One Tuner runs both, so a worker that trained serves the sampling trials after it with its
+    imports, checkpoints and reference sets already loaded (``reuse_actors``)."""
+    job = config["job"]
+    if job["kind"] == TRAIN:
+        _train_trainable(job, ctx)
+    else:
+        _sample_trainable(job, ctx)
+
+
 def _search_trainable(config: dict[str, Any], ctx: TrialContext, spec: StudySpec) -> None:
     _worker_setup(ctx)
     trial = apply_assignment(spec, config)
@@ -154,9 +168,14 @@ def search_space(spec: StudySpec) -> dict[str, Any]:
 
 
 class _Progress:
-    """Driver-side hook: prints progress and hands each finished trial to ``on_complete``."""
+    """Driver-side hook: prints progress and hands each finished sampling trial to ``on_complete``.
 
-    def __init__(self, total: int, label: str, on_complete: Callable[[], None] | None) -> None:
+    ``totals`` counts the jobs of each kind (``train``, ``trial``); a job's kind is its config's
+    ``kind`` (a grid study's one Tuner runs both), else ``default``."""
+
+    def __init__(
+        self, totals: dict[str, int], on_complete: Callable[[], None] | None, default: str = "trial"
+    ) -> None:
         from ray.tune import Callback
 
         outer = self
@@ -171,9 +190,14 @@ class _Progress:
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 outer.training_progress(trial, result)
 
-        self.total, self.done, self.label, self.on_complete = total, 0, label, on_complete
+        self.totals, self.default, self.on_complete = totals, default, on_complete
+        self.done = dict.fromkeys(totals, 0)
         self.quarters: dict[str, int] = {}
         self.callback = Hook()
+
+    def label(self, trial) -> str:
+        kind = ((trial.config or {}).get("job") or {}).get("kind")
+        return "train" if kind == TRAIN else "trial" if kind == SAMPLE else self.default
 
     def training_progress(self, trial, result: dict) -> None:
         """Prints a training's progress at each quarter of its steps."""
@@ -184,20 +208,22 @@ class _Progress:
         if quarter > self.quarters.get(trial.trial_id, 0):
             self.quarters[trial.trial_id] = quarter
             print(
-                f"  [{self.label} {trial.trial_id[-5:]}] step {step}/{steps} loss {result['loss']:.3f}",
+                f"  [train {trial.trial_id[-5:]}] step {step}/{steps} loss {result['loss']:.3f}",
                 flush=True,
             )
 
     def tick(self, trial, status: str) -> None:
-        self.done += 1
+        label = self.label(trial)
+        self.done[label] = self.done.get(label, 0) + 1
         result = trial.last_result or {}
         shown = {
             k: round(v, 4)
             for k, v in result.items()
             if k in ("fid", "fvd", "caption_agreement", "nfe", "precision", "recall")
         }
-        print(f"  [{self.label} {self.done}/{self.total}] {status} {shown or ''}", flush=True)
-        if self.on_complete is not None:
+        total = self.totals.get(label, 0)
+        print(f"  [{label} {self.done[label]}/{total}] {status} {shown or ''}", flush=True)
+        if self.on_complete is not None and label == "trial":
             self.on_complete()
 
 
@@ -221,6 +247,13 @@ def _shorten_unwritable(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, _OneLineForUnwritable) for f in handler.filters):
             handler.addFilter(_OneLineForUnwritable())
+
+
+def _bundle(cpu: float, gpu: float, memory: float = 0.0):
+    """One Tune placement group bundle of these resources."""
+    from ray.tune import PlacementGroupFactory
+
+    return PlacementGroupFactory([{"CPU": cpu, "GPU": gpu, "memory": memory}])
 
 
 class RayDispatcher:
@@ -294,7 +327,7 @@ class RayDispatcher:
         progress: _Progress,
         search_alg=None,
         scheduler=None,
-        resources: dict[str, float] | None = None,
+        resources: Any = None,
     ) -> None:
         from ray import tune
 
@@ -328,37 +361,36 @@ class RayDispatcher:
         ctx: TrialContext,
         on_complete: Callable[[], None] | None = None,
     ) -> None:
+        """One Tuner: every pending training first, then every pending sampling trial. A trial
+        whose training is still running waits for it on the store's lock (never trains it twice)."""
         from ray import tune
 
         ctx = self._with_workers(spec, ctx, trial_share=False)
-        if trainings:
-            # With Ray Train workers the training trial itself only waits on them: it holds no CPU
-            # or GPU (Tune needs some resource: a little memory; the workers hold their own share).
-            driver = {"cpu": 0, "memory": DRIVER_MEMORY} if ctx.workers > 1 else None
-            progress = _Progress(len(trainings), "train", None)
-            space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trainings])}
-            self._tune(
-                tune.with_parameters(_train_trainable, ctx=ctx),
-                space,
-                name="train",
-                spec=spec,
-                ctx=ctx,
-                num_samples=1,
-                progress=progress,
-                resources=driver,
-            )
-        if trials:
-            progress = _Progress(len(trials), "trial", on_complete)
-            space = {"trial": tune.grid_search([t.model_dump(mode="json") for t in trials])}
-            self._tune(
-                tune.with_parameters(_sample_trainable, ctx=ctx),
-                space,
-                name="sample",
-                spec=spec,
-                ctx=ctx,
-                num_samples=1,
-                progress=progress,
-            )
+        jobs = [{"kind": TRAIN, "trial": t.model_dump(mode="json")} for t in trainings]
+        jobs += [{"kind": SAMPLE, "trial": t.model_dump(mode="json")} for t in trials]
+        if not jobs:
+            return
+        resources: Any = None  # the study's cpu and gpu per job
+        if ctx.workers > 1:
+            # With Ray Train workers a training job only waits on them: it holds no CPU or GPU
+            # (Tune needs some resource: a little memory; the workers hold their own share).
+            waiting = _bundle(0, 0, DRIVER_MEMORY)
+            working = _bundle(spec.resources.cpu, spec.resources.gpu)
+
+            def resources(config: dict[str, Any]):
+                return waiting if config["job"]["kind"] == TRAIN else working
+
+        progress = _Progress({"train": len(trainings), "trial": len(trials)}, on_complete)
+        self._tune(
+            tune.with_parameters(_grid_trainable, ctx=ctx),
+            {"job": tune.grid_search(jobs)},
+            name="study",
+            spec=spec,
+            ctx=ctx,
+            num_samples=1,
+            progress=progress,
+            resources=resources,
+        )
 
     def run_search(
         self, spec: StudySpec, ctx: TrialContext, on_complete: Callable[[], None] | None = None
@@ -384,7 +416,7 @@ class RayDispatcher:
                 grace_period=spec.scheduler.grace_period,
                 reduction_factor=spec.scheduler.reduction_factor,
             )
-        progress = _Progress(spec.search.num_trials, "trial", on_complete)
+        progress = _Progress({"trial": spec.search.num_trials}, on_complete)
         trainable = tune.with_parameters(_search_trainable, ctx=ctx, spec=spec)
         self._tune(
             trainable,

@@ -7,6 +7,8 @@ setting, one file per sample seed) -> evaluation -> a ledger record.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import socket
 import time
 import traceback
@@ -15,8 +17,10 @@ from pathlib import Path
 import torch
 
 from harness.cache import atomic_write_text
+from harness.cache import cache_dir as default_cache_dir
 from harness.config.trial import TrialConfig
 from harness.data.registry import load_dataset
+from harness.errors import unwritable
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
 from harness.evaluation.samples import SAMPLES_FILE, verify_samples
 from harness.generation.baselines import BASELINES
@@ -40,8 +44,21 @@ def sampling_settings(trial: TrialConfig) -> dict:
     return {k: v for k, v in settings.items() if v is not None}
 
 
+def trained_model(path: Path, device: str):
+    """The network of a finished checkpoint, kept loaded in this process for the trials after
+    it that share it (a long-lived Ray worker serves many); a file rewritten since (a training
+    redone) is loaded afresh. The network is in eval mode and is only read."""
+    stat = Path(path).stat()
+    return _trained_model(str(path), stat.st_size, stat.st_mtime_ns, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _trained_model(path: str, size: int, mtime_ns: int, device: str):
+    return model_from_checkpoint(path, map_location=device)[0]
+
+
 def _generate(trial: TrialConfig, store: CheckpointStore, seed: int, device: str) -> Generated:
-    net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
+    net = trained_model(store.checkpoint(trial.training_hash()), device)
     scheduler = train_config_for(trial).build_scheduler()
     sampler = build_sampler(trial.sampler.name, scheduler, **trial.sampler.options())
     given = trial.task().generation_inputs(trial, net, trial.eval.num_samples)
@@ -117,21 +134,38 @@ def trial_evaluators(trial: TrialConfig, cache_dir: Path | None) -> list[tuple[s
     main protocol and each of ``eval.extra_protocols``; a metric the extractor cannot produce
     raises ValueError here, before anything is sampled."""
 
+    data = (trial.data.name, json.dumps(trial.data.options, sort_keys=True))
+
     def build(extractor: str | None, metrics: list[str], num_reference: int | None = None) -> Evaluator:
-        return Evaluator(
-            trial.data.name,
-            extractor=extractor,
-            metrics=metrics,
-            cache_dir=cache_dir,
-            num_reference=num_reference,
-            data_options=trial.data.options,
-        )
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()  # $UNMASK_CACHE now
+        return _evaluator(*data, extractor, tuple(metrics), num_reference, folder)
 
     image_metrics = trial.task().feature_metrics(trial)
     out = [("", None, build(trial.eval.extractor, image_metrics))] if image_metrics else []
     for e in trial.eval.extra_protocols:
         out.append((f"{e.extractor}/", e.num_samples, build(e.extractor, e.metrics, e.num_reference)))
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _evaluator(
+    dataset: str,
+    options: str,
+    extractor: str | None,
+    metrics: tuple[str, ...],
+    num_reference: int | None,
+    cache_dir: Path,
+) -> Evaluator:
+    """One Evaluator per protocol in this process: its extractor and reference statistics stay
+    loaded for the trials after it (a long-lived Ray worker serves many)."""
+    return Evaluator(
+        dataset,
+        extractor=extractor,
+        metrics=list(metrics),
+        cache_dir=cache_dir,
+        num_reference=num_reference,
+        data_options=json.loads(options),
+    )
 
 
 def evaluate_trial(
@@ -208,6 +242,8 @@ def run_trial(
             seconds=time.perf_counter() - started,
         )
     except Exception as err:  # a failed trial keeps its error and does not stop the study
+        if unwritable(err):  # a full disk or read-only folder is not the trial's failure: the
+            raise  # driver names the path (exit 5) and resume runs the trial again
         record = TrialRecord(
             **base,
             status="failed",
@@ -225,7 +261,7 @@ def heldout_ce(trial: TrialConfig, store: CheckpointStore, device: str) -> float
     path = store.folder(trial.training_hash()) / "heldout_ce.txt"
     if path.is_file():
         return float(path.read_text())
-    net, _ = model_from_checkpoint(store.checkpoint(trial.training_hash()), map_location=device)
+    net = trained_model(store.checkpoint(trial.training_hash()), device)
     heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
     value = heldout_masked_ce(
         net,

@@ -457,11 +457,9 @@ def _resume_log(tally: Tally, resumed: Driver, study: Study, trained: bool) -> N
     )
 
 
-def trial_worker(tag: str, besides: frozenset[int] = frozenset()) -> int | None:
-    """The pid of a Ray worker hosting a Tune trial of the scenario (``ray::ImplicitFunc``), other
-    than those in ``besides``."""
-    pids = (p for p in tagged_pids(tag) if p not in besides)
-    return next((p for p in pids if process_name(p).startswith("ray::ImplicitFunc")), None)
+def trial_worker(tag: str) -> int | None:
+    """The pid of a Ray worker hosting a Tune trial of the scenario (``ray::ImplicitFunc``)."""
+    return next((p for p in tagged_pids(tag) if process_name(p).startswith("ray::ImplicitFunc")), None)
 
 
 def kill_worker(ws: Workspace, phase: str, retries: int) -> Tally:
@@ -478,11 +476,9 @@ def kill_worker(ws: Workspace, phase: str, retries: int) -> Tally:
         driver.wait_for(lambda: max(study.curve_steps(), default=0) > PERIODIC + 5, "training past step 25")
         landed = not study.done()
         pid = trial_worker(ws.tag)
-    else:  # the training's worker may outlive done.json a little: wait for another one
-        driver.wait_for(lambda: trial_worker(ws.tag) is not None, "the training's worker")
-        trainer = frozenset({trial_worker(ws.tag)})
-        driver.wait_for(lambda: trial_worker(ws.tag, trainer) is not None, "the first sampling trial")
-        pid, landed = trial_worker(ws.tag, trainer), study.done() and not study.records()
+    else:  # the first trial's samples are on disk, its record is not: it is being scored
+        driver.wait_for(lambda: bool(study.samples()), "the first trial's samples")
+        pid, landed = trial_worker(ws.tag), not study.records()
     if pid is None or not landed:
         raise NotLandedError(f"no {phase} worker to kill in time{driver.tail()}")
     os.kill(pid, signal.SIGKILL)
