@@ -297,13 +297,13 @@ def test_rays_logged_disk_errors_are_one_line_other_errors_keep_their_traceback(
     import logging
     import traceback
 
-    from harness.ray.dispatch import _shorten_unwritable
+    from harness.ray.progress import shorten_unwritable
 
     stream = io.StringIO()
     logger = logging.getLogger(f"test-ray-{in_text}")
     logger.addHandler(logging.StreamHandler(stream))
     logger.propagate = False
-    _shorten_unwritable(logger)
+    shorten_unwritable(logger)
     for err in (OSError(errno.ENOSPC, "No space left on device"), ValueError("a bug")):
         try:
             raise err

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Any
 from harness.cache import CACHE_ENV
 from harness.config.study import StudySpec, apply_assignment, axes, metric_mode
 from harness.config.trial import TrialConfig
-from harness.errors import unwritable
 from harness.ray.distributed import DataParallelLauncher, check_workers_fit
+from harness.ray.progress import SAMPLE, TRAIN, Progress, shorten_unwritable
 from harness.run.ledger import Ledger, TrialRecord
 from harness.run.store import CheckpointStore
 from harness.run.trial import run_trial, set_threads
@@ -130,9 +129,6 @@ def _sample_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     _finish(TrialConfig.model_validate(config["trial"]), ctx)
 
 
-TRAIN, SAMPLE = "train", "sample"  # the two kinds of job of a grid study's one Tuner
-
-
 def _grid_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """A grid study's job: a training (``kind: train``) or a sampling trial (``kind: sample``).
     One Tuner runs both, so a worker that trained serves the sampling trials after it with its
@@ -167,88 +163,6 @@ def search_space(spec: StudySpec) -> dict[str, Any]:
     return space
 
 
-class _Progress:
-    """Driver-side hook: prints progress and hands each finished sampling trial to ``on_complete``.
-
-    ``totals`` counts the jobs of each kind (``train``, ``trial``); a job's kind is its config's
-    ``kind`` (a grid study's one Tuner runs both), else ``default``."""
-
-    def __init__(
-        self, totals: dict[str, int], on_complete: Callable[[], None] | None, default: str = "trial"
-    ) -> None:
-        from ray.tune import Callback
-
-        outer = self
-
-        class Hook(Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                outer.tick(trial, "done")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                outer.tick(trial, "FAILED")
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                outer.training_progress(trial, result)
-
-        self.totals, self.default, self.on_complete = totals, default, on_complete
-        self.done = dict.fromkeys(totals, 0)
-        self.quarters: dict[str, int] = {}
-        self.callback = Hook()
-
-    def label(self, trial) -> str:
-        kind = ((trial.config or {}).get("job") or {}).get("kind")
-        return "train" if kind == TRAIN else "trial" if kind == SAMPLE else self.default
-
-    def training_progress(self, trial, result: dict) -> None:
-        """Prints a training's progress at each quarter of its steps."""
-        step, steps = result.get("step"), result.get("steps")
-        if step is None or not steps or result.get("done"):
-            return
-        quarter = 4 * step // steps
-        if quarter > self.quarters.get(trial.trial_id, 0):
-            self.quarters[trial.trial_id] = quarter
-            print(
-                f"  [train {trial.trial_id[-5:]}] step {step}/{steps} loss {result['loss']:.3f}",
-                flush=True,
-            )
-
-    def tick(self, trial, status: str) -> None:
-        label = self.label(trial)
-        self.done[label] = self.done.get(label, 0) + 1
-        result = trial.last_result or {}
-        shown = {
-            k: round(v, 4)
-            for k, v in result.items()
-            if k in ("fid", "fvd", "caption_agreement", "nfe", "precision", "recall")
-        }
-        total = self.totals.get(label, 0)
-        print(f"  [{label} {self.done[label]}/{total}] {status} {shown or ''}", flush=True)
-        if self.on_complete is not None and label == "trial":
-            self.on_complete()
-
-
-class _OneLineForUnwritable(logging.Filter):
-    """Ray logs a full traceback for each write that fails on a full disk or a read-only folder
-    (every trial, every save of the experiment state); this keeps each to one line, and the
-    driver ends with one error naming the path (run_study.py, exit 5)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # logged with exc_info, or inside the except block with the traceback in the text
-        err = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
-        cause = getattr(err, "cause", None) or err  # a RayTaskError carries the worker's error
-        if err is not None and unwritable(cause):
-            text = record.getMessage().split("Traceback (most recent call last)")[0].rstrip(" :\n")
-            record.msg, record.args = f"{text}: {cause}", ()
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _shorten_unwritable(logger: logging.Logger) -> None:
-    for handler in logger.handlers:
-        if not any(isinstance(f, _OneLineForUnwritable) for f in handler.filters):
-            handler.addFilter(_OneLineForUnwritable())
-
-
 def _bundle(cpu: float, gpu: float, memory: float = 0.0):
     """One Tune placement group bundle of these resources."""
     from ray.tune import PlacementGroupFactory
@@ -275,7 +189,7 @@ class RayDispatcher:
         if not self.verbose:  # quiet logs: our own progress lines only
             logging.getLogger("ray").setLevel(logging.WARNING)
             logging.getLogger("ray.tune").setLevel(logging.WARNING)
-            _shorten_unwritable(logging.getLogger("ray"))
+            shorten_unwritable(logging.getLogger("ray"))
         self.owned = not ray.is_initialized()  # a Ray started by the caller (tests) is reused, not stopped
         if not self.owned:
             return self
@@ -324,7 +238,7 @@ class RayDispatcher:
         spec: StudySpec,
         ctx: TrialContext,
         num_samples: int,
-        progress: _Progress,
+        progress: Progress,
         search_alg=None,
         scheduler=None,
         resources: Any = None,
@@ -380,7 +294,7 @@ class RayDispatcher:
             def resources(config: dict[str, Any]):
                 return waiting if config["job"]["kind"] == TRAIN else working
 
-        progress = _Progress({"train": len(trainings), "trial": len(trials)}, on_complete)
+        progress = Progress({"train": len(trainings), "trial": len(trials)}, on_complete)
         self._tune(
             tune.with_parameters(_grid_trainable, ctx=ctx),
             {"job": tune.grid_search(jobs)},
@@ -416,7 +330,7 @@ class RayDispatcher:
                 grace_period=spec.scheduler.grace_period,
                 reduction_factor=spec.scheduler.reduction_factor,
             )
-        progress = _Progress({"trial": spec.search.num_trials}, on_complete)
+        progress = Progress({"trial": spec.search.num_trials}, on_complete)
         trainable = tune.with_parameters(_search_trainable, ctx=ctx, spec=spec)
         self._tune(
             trainable,

@@ -12,6 +12,7 @@ written, and a file holding one does not parse.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,10 @@ class TrialRecord:
     def to_json(self) -> str:
         """Strict JSON (no NaN / Infinity)."""
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+
+    def digest(self) -> str:
+        """A short sha256 of the record's JSON: tells one record of a trial from a later one."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialRecord:

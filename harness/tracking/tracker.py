@@ -3,9 +3,9 @@
 One MLflow experiment per study (``unmask/<study_name>``); one parent run per invocation of the
 study (run or resume); one child run per trial, created from the ledger by :meth:`Tracker.sync`.
 
-Exactly once: a trial is logged when a child run tagged ``unmask.trial_hash`` exists in the
-experiment and is FINISHED holding this record (tag ``unmask.record``, a digest of it: a trial
-re-run after its samples were damaged updates its run), or FAILED with the same attempt count. The check
+Exactly once: a trial is logged when its child run (tag ``unmask.trial_hash``) is FINISHED holding
+this record (``unmask.record``, its digest: a re-run trial updates the run), or FAILED with the same
+attempt count. The check
 reads the store, not the process, so it survives the driver being killed and the study resumed.
 A trial has one child run, ever: a run left RUNNING by a killed sync, or a FAILED run whose trial
 was retried, is filled in again rather than joined by a second one. The caller holds the study's
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import json
 import os
 import time
@@ -168,22 +167,16 @@ def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
     for run in runs:
         if run.info.status == "FINISHED":  # a finished result is final, unless the ledger's was
             held = run.data.tags.get(TAG_RECORD)  # superseded (damaged samples: the trial re-ran)
-            return held is None or held == record_digest(record)
+            return held is None or held == record.digest()
         same_attempt = run.data.tags.get(TAG_ATTEMPTS) == str(record.attempts)
         if run.info.status == "FAILED" and record.status == "failed" and same_attempt:
             return True
     return False
 
 
-def record_digest(record: TrialRecord) -> str:
-    """A digest of the record's JSON: which ledger record a child run holds."""
-    return hashlib.sha256(record.to_json().encode()).hexdigest()[:16]
-
-
 def _metrics_to_add(metrics: list[Metric], held: dict[str, float]) -> list[Metric]:
-    """The metrics a run holding ``held`` (each key's latest value) lacks: a key whose latest
-    entry (highest step) already has that value is left out, a changed one is logged whole (its
-    later timestamp makes it the latest)."""
+    """What a run holding ``held`` (each key's latest value) lacks: a key whose latest entry already
+    has that value is left out, a changed one is logged whole (its later timestamp wins)."""
     latest: dict[str, Metric] = {}
     for m in metrics:
         if m.key not in latest or m.step >= latest[m.key].step:
@@ -234,7 +227,7 @@ def _trial_tags(record: TrialRecord, parent_run_id: str) -> dict[str, str]:
         TAG_STATUS: record.status,
         TAG_ATTEMPTS: str(record.attempts),
         TAG_SECONDS: f"{record.seconds:.3f}",
-        TAG_RECORD: record_digest(record),
+        TAG_RECORD: record.digest(),
     }
     if record.error:
         tags[TAG_ERROR] = record.error[:ERROR_TAG_CHARS]
