@@ -59,13 +59,10 @@ def probe_writable(folder: Path, size: int = 1 << 16) -> None:
     """Writes, syncs and removes ``size`` bytes in ``folder``; raises the OSError (with the
     folder as its filename) when that fails. Tells a full disk or a read-only folder apart from
     the error a library raised on top of it (Ray Tune's, when its experiment state is cut short)."""
-    folder = Path(folder)
+    folder, tmp = Path(folder), None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=folder)
-    except OSError as err:
-        raise OSError(err.errno, err.strerror, str(folder)) from err
-    try:
         with os.fdopen(fd, "wb") as f:
             f.write(b"\0" * size)
             f.flush()
@@ -73,7 +70,8 @@ def probe_writable(folder: Path, size: int = 1 << 16) -> None:
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(folder)) from err
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def save_torch(obj: Mapping[str, Any], path: Path) -> Path:
