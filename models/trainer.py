@@ -4,6 +4,10 @@ All randomness (batches, t, masks, condition dropout) comes from one ``torch.Gen
 whose state is checkpointed, so a resumed run continues bit for bit on CPU. Data-parallel
 training (``DataParallel``) draws the same global micro-batch on every rank and trains each
 rank on its rows, so N workers take the same optimizer steps as one process on the whole batch.
+
+A training set too large to hold is a ``TokenStream`` instead of a tensor: its micro-batches
+come in a fixed order (micro-batch k a function of the seed and k), each rank reading only its
+rows of each; t, the masks and the dropped conditions still come from the generator.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor, nn
@@ -23,10 +27,10 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from models.backbone import DiscreteDiT, ModelConfig
 from models.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
-from models.data_parallel import DataParallel, draw_micro_batch, training_loss
+from models.data_parallel import DataParallel, MicroBatch, corrupt, draw_micro_batch, segments, training_loss
 from models.divergence import DivergenceGuard
 from models.divergence import TrainingDivergedError as TrainingDivergedError  # raised by train / train_step
-from models.losses import LOSSES
+from models.losses import LOSSES, masked_positions
 from models.registry import check_keys
 from models.schedulers import KappaScheduler, build_scheduler
 
@@ -101,6 +105,60 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         check_keys("train", d, cls)
         return cls(**d)
+
+
+class TokenStream(Protocol):
+    """A training set read from disk a micro-batch at a time, never held whole (N samples).
+
+    ``micro_batches(start, ...)`` yields rank r of W's (index (b,) long, x_1 (b, L) long) of the
+    global micro-batches start, start + 1, ... of B = ``batch_size`` rows: b = B / W, row j of
+    rank r being row W j + r of the global micro-batch, and ``index`` the samples (the rows of
+    ``labels``). Micro-batch k depends on ``seed`` and k alone, never on W, so a training
+    resumed at step s (k = s * grad_accum) reads what an uninterrupted one reads.
+    """
+
+    def __len__(self) -> int: ...
+
+    def micro_batches(
+        self, start: int, *, batch_size: int, seed: int, rank: int, world_size: int
+    ) -> Generator[tuple[Tensor, Tensor], None, None]: ...
+
+
+def read_micro_batch(
+    index: Tensor,
+    x_1: Tensor,
+    labels: Tensor | None,
+    config: TrainConfig,
+    scheduler: KappaScheduler,
+    model_config: ModelConfig,
+    generator: torch.Generator,
+    shard: tuple[int, int] = (0, 1),
+) -> MicroBatch:
+    """``draw_micro_batch`` for rows read from a ``TokenStream``: x_1 (b, L) are rows r, r + W, ...
+    of a micro-batch of B = ``config.batch_size`` rows, ``index`` (b,) their samples. t, the
+    masks and the dropped conditions are drawn for all B rows on every rank (the generator
+    advances alike everywhere) and each rank keeps its rows'; the draws depend on the rows'
+    shape only, so zeros stand in for the other ranks' tokens, which are never read here."""
+    rank, world_size = shard
+    B = config.batch_size
+    mine = slice(rank, B, world_size)  # this rank's rows of the micro-batch
+    full = x_1.new_zeros((B, x_1.shape[1]))  # (B, L)
+    full[mine] = x_1
+    x_t, t = corrupt(full, config, scheduler, model_config, generator)  # (B, L), (B,) or (B, M)
+    y = None
+    if labels is not None:
+        y = labels[index]  # (b,) or (b, S)
+        drop = (torch.rand(B, generator=generator) < config.class_dropout)[mine]  # (b,)
+        drop = drop.view(-1, *[1] * (y.dim() - 1))  # (b,) or (b, 1) for caption ids (b, S)
+        y = torch.where(drop, torch.full_like(y, model_config.null_class), y)
+    weights = tuple(1.0 for _ in segments(model_config))
+    if world_size > 1 and config.loss == "masked_ce":  # w_r as in draw_micro_batch
+        masked = masked_positions(x_t, model_config.mask_id)  # (B, L)
+        weights = tuple(
+            world_size * masked[mine, s].sum().item() / max(1, masked[:, s].sum().item())
+            for s in segments(model_config)
+        )
+    return MicroBatch(x_1, x_t[mine], t[mine], y, weights)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -182,21 +240,28 @@ def parallelize(state: TrainState, parallel: DataParallel, config: TrainConfig) 
 
 def optimizer_step(
     state: TrainState,
-    tokens: Tensor,
+    tokens: Tensor | Iterator[tuple[Tensor, Tensor]],
     labels: Tensor | None,
     config: TrainConfig,
     scheduler: KappaScheduler,
     device: str | torch.device,
 ) -> tuple[Tensor, Tensor]:
     """One optimizer step over ``grad_accum`` micro-batches: (this rank's mean loss, the gradient
-    norm before clipping), 0-d tensors left on the device (no synchronisation)."""
+    norm before clipping), 0-d tensors left on the device (no synchronisation). ``tokens``: the
+    training set (N, L), or the (index, x_1) of a ``TokenStream``'s micro-batches from this step's."""
     model, parallel = state.model, state.parallel
     shard = (parallel.rank, parallel.world_size) if parallel else (0, 1)
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.step, config)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for k in range(config.grad_accum):
-        batch = draw_micro_batch(tokens, labels, config, scheduler, model.config, state.generator, shard)
+        if isinstance(tokens, Tensor):
+            batch = draw_micro_batch(tokens, labels, config, scheduler, model.config, state.generator, shard)
+        else:
+            index, x_1 = next(tokens)
+            batch = read_micro_batch(
+                index, x_1, labels, config, scheduler, model.config, state.generator, shard
+            )
         x_1, x_t, t = batch.x_1.to(device), batch.x_t.to(device), batch.t.to(device)
         y = None if batch.y is None else batch.y.to(device)
         last = k == config.grad_accum - 1  # DDP averages gradients once, after the last micro-batch
@@ -267,10 +332,24 @@ def restore_state(path: str | Path, config: TrainConfig, device: str | torch.dev
     return state
 
 
+def _read(
+    tokens: Tensor | TokenStream, state: TrainState, config: TrainConfig
+) -> contextlib.AbstractContextManager:
+    """The tensor itself, or this rank's micro-batches of the stream from the state's step on
+    (closed on leaving: a loader's worker processes end)."""
+    if isinstance(tokens, Tensor):
+        return contextlib.nullcontext(tokens)
+    rank, world_size = (state.parallel.rank, state.parallel.world_size) if state.parallel else (0, 1)
+    start, B = state.step * config.grad_accum, config.batch_size
+    return contextlib.closing(
+        tokens.micro_batches(start, batch_size=B, seed=config.seed, rank=rank, world_size=world_size)
+    )
+
+
 def train(
     model_config: ModelConfig,
     config: TrainConfig,
-    tokens: Tensor,
+    tokens: Tensor | TokenStream,
     labels: Tensor | None = None,
     *,
     checkpoint_path: str | Path | None = None,
@@ -281,11 +360,12 @@ def train(
 ) -> TrainState:
     """Trains to ``config.steps``, resuming from ``checkpoint_path`` if it exists.
 
-    tokens: (N, L) long training set; labels: the conditions, class ids (N,) or caption ids
-    (N, S) (``model_config.text``), or None. Saves the final state (and
-    every ``checkpoint_every`` steps) to ``checkpoint_path``. With ``parallel`` every rank calls
-    this with the same arguments: each trains on B / N rows of every micro-batch, ``log`` gets
-    the mean loss over ranks on every rank, and only rank 0 writes the checkpoint.
+    tokens: (N, L) long training set, or a ``TokenStream`` of one too large to hold; labels: the
+    conditions, class ids (N,) or caption ids (N, S) (``model_config.text``), or None. Saves the
+    final state (and every ``checkpoint_every`` steps) to ``checkpoint_path``. With ``parallel``
+    every rank calls this with the same arguments: each trains on B / N rows of every
+    micro-batch, ``log`` gets the mean loss over ranks on every rank, and only rank 0 writes the
+    checkpoint.
 
     Raises TrainingDivergedError (on every rank) when a step's loss or gradient norm is not finite;
     checked every ``log_every`` steps and before each save, whose weights and EMA must be finite
@@ -309,25 +389,26 @@ def train(
     state.model.train()
     guard = DivergenceGuard(parallel)
     started, window = time.perf_counter(), []
-    while state.step < config.steps:
-        loss, grad_norm = optimizer_step(state, tokens, labels, config, scheduler, device)
-        guard.record(state.step, loss, grad_norm)  # state.step: the step just taken, counted from 1
-        done = state.step == config.steps
-        periodic = bool(config.checkpoint_every) and state.step % config.checkpoint_every == 0
-        if state.step % log_every == 0 or periodic or done:  # the same steps on every rank
-            window += guard.check((state.model, state.ema) if periodic or done else ())
-        if log is not None and (state.step % log_every == 0 or done):
-            log(
-                state.step,
-                {
-                    "train/loss": sum(window) / len(window),
-                    "train/lr": lr_at(state.step - 1, config),
-                    "train/seconds": time.perf_counter() - started,
-                },
-            )
-            window = []
-        if writes and (periodic or done):
-            save_state(checkpoint_path, state, config)
+    with _read(tokens, state, config) as source:
+        while state.step < config.steps:
+            loss, grad_norm = optimizer_step(state, source, labels, config, scheduler, device)
+            guard.record(state.step, loss, grad_norm)  # state.step: the step just taken, counted from 1
+            done = state.step == config.steps
+            periodic = bool(config.checkpoint_every) and state.step % config.checkpoint_every == 0
+            if state.step % log_every == 0 or periodic or done:  # the same steps on every rank
+                window += guard.check((state.model, state.ema) if periodic or done else ())
+            if log is not None and (state.step % log_every == 0 or done):
+                log(
+                    state.step,
+                    {
+                        "train/loss": sum(window) / len(window),
+                        "train/lr": lr_at(state.step - 1, config),
+                        "train/seconds": time.perf_counter() - started,
+                    },
+                )
+                window = []
+            if writes and (periodic or done):
+                save_state(checkpoint_path, state, config)
     state.model.eval()
     state.ema.eval()
     return state

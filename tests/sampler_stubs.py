@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from models.backbone import DiscreteDiT, ModelConfig
 from models.samplers import Denoiser
+from models.samplers.denoiser import StepLogits
 
 K = 6  # data codes 0..K-1
 MASK = K  # [MASK] id
@@ -79,6 +81,58 @@ class RandomNet(CountingNet):
         if y is None:
             y = torch.full((x_t.shape[0],), NUM_CLASSES)
         return self.by_position[None] + self.by_token[x_t] + self.by_class[y][:, None]
+
+
+class RowSpy(Denoiser):
+    """A Denoiser that records, per network evaluation, every row (flat position) whose logits
+    the sampler asked for: ``asked[k]`` (N,) ascending, or None when it took the whole grid."""
+
+    def __init__(self, net: nn.Module, **kw) -> None:
+        super().__init__(net, **kw)
+        self.chunks: list[list[Tensor | None]] = []
+
+    @property
+    def asked(self) -> list[Tensor | None]:
+        out: list[Tensor | None] = []
+        for chunks in self.chunks:
+            if any(c is None for c in chunks):
+                out.append(None)
+            else:
+                out.append(torch.cat(chunks).sort().values if chunks else torch.zeros(0, dtype=torch.long))
+        return out
+
+    def evaluate(self, x_t: Tensor, t: Tensor, y: Tensor | None) -> StepLogits:
+        step = super().evaluate(x_t, t, y)
+        chunks: list[Tensor | None] = []
+        self.chunks.append(chunks)
+
+        class Recorded(StepLogits):
+            def rows(self, rows: Tensor) -> Tensor:
+                chunks.append(rows)
+                return super().rows(rows)
+
+            def full(self) -> Tensor:
+                chunks.append(None)
+                return super().full()
+
+        return Recorded(step.cond, step.uncond, step.cfg_scale)
+
+
+def flat(select: Tensor) -> Tensor:
+    """(B, L) bool -> its flat positions, ascending."""
+    return select.reshape(-1).nonzero().squeeze(1)
+
+
+def perturbed_dit(config: ModelConfig, seed: int = 0) -> DiscreteDiT:
+    """A DiscreteDiT whose logits depend on its inputs: the zero-initialised head and adaLN of a
+    fresh one would give constant outputs, so every parameter gets seeded noise."""
+    torch.manual_seed(seed)
+    net = DiscreteDiT(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return net
 
 
 def uniform_net() -> ConstantNet:

@@ -4,12 +4,17 @@ Ray Train (gloo on CPU) inside its Tune trial."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
+import stream_ranks
 import torch
 from conftest import make_runs_root, study_file
 
 from harness.config.study import Resources
 from harness.config.trial import ConfigError, build_trial
+from harness.data.registry import load_dataset
+from harness.data.sources.shards import write_shards
 from harness.ray.distributed import check_workers_fit
 from harness.run.ledger import Ledger
 from harness.run.store import CheckpointStore, train_into
@@ -19,7 +24,7 @@ from models.checkpoint import load_checkpoint, model_from_checkpoint
 from models.data_parallel import draw_micro_batch, training_loss
 from models.losses import LOSSES, masked_positions
 from models.modalities import Layout, Modality
-from models.trainer import TrainConfig
+from models.trainer import TrainConfig, read_micro_batch
 
 MODEL = ModelConfig(vocab_size=17, grid=(4, 4), num_classes=3, size="tiny")
 
@@ -141,3 +146,71 @@ def test_two_ray_train_workers_take_the_steps_of_one_process(tmp_path, warm_eval
         torch.testing.assert_close(ckpt["model"][name], value, rtol=1e-4, atol=1e-5)
     losses = [m["train/loss"] for _, m in store.curve(trial.training_hash())]
     assert losses == pytest.approx([m["train/loss"] for _, m in CheckpointStore(tmp_path).curve("single")])
+
+
+@pytest.mark.parametrize("loss", ["masked_ce", "elbo"])
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_streamed_ranks_hold_strided_rows_and_weights_give_the_micro_batch_loss(loss, world_size):
+    """Rows read from disk: rank r holds rows r, r + W, ... of the micro-batch (a TokenStream's
+    cut), draws t, masks and dropped classes for all B rows (the generator ends alike on every
+    rank) and keeps its rows'; mean_r(w_r loss(rank r)) = loss(whole micro-batch)."""
+    config = TrainConfig(batch_size=24, loss=loss, class_dropout=0.3)
+    tokens, labels = torch.randint(0, 17, (50, 16)), torch.randint(0, 3, (50,))
+    index, scheduler = torch.randperm(50)[:24], config.build_scheduler()  # one micro-batch's samples
+
+    def read(rank: int, world: int):
+        generator, rows = torch.Generator().manual_seed(7), index[rank::world]
+        batch = read_micro_batch(
+            rows, tokens[rows], labels, config, scheduler, MODEL, generator, (rank, world)
+        )
+        return batch, generator.get_state()
+
+    full, full_state = read(0, 1)
+    assert torch.equal(full.x_1, tokens[index]) and torch.equal(
+        full.y[full.y != MODEL.null_class], labels[index][full.y != MODEL.null_class]
+    )
+    logits = torch.randn(24, 16, 18, generator=torch.Generator().manual_seed(1))  # (B, L, V)
+    whole = training_loss(logits, full.x_1, full.x_t, full.t, config, scheduler, MODEL)
+    parts = []
+    for r in range(world_size):
+        batch, state = read(r, world_size)
+        assert torch.equal(state, full_state)
+        for field in ("x_1", "x_t", "t", "y"):
+            assert torch.equal(getattr(batch, field), getattr(full, field)[r::world_size])
+        rows = slice(r, None, world_size)
+        parts.append(
+            training_loss(
+                logits[rows], batch.x_1, batch.x_t, batch.t, config, scheduler, MODEL, batch.weights
+            )
+        )
+    assert torch.stack(parts).mean().item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_two_gloo_ranks_streaming_a_shard_folder_take_the_steps_of_one_process(tmp_path):
+    """``train_into`` on a shard folder, as two data-parallel workers call it: each reads its
+    rows of every micro-batch from disk, and rank 0's checkpoint equals one process's."""
+    data = load_dataset("digits", "train")
+    root = write_shards(tmp_path / "digits", {"train": (data.tokens.numpy(), data.labels.numpy())},
+                        grid=(8, 8), vocab_size=17, num_classes=10, shard_size=400)  # fmt: skip
+    options = {"path": str(root), "grid": [8, 8], "vocab_size": 17, "num_classes": 10}
+    trial = build_trial(
+        {
+            "data": {"name": "shards", "options": options},
+            "model": {"size": "tiny", "depth": 1, "width": 32, "heads": 2},
+            "train": {"steps": 4, "batch_size": 16, "grad_accum": 2, "lr": 0.02, "warmup_steps": 0},
+            "eval": {"extractor": "digits-cnn"},
+        }
+    ).model_dump(mode="json")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "ranks").mkdir()
+    torch.multiprocessing.spawn(
+        stream_ranks.run_rank, args=(2, port, trial, str(tmp_path / "ranks")), nprocs=2
+    )
+    (tmp_path / "single").mkdir()
+    train_into(build_trial(trial), tmp_path / "single")
+    ranks, single = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("ranks", "single"))
+    assert ranks["step"] == single["step"] == 4
+    for name, value in single["model"].items():
+        torch.testing.assert_close(ranks["model"][name], value, rtol=1e-4, atol=1e-5)

@@ -8,13 +8,16 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from sampler_stubs import perturbed_dit as perturbed
 
 from models.backbone import DiscreteDiT, ModelConfig
 from models.guidance import (
     apply_temperature,
     cfg_combine,
+    cfg_combine_,
     cfg_scale_from_maskgit_weight,
     exclude_class,
+    exclude_class_,
     maskgit_weight_from_cfg_scale,
     process_logits,
     temperature_from_multiplier,
@@ -197,13 +200,7 @@ def perturbed_dit(timestep: str = "explicit", seed: int = 0) -> DiscreteDiT:
         width=32,
         heads=2,
     )
-    torch.manual_seed(seed)
-    net = DiscreteDiT(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():  # the zero-initialised head and adaLN would give constant outputs
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return net
+    return perturbed(config, seed)
 
 
 class CountingNet(torch.nn.Module):
@@ -261,3 +258,49 @@ def test_nfe_counting(cfg_scale, batched, give_y, calls, unbatched, rows_per_cal
 def test_guidance_needs_a_null_class():
     with pytest.raises(ValueError):
         Denoiser(CountingNet(perturbed_dit()), cfg_scale=2.0, null_class=None)
+
+
+@settings(deadline=None, max_examples=20)
+@given(s=scales, seed=seeds)
+def test_cfg_combine_gives_the_bits_of_the_plain_expression(s, seed):
+    """Written into one buffer, u + s (c - u) still rounds as the out-of-place expression does."""
+    c, u = randn(3, 4, 33, seed=seed).float(), randn(3, 4, 33, seed=seed + 1).float()
+    assert torch.equal(cfg_combine(c, u, s), u + s * (c - u))
+    assert torch.equal(cfg_combine_(c.clone(), u, s), u + s * (c - u))
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    T=st.sampled_from([1.0, 0.7, 1.3]),
+    top_k=st.sampled_from([None, 3]),
+    top_p=st.sampled_from([None, 0.8]),
+    mask=st.sampled_from(["none", "one", "per-position"]),
+    seed=seeds,
+)
+def test_processing_gathered_rows_gives_the_bits_of_processing_the_grid(T, top_k, top_p, mask, seed):
+    """Each step acts on one row at a time: process the rows a sampler reads, not the whole grid."""
+    B, L, V = 3, 10, 37
+    logits = randn(B, L, V, seed=seed).float() * 3
+    mask_ids = {"none": None, "one": V - 1, "per-position": torch.tensor([V - 1] * 6 + [V - 2] * 4)}[mask]
+    full = process_logits(logits, temperature=T, top_k=top_k, top_p=top_p, mask_id=mask_ids)
+    rows = torch.randperm(B * L, generator=torch.Generator().manual_seed(seed % 1000))[:13].sort().values
+    row_ids = mask_ids[rows % L] if mask == "per-position" else mask_ids
+    gathered = logits.reshape(-1, V)[rows]  # a copy: processed in place
+    out = process_logits(gathered, temperature=T, top_k=top_k, top_p=top_p, mask_id=row_ids, in_place=True)
+    assert torch.equal(out, full.reshape(-1, V)[rows])
+
+
+def test_process_logits_copies_unless_in_place():
+    logits = torch.tensor([[3.0, 1.0, 0.5, -1.0, 10.0]])
+    before = logits.clone()
+    process_logits(logits, temperature=0.5, mask_id=4)
+    assert torch.equal(logits, before), "input must not be modified unless in_place"
+    assert process_logits(logits) is logits, "T = 1 and nothing to exclude: no copy, no division"
+    out = process_logits(logits, temperature=0.5, mask_id=4, in_place=True)
+    assert out is logits and torch.equal(logits, torch.tensor([[6.0, 2.0, 1.0, -2.0, -math.inf]]))
+
+
+def test_exclude_class_per_row_of_gathered_rows():
+    rows = torch.zeros(4, 6)
+    exclude_class_(rows, torch.tensor([5, 4, 5, 0]))
+    assert torch.isinf(rows).nonzero().tolist() == [[0, 5], [1, 4], [2, 5], [3, 0]]

@@ -17,6 +17,7 @@ from sampler_stubs import (  # noqa: F401  (one_thread: an autouse fixture)
     K,
     L,
     RandomNet,
+    RowSpy,
     V,
     newly_unmasked,
     one_thread,
@@ -96,6 +97,54 @@ def test_maskgit_commits_exactly_counts_per_step(schedule, randomization, num_ma
     assert out.nfe == n
     for k, (before, after) in enumerate(zip(out.trajectory, out.trajectory[1:], strict=False)):
         assert newly_unmasked(before, after).sum(dim=1).tolist() == [counts[k]] * B
+
+
+@pytest.mark.parametrize("randomization", sorted(RANDOMIZATIONS))
+def test_maskgit_reads_only_rows_it_may_commit(randomization):
+    """Each call asks for logits of masked positions only, and of every position it commits; in
+    random order the commits are known before the network is read, so exactly those."""
+    spy = RowSpy(RandomNet())
+    out = run(
+        MaskGITSampler(num_steps=5, randomization=randomization),
+        spy.net,
+        denoiser=spy,
+        return_trajectory=True,
+    )
+    assert len(spy.asked) == out.nfe == 5
+    for rows, before, after in zip(spy.asked, out.trajectory, out.trajectory[1:], strict=False):
+        asked = torch.zeros(B * L, dtype=torch.bool).index_fill(0, rows, True).view(B, L)
+        committed = newly_unmasked(before, after)
+        assert torch.all(asked <= (before == MASK)) and torch.all(committed <= asked)
+        if randomization == "random":
+            assert torch.equal(asked, committed)
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    count=st.integers(1, 30),
+    levels=st.sampled_from([3, 8, 1000]),  # few levels: ties everywhere; many: almost none
+)
+def test_pruned_scoring_commits_what_scoring_everything_commits(seed, count, levels):
+    """Scoring only the positions whose noise bound can still reach the top ``count`` (and all of
+    them on a tie at that rank) commits the very positions and tokens full scoring commits."""
+    B, L, num_masked = 3, 40, 30
+    g = torch.Generator().manual_seed(seed)
+    masked = torch.zeros(B, L, dtype=torch.bool)
+    for b in range(B):
+        masked[b, torch.randperm(L, generator=g)[:num_masked]] = True
+    x = torch.where(masked, MASK, torch.randint(0, K, (B, L), generator=g))
+    log_p = -torch.randint(0, levels, (B * L,), generator=g).float() / levels * 6  # <= 0, tied levels
+    noise = torch.randint(-levels, levels, (B, L), generator=g).float() / levels * 4
+
+    def draw(rows):
+        return log_p[rows], rows % K
+
+    sampler = MaskGITSampler()
+    count = min(count, num_masked)
+    pruned = sampler._commit_most_confident(draw, x, masked, noise, count, prune=True)
+    full = sampler._commit_most_confident(draw, x, masked, noise, count, prune=False)
+    assert torch.equal(pruned, full)
 
 
 class ConfidenceNet(CountingNet):

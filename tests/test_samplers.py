@@ -23,7 +23,9 @@ from sampler_stubs import (  # noqa: F401  (one_thread: an autouse fixture)
     L,
     OracleNet,
     RandomNet,
+    RowSpy,
     V,
+    flat,
     newly_unmasked,
     one_thread,
     partly_given,
@@ -91,32 +93,35 @@ class TestSamplerConformance:
         first = run(sampler, net, denoiser=denoiser)
         assert first.nfe == net.calls > 0
         assert first.nfe_unbatched == first.nfe
+        assert first.cfg_mode is None
         # Per-call accounting: a second run on the same Denoiser reports its own calls only.
         second = run(sampler, net, denoiser=denoiser, seed=1)
         assert second.nfe == first.nfe and net.calls == 2 * first.nfe
 
     def test_nfe_with_cfg(self, sampler):
         y = torch.tensor([0, 1, 2, 1])
-        batched_net, two_pass_net = RandomNet(), RandomNet()
-        batched = run(
-            sampler,
-            batched_net,
-            y=y,
-            seed=3,
-            denoiser=Denoiser(batched_net, cfg_scale=2.5, null_class=NUM_CLASSES),
+        batched_net, two_pass_net, default_net = RandomNet(), RandomNet(), RandomNet()
+
+        def guided(net, cfg_batched):
+            denoiser = Denoiser(net, cfg_scale=2.5, null_class=NUM_CLASSES, cfg_batched=cfg_batched)
+            return run(sampler, net, y=y, seed=3, denoiser=denoiser)
+
+        batched, two_pass, default = (
+            guided(batched_net, True),
+            guided(two_pass_net, False),
+            guided(default_net, None),
         )
-        two_pass = run(
-            sampler,
-            two_pass_net,
-            y=y,
-            seed=3,
-            denoiser=Denoiser(two_pass_net, cfg_scale=2.5, null_class=NUM_CLASSES, cfg_batched=False),
-        )
-        assert batched.nfe == batched_net.calls
+        assert batched.nfe == batched_net.calls and batched.cfg_mode == "batched"
         assert batched.nfe_unbatched == 2 * batched.nfe
         assert two_pass.nfe == two_pass_net.calls == two_pass.nfe_unbatched == batched.nfe_unbatched
+        assert two_pass.cfg_mode == "two-pass"
+        # The default times both ways on CPU once (those forwards are not billed), then bills its choice.
+        assert default.nfe == {"batched": batched.nfe, "two-pass": two_pass.nfe}[default.cfg_mode]
+        assert default.nfe_unbatched == batched.nfe_unbatched
+        assert default_net.calls == default.nfe + (2 if default.cfg_mode == "batched" else 1)
         # How the branches are batched changes the bill, not the samples.
         assert torch.equal(batched.tokens, two_pass.tokens)
+        assert torch.equal(batched.tokens, default.tokens)
 
     def test_same_seed_same_tokens(self, sampler):
         a = run(sampler, RandomNet(), seed=7)
@@ -312,6 +317,20 @@ def test_euler_remask_zero_is_off():
     a = run(EulerSampler(num_steps=6), RandomNet(), return_trajectory=True)
     for before, after in zip(a.trajectory, a.trajectory[1:], strict=False):
         assert not torch.any((before != MASK) & (after == MASK))
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [EulerSampler(num_steps=6), EulerSampler(num_steps=3, argmax_fill=True, temperature=0.5, top_k=3)],
+    ids=["euler", "euler-argmax-T0.5-top-k"],
+)
+def test_euler_reads_only_the_rows_it_unmasks(sampler):
+    """Each call asks for the logits of exactly the positions that leave [MASK] in that step."""
+    spy = RowSpy(RandomNet(), cfg_scale=2.0, null_class=NUM_CLASSES)
+    out = run(sampler, spy.net, denoiser=spy, y=torch.tensor([0, 1, 2, 0]), return_trajectory=True)
+    assert len(spy.asked) == sampler.num_steps == len(out.trajectory) - 1
+    for rows, before, after in zip(spy.asked, out.trajectory, out.trajectory[1:], strict=False):
+        assert torch.equal(rows, flat(newly_unmasked(before, after)))
 
 
 def test_euler_single_step_unmasks_everything():

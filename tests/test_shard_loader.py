@@ -1,5 +1,7 @@
-"""The shard data loader: each sample once per epoch, seeded per-epoch orders, disjoint rank shards
-that cover the split, worker processes that change nothing."""
+"""The training loader of streamed splits: each sample once per epoch in seeded per-epoch orders,
+micro-batch k the same under any number of ranks (rank r holding rows r, r + W, ...), resuming
+at k reading what an uninterrupted run reads, worker processes that change nothing, and tokens
+kept in their stored dtype on disk."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.data.shard_loader import EpochSampler, shard_loader
-from harness.data.sources.shards import ShardError, write_shards
+from harness.data.registry import get_dataset
+from harness.data.shard_loader import MicroBatchSampler, RowStream, row_loader
+from harness.data.sources import shard_files
+from harness.data.sources.shards import ShardError, ShardOptions, ShardRows, write_shards
 
 N, VOCAB = 103, 50
 
@@ -28,75 +32,107 @@ def folder(tmp_path_factory):
     return {"path": str(root), "grid": [2, 2], "vocab_size": VOCAB, "num_classes": 10}
 
 
-def _epoch(loader) -> tuple[list[int], list[int]]:
-    ids, labels = [], []
-    for tokens, y in loader:
-        assert tokens.dtype == torch.long and tokens.shape[1] == 4 and y.dtype == torch.long
-        ids += (tokens[:, 0] * VOCAB + tokens[:, 1]).tolist()
-        labels += y.tolist()
-    return ids, labels
+def _rows(folder, split: str = "train") -> ShardRows:
+    return get_dataset("shards").stream(split, **folder).rows
+
+
+def _ids(loader) -> tuple[list[int], list[int]]:
+    """The samples each batch says it holds, checked against the tokens read for them."""
+    ids = []
+    for index, tokens in loader:
+        assert tokens.dtype == torch.long and tokens.shape == (len(index), 4)
+        assert (tokens[:, 0] * VOCAB + tokens[:, 1]).tolist() == index.tolist()
+        ids += index.tolist()
+    return ids
 
 
 def test_every_sample_once_per_epoch_new_order_each_epoch_same_for_the_seed(folder) -> None:
-    loader = shard_loader(folder, batch_size=10, seed=3)
-    orders = []
-    for epoch in range(3):
-        loader.sampler.set_epoch(epoch)
-        ids, labels = _epoch(loader)
-        assert sorted(ids) == list(range(N)) and labels == [i % 10 for i in ids]
-        orders.append(ids)
-    assert len({tuple(o) for o in orders}) == 3
-    again = shard_loader(folder, batch_size=7, seed=3)
-    again.sampler.set_epoch(1)
-    assert _epoch(again)[0] == orders[1]
-    other = shard_loader(folder, batch_size=10, seed=4)
-    assert _epoch(other)[0] != orders[0]
-    plain = shard_loader(folder, batch_size=10, shuffle=False)
-    assert _epoch(plain)[0] == list(range(N))
+    rows = _rows(folder)
+    stream = _ids(row_loader(rows, batch_size=10, seed=3, stop=31))  # 310 positions: 3 epochs and 1
+    epochs = [stream[e * N : (e + 1) * N] for e in range(3)]
+    assert all(sorted(order) == list(range(N)) for order in epochs) and len({tuple(o) for o in epochs}) == 3
+    assert _ids(row_loader(rows, batch_size=7, seed=3, stop=45))[: 3 * N] == stream[: 3 * N]
+    assert _ids(row_loader(rows, batch_size=10, seed=4, stop=10))[:N] != epochs[0]
+    assert _ids(row_loader(rows, batch_size=10, shuffle=False, stop=11))[:N] == list(range(N))
+    data = get_dataset("shards").stream("train", **folder)
+    assert data.tokens is None and len(data) == N and data.labels.tolist() == [i % 10 for i in range(N)]
 
 
-def test_rank_shards_are_disjoint_and_cover_the_split(folder) -> None:
-    parts = [_epoch(shard_loader(folder, batch_size=8, seed=1, rank=r, world_size=3))[0] for r in range(3)]
-    assert sorted(sum(parts, [])) == list(range(N))
-    even = [_epoch(shard_loader(folder, batch_size=8, seed=1, rank=r, world_size=3, drop_last=True))[0]
-            for r in range(3)]  # fmt: skip
-    assert {len(p) for p in even} == {32} and len(
-        set(sum(even, []))
-    ) == 96  # 34 each, last partial batch dropped
+def test_micro_batch_k_is_the_same_under_any_world_size_and_resumes_at_k(folder) -> None:
+    rows = _rows(folder)
+    whole = [index.tolist() for index, _ in row_loader(rows, batch_size=12, seed=1, stop=20)]
+    for world in (2, 3, 4):
+        ranks = [
+            list(row_loader(rows, batch_size=12, seed=1, rank=r, world_size=world, stop=20))
+            for r in range(world)
+        ]
+        for k, batch in enumerate(whole):
+            parts = [ranks[r][k][0].tolist() for r in range(world)]
+            assert all(parts[r] == batch[r::world] for r in range(world))  # rank r: rows r, r + W, ...
+    resumed = [index.tolist() for index, _ in row_loader(rows, batch_size=12, seed=1, start=13, stop=20)]
+    assert resumed == whole[13:]
+    batches = RowStream(rows).micro_batches(13, batch_size=12, seed=1, rank=0, world_size=1)
+    assert [next(batches)[0].tolist() for _ in range(7)] == whole[13:]
+    batches.close()
 
 
 def test_workers_give_the_same_batches_as_the_main_process(folder) -> None:
-    ids, _ = _epoch(shard_loader(folder, batch_size=10, seed=5))
-    loader = shard_loader(folder, batch_size=10, seed=5, num_workers=2)
-    assert _epoch(loader)[0] == ids  # same order, hence the same multiset
-    loader.sampler.set_epoch(1)
-    assert sorted(_epoch(loader)[0]) == list(range(N))
+    rows = _rows(folder)
+    ids = _ids(row_loader(rows, batch_size=10, seed=5, stop=25))
+    assert _ids(row_loader(rows, batch_size=10, seed=5, stop=25, num_workers=2)) == ids
 
 
-def test_unlabelled_splits_and_corrupt_shards(folder, tmp_path) -> None:
-    ((tokens, labels),) = list(shard_loader(folder, "heldout", batch_size=20, shuffle=False))
-    assert labels is None and tokens[:, 1].tolist() == list(range(9))
+def test_tokens_stay_on_disk_in_their_stored_dtype_and_are_checked_per_read(folder, tmp_path) -> None:
+    rows = _rows(folder)
+    assert all(file.dtype == np.int16 for shard in rows.files for file in shard)
+    assert rows.read(np.array([5, 100, 5, 4])).tolist() == [
+        [0, 5, 7, 3],
+        [2, 0, 7, 3],
+        [0, 5, 7, 3],
+        [0, 4, 7, 3],
+    ]
     copy = tmp_path / "copy"
     shutil.copytree(folder["path"], copy)
+    data = np.load(copy / "train-00002.npy")
+    data[3, 1] = VOCAB  # out of range, written as the tokenizer would not
+    np.save(copy / "train-00002.npy", data)
+    options = ShardOptions.parse({**folder, "path": str(copy)})
+    bad = ShardRows(options, "train", verify="never")
+    assert bad.read(np.arange(32)).shape == (32, 4)  # other shards read fine
+    with pytest.raises(ShardError, match=r"train-00002.npy: token ids outside \[0, 50\)"):
+        bad.read(np.array([2 * 16 + 3]))
+    with open(copy / "train-00004.npy", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 8)  # half of the last row gone
+    with pytest.raises(ShardError, match="train-00004.npy: shorter than its header says"):
+        bad.read(np.array([4 * 16 + 15]))
+
+
+def test_checksums_are_verified_once_per_machine_until_a_file_changes(folder, tmp_path, monkeypatch) -> None:
+    """Data-parallel ranks on one machine hash a folder once (a stamp in the cache folder); a
+    shard changed afterwards is hashed again and refused."""
+    copy = tmp_path / "copy"
+    shutil.copytree(folder["path"], copy)
+    monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    hashed = []
+    sha256_file = shard_files.sha256_file
+    monkeypatch.setattr(shard_files, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    options = {**folder, "path": str(copy)}
+    for _ in range(3):
+        get_dataset("shards").stream("train", **options)
+    assert len(hashed) == 7  # the 7 shards, once
     data = np.load(copy / "train-00003.npy")
     np.save(copy / "train-00003.npy", data[::-1])
     with pytest.raises(ShardError, match="train-00003.npy: checksum"):
-        shard_loader({**folder, "path": str(copy)}, batch_size=4)
+        get_dataset("shards").stream("train", **options)
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(0, 60), world=st.integers(1, 5), seed=st.integers(0, 3), drop=st.booleans(),
-       epoch=st.integers(0, 3))  # fmt: skip
-def test_sampler_partitions_every_epoch(n, world, seed, drop, epoch) -> None:
-    samplers = [EpochSampler(n, seed=seed, rank=r, world_size=world, drop_last=drop) for r in range(world)]
-    for s in samplers:
-        s.set_epoch(epoch)
-    parts = [list(s) for s in samplers]
-    flat = sum(parts, [])
-    assert len(flat) == len(set(flat)) and set(flat) <= set(range(n))
-    assert len(flat) == (n - n % world if drop else n)
-    if drop:
-        assert len({len(p) for p in parts}) == 1
-    s = samplers[0]
-    s.set_epoch(epoch, start=2)  # resuming mid-epoch continues the same order
-    assert list(s) == parts[0][2:]
+@given(n=st.integers(1, 40), b=st.integers(1, 6), world=st.sampled_from([1, 2, 3]), seed=st.integers(0, 3),
+       k=st.integers(0, 30))  # fmt: skip
+def test_sampler_partitions_each_micro_batch_and_each_epoch(n, b, world, seed, k) -> None:
+    B = b * world
+    samplers = [MicroBatchSampler(n, B, seed=seed, rank=r, world_size=world) for r in range(world)]
+    one = MicroBatchSampler(n, B, seed=seed)
+    assert [s.batch(k).tolist() for s in samplers] == [one.batch(k)[r::world].tolist() for r in range(world)]
+    stream = np.concatenate([one.batch(j) for j in range((2 * n + B - 1) // B)])
+    assert sorted(stream[:n].tolist()) == sorted(stream[n : 2 * n].tolist()) == list(range(n))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from harness.config.trial import ConfigError, build_trial
-from harness.data.registry import dataset_shape, load_dataset, real_images
+from harness.data.registry import dataset_shape, get_dataset, load_dataset, real_images
+from harness.data.sources import shards
 from harness.data.sources.shards import ShardError, write_shards
+from harness.run.store import train_into
+from models.checkpoint import load_checkpoint
 
 
 @pytest.fixture
@@ -62,3 +67,47 @@ def test_mismatches_and_corruption_name_the_file_or_field(folder, tmp_path) -> N
         load_dataset("shards", "train", **_options(folder))
     with pytest.raises(ShardError, match="tokenizer"):
         load_dataset("shards", "heldout", **_options(folder)).tokenizer.decode(torch.zeros(1, 64).long())
+
+
+def _add_label_maps(folder, classes: int = 3) -> None:
+    """Label maps beside every train shard (each token's id mod ``classes``), in the manifest."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["splits"]["train"]:
+        entry["segments"] = entry["tokens"].replace(".npy", "-segments.npy")
+        np.save(folder / entry["segments"], (np.load(folder / entry["tokens"]) % classes).astype(np.int16))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("segment_classes", [0, 3])
+def test_a_streamed_split_reads_what_loading_loads(folder, segment_classes) -> None:
+    """``stream`` keeps the tokens on disk (none in memory) and reads any rows as ``load`` gives
+    them, the joint image + label-map sequences too; labels load alike."""
+    _add_label_maps(folder)
+    options = _options(folder, segment_classes=segment_classes)
+    loaded = load_dataset("shards", "train", **options)
+    streamed = get_dataset("shards").stream("train", **options)
+    assert streamed.tokens is None and len(streamed) == len(loaded) == 1500
+    index = np.random.default_rng(0).permutation(1500)[:100]
+    assert torch.equal(streamed.rows.read(index), loaded.tokens[index])
+    assert loaded.tokens.shape[1] == (128 if segment_classes else 64)
+    assert torch.equal(streamed.labels, loaded.labels)
+
+
+def test_training_on_a_shard_folder_streams_it_never_loading_the_split(folder, tmp_path, monkeypatch) -> None:
+    """The store's training path reads a shard folder through the loader: loading the split
+    (every token in memory as int64) would fail here."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the training loaded the whole split")
+
+    monkeypatch.setattr(shards, "load_split", refuse)
+    trial = build_trial(
+        {
+            "data": {"name": "shards", "options": _options(folder)},
+            "model": {"size": "tiny", "depth": 1, "width": 32, "heads": 2},
+            "train": {"steps": 3, "batch_size": 8, "warmup_steps": 0, "checkpoint_every": 0},
+            "eval": {"extractor": "digits-cnn"},
+        }
+    )
+    train_into(trial, tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -12,7 +13,9 @@ import pytest
 import torch
 
 from harness.config.trial import ConfigError, TrialConfig, build_trial
-from harness.data.registry import load_dataset
+from harness.data.registry import get_dataset, load_dataset
+from harness.data.shard_loader import RowStream
+from harness.data.sources.shards import write_shards
 from models import trainer
 from models.backbone import ModelConfig
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -48,6 +51,38 @@ def test_resume_continues_bit_for_bit(tmp_path, digits, changes):
         assert torch.equal(a, b)
     for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def _fingerprint(batches) -> str:
+    """sha256 of every micro-batch's rows, masked inputs, times and conditions, in order."""
+    h = hashlib.sha256()
+    for batch in batches:
+        for value in (batch.x_1, batch.x_t, batch.t, batch.y):
+            h.update(value.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("changes", "pinned"),
+    [({}, "7efb33adf75199ae"), ({"grad_accum": 2, "corruption": "maskgit"}, "0cea0b1c969852cb")],
+)
+def test_in_memory_training_draws_the_batches_it_always_drew(digits, monkeypatch, changes, pinned):
+    """The embedded datasets train on a pinned sequence of micro-batches (rows, t, masks, dropped
+    classes; values recorded before shard folders were streamed): the README's published numbers
+    were trained on it, so a change to how data reaches the trainer must leave it alone."""
+    data, _ = digits
+    seen = []
+    draw = trainer.draw_micro_batch
+
+    def recording(*args, **kwargs):
+        seen.append(draw(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(trainer, "draw_micro_batch", recording)
+    model_config, config = _configs(**changes)
+    train(model_config, config, data.tokens, data.labels)
+    assert len(seen) == config.steps * config.grad_accum
+    assert _fingerprint(seen) == pinned
 
 
 def test_checkpoint_rebuilds_model_with_identical_logits(tmp_path, digits):
@@ -244,3 +279,52 @@ def test_tiny_model_learns_digits_and_uses_context(digits):
     assert ce < unigram_entropy(data.tokens, 17) - 0.4
     gap = context_check(state.model, heldout.tokens, heldout.labels, scheduler, model_config.mask_id)
     assert gap["ce_one_masked"] < gap["ce_all_masked"] - 0.08
+
+
+@pytest.fixture(scope="module")
+def digit_shards(tmp_path_factory, digits):
+    """The digits training split as a shard folder, streamed (tokens left on disk)."""
+    data, _ = digits
+    root = tmp_path_factory.mktemp("streamed") / "digits"
+    split = {"train": (data.tokens.numpy(), data.labels.numpy())}
+    write_shards(root, split, grid=(8, 8), vocab_size=17, num_classes=10, shard_size=400)
+    return get_dataset("shards").stream("train", path=str(root), grid=[8, 8], vocab_size=17, num_classes=10)
+
+
+@pytest.mark.parametrize("changes", [{}, {"grad_accum": 2, "corruption": "maskgit", "loss": "elbo"}])
+def test_a_streamed_training_interrupted_after_a_checkpoint_resumes_bit_for_bit(
+    tmp_path, digit_shards, monkeypatch, changes
+):
+    """A shard folder read through the loader, stopped at step 6 of 12 after its periodic
+    checkpoint at step 4 (mid-epoch) and resumed: it reads the micro-batches an uninterrupted
+    run reads from step 4 on, and ends with its weights and EMA."""
+    seen = []
+    read = trainer.read_micro_batch
+
+    def recording(index, *args, **kwargs):
+        seen.append(index.tolist())
+        return read(index, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "read_micro_batch", recording)
+    model_config, config = _configs(checkpoint_every=4, **changes)
+    stream, labels = RowStream(digit_shards.rows), digit_shards.labels
+    straight = train(model_config, config, stream, labels)
+    batches, seen[:] = list(seen), []
+
+    def interrupt(step: int, metrics: dict) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(model_config, config, stream, labels, checkpoint_path=ckpt, log=interrupt, log_every=1)
+    assert load_checkpoint(ckpt)["step"] == 4 and seen == batches[: 6 * config.grad_accum]
+    seen[:] = []
+    resumed = train(model_config, config, stream, labels, checkpoint_path=ckpt)
+    k = 4 * config.grad_accum
+    assert seen == batches[k:] and len(batches) == 12 * config.grad_accum
+    assert len({i for batch in batches for i in batch}) == len(batches) * 16  # no sample twice in an epoch
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

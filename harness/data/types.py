@@ -40,19 +40,30 @@ class Tokenizer(Protocol):
     def decode(self, tokens: Tensor) -> Tensor: ...
 
 
+class TokenRows(Protocol):
+    """A split's token rows left on disk, read a batch at a time: ``read(index (b,)) -> (b, L)
+    long``; picklable (a DataLoader's worker processes read through their copies)."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: np.ndarray) -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class TokenDataset:
-    """tokens (N, L) long, labels (N,) long or None."""
+    """tokens (N, L) long, labels (N,) long or None. A streamed split (``Dataset.stream``) has
+    no tokens in memory (None): ``rows`` reads them a batch at a time."""
 
     name: str
     split: str
-    tokens: Tensor
+    tokens: Tensor | None
     labels: Tensor | None
     num_classes: int
     tokenizer: Tokenizer
     captions: tuple[str, ...] | None = (
         None  # one per example: the text condition (harness.data.sources.captioned_canvases)
     )
+    rows: TokenRows | None = None  # the tokens on disk, for a split streamed instead of loaded
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -67,7 +78,7 @@ class TokenDataset:
         return math.prod(self.grid)
 
     def __len__(self) -> int:
-        return self.tokens.shape[0]
+        return len(self.rows) if self.tokens is None else self.tokens.shape[0]
 
     def images(self) -> Tensor:
         """The dataset decoded to images (N, C, H, W) in [0, 1]."""
@@ -92,7 +103,9 @@ class Dataset:
     ``default_extractor``: the feature extractor its samples are scored with unless a config names
     another (None: a config must name one). The options are typed by the keyword-only parameters
     of ``shape``, or the fields of ``options`` (a dataclass) for a ``shape`` that takes ``**options``;
-    without either, ``shape`` checks them itself.
+    without either, ``shape`` checks them itself. ``stream(split, **options) -> TokenDataset``,
+    for data too large to hold (shard folders): the split with its tokens left on disk (``rows``),
+    which training reads a batch at a time (``harness.data.shard_loader``); None: training loads it.
     """
 
     name: str
@@ -102,6 +115,7 @@ class Dataset:
     default_extractor: str | None = None
     summary: str = ""
     options: type | None = None  # a dataclass of the options, for a ``shape`` that takes **options
+    stream: Callable[..., TokenDataset] | None = None
     _options: type[BaseModel] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:

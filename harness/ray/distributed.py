@@ -1,8 +1,10 @@
 """Data-parallel training of one checkpoint with Ray Train, launched from inside a Ray Tune trial.
 
-A ``TorchTrainer`` runs N workers (gloo on CPU, NCCL on GPU); each loads the data, wraps the
-model with ``ray.train.torch.prepare_model`` (DDP) and trains its rows of every micro-batch
-(``models.data_parallel``: the same optimizer steps as one process on the whole batch). Rank 0
+A ``TorchTrainer`` runs N workers (gloo on CPU, NCCL on GPU); each loads the data (a shard
+folder is streamed instead: each worker reads only its rows of every micro-batch from disk,
+``harness.data.shard_loader``), wraps the model with ``ray.train.torch.prepare_model`` (DDP) and
+trains its rows of every micro-batch (``models.data_parallel``: the same optimizer steps as one
+process on the whole batch). Rank 0
 writes the checkpoint and the training curve into the store folder, which every node must
 mount; every rank reports each logged step with ``ray.train.report``, and inside a Tune trial
 those reports reach the trial's results. With the store's file lock held by the caller, a

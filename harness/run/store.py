@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from harness.cache import QUARANTINE, atomic_write_text, quarantine, sha256_file, stamped, warn_quarantined
 from harness.config.trial import TrialConfig
-from harness.data.registry import load_dataset
+from harness.data.registry import get_dataset
+from harness.data.shard_loader import RowStream
 from models.backbone import ModelConfig
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.data_parallel import DataParallel
@@ -248,8 +249,12 @@ def train_into(
     on_log: Callable[[int, dict], None] | None = None,
 ) -> None:
     """Trains (or resumes) the trial's checkpoint in its store folder; the only process, or rank 0
-    of ``parallel``, appends each logged step to ``curve.jsonl``. Every rank loads the data."""
-    data = load_dataset(trial.data.name, "train", **trial.data.options)
+    of ``parallel``, appends each logged step to ``curve.jsonl``. Every rank loads the data, or,
+    for a dataset that streams (shard folders), its conditions, and reads its rows of each
+    micro-batch from disk (``harness.data.shard_loader``)."""
+    dataset = get_dataset(trial.data.name)
+    data = (dataset.stream or dataset.load)("train", **trial.data.options)
+    tokens = data.tokens if data.rows is None else RowStream(data.rows)
     model_config = model_config_for(trial)
     writes = parallel is None or parallel.rank == 0
     with (folder / "curve.jsonl").open("a") if writes else nullcontext() as curve:
@@ -264,7 +269,7 @@ def train_into(
         train(
             model_config,
             train_config_for(trial),
-            data.tokens,
+            tokens,
             trial.task().training_conditions(model_config, data),
             checkpoint_path=folder / "checkpoint.pt",
             device=device,

@@ -1,7 +1,8 @@
 """Samplers behind one interface; ``SAMPLERS`` maps config names to classes."""
 
 from models.registry import Registry
-from models.samplers.base import Denoiser, NFECount, Sampler, SampleResult
+from models.samplers.base import Sampler, SampleResult
+from models.samplers.denoiser import CFG_MODES, Denoiser, NFECount
 from models.samplers.euler import EulerSampler
 from models.samplers.maskgit import RANDOMIZATIONS, UNMASK_SCHEDULES, MaskGITSampler, maskgit_counts
 
@@ -10,6 +11,7 @@ SAMPLERS.register("euler")(EulerSampler)
 SAMPLERS.register("maskgit")(MaskGITSampler)
 
 __all__ = [
+    "CFG_MODES",
     "SAMPLERS",
     "RANDOMIZATIONS",
     "UNMASK_SCHEDULES",

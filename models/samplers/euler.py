@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from models.guidance import process_logits
-from models.samplers.base import Denoiser, Sampler, SampleResult, categorical
+from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf_
 from models.schedulers import KappaScheduler, Linear
 
 
@@ -79,44 +78,67 @@ class EulerSampler(Sampler):
         kappa = self.scheduler.kappa(grid)
         trajectory = [x.cpu()] if return_trajectory else None
         num_calls = len(grid) - 1
-        logits = None
         for k in range(num_calls):
-            t = grid[k].expand(batch_size)  # (B,)
-            logits = process_logits(
-                denoiser(x, t, y),
-                temperature=self.temperature,
-                top_k=self.top_k,
-                top_p=self.top_p,
-                mask_id=mask_id if self.exclude_mask else None,
-            )
             last = k == num_calls - 1 and not self.reference_grid
             masked = x == mask_id  # (B, L)
-            if last:
-                p_unmask = torch.ones((), device=device)
-            else:
-                p_unmask = ((kappa[k + 1] - kappa[k]) / (1 - kappa[k]).clamp_min(1e-12)).clamp(0, 1)
+            u_token, unmask, remask = self._draws(x, masked, generated, grid, kappa, k, last, generator)
+            # Only the rows that take a token now are read; the reference grid's last call also
+            # fills by argmax what stays [MASK] after it, which lies among the masked and re-masked.
+            fill = self.reference_grid and self.argmax_fill and k == num_calls - 1
+            rows = flat_positions((masked if remask is None else masked | remask) if fill else unmask)  # (N,)
+            logits = denoiser(x, grid[k].expand(batch_size), y, rows=rows)
+            logits = self.sampling_logits(logits, rows, mask_id, seq_len)  # (N, V)
+            take = unmask.reshape(-1)[rows] if fill else slice(None)  # the rows that take a token now
             if last and self.argmax_fill:
-                proposal = logits.argmax(dim=-1)
+                proposal = logits.argmax(dim=-1)  # (N,)
             else:
-                proposal = categorical(logits.softmax(dim=-1), generator)  # (B, L)
-            unmask = masked & (torch.rand(x.shape, generator=generator, device=device) < p_unmask)
-            x = torch.where(unmask, proposal, x)
-            if self.remask_scale > 0 and not last:
-                h = grid[k + 1] - grid[k]
-                p_remask = (self.remask_scale * h).clamp(max=1.0)
-                remask = (
-                    generated & ~masked & (torch.rand(x.shape, generator=generator, device=device) < p_remask)
-                )
+                proposal = inverse_cdf_(logits[take].softmax(dim=-1), u_token[rows[take]])
+            x = x.reshape(-1).index_put((rows[take],), proposal).view_as(x)
+            if remask is not None:
                 x = torch.where(remask, mask_id, x)
             if trajectory is not None:
                 trajectory.append(x.cpu())
         if self.reference_grid:
             left = x == mask_id
-            fill = logits.argmax(dim=-1) if self.argmax_fill else torch.zeros_like(x)
-            x = torch.where(left, fill, x)
+            fill_tokens = torch.zeros_like(x)
+            if self.argmax_fill:  # rows: the last call's, a superset of ``left``
+                fill_tokens = fill_tokens.reshape(-1).index_put((rows,), logits.argmax(dim=-1)).view_as(x)
+            x = torch.where(left, fill_tokens, x)
         return SampleResult(
             tokens=x,
             nfe=denoiser.count.calls - start[0],
             nfe_unbatched=denoiser.count.unbatched - start[1],
             trajectory=trajectory,
+            cfg_mode=denoiser.cfg_mode,
         )
+
+    def _draws(
+        self,
+        x: Tensor,
+        masked: Tensor,
+        generated: Tensor,
+        grid: Tensor,
+        kappa: Tensor,
+        k: int,
+        last: bool,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """Step k's randomness, drawn as it always was and before anything reads the logits: a
+        uniform per position for its token, (B * L, 1) (none when the argmax fills); the unmask
+        coins -> unmask (B, L); the corrector's coins -> remask (B, L), or None without one."""
+        u_token = None
+        if not (last and self.argmax_fill):
+            u_token = torch.rand(x.numel(), 1, generator=generator, device=x.device)
+        coins = torch.rand(x.shape, generator=generator, device=x.device)
+        unmask = masked & (coins < self._p_unmask(kappa, k, last))
+        if self.remask_scale <= 0 or last:
+            return u_token, unmask, None
+        p_remask = (self.remask_scale * (grid[k + 1] - grid[k])).clamp(max=1.0)
+        coins = torch.rand(x.shape, generator=generator, device=x.device)
+        return u_token, unmask, generated & ~masked & (coins < p_remask)
+
+    def _p_unmask(self, kappa: Tensor, k: int, last: bool) -> Tensor:
+        """P(a masked token is unmasked at step k): (kappa_{k+1} - kappa_k) / (1 - kappa_k); 1 at the last."""
+        if last:
+            return torch.ones((), device=kappa.device)
+        return ((kappa[k + 1] - kappa[k]) / (1 - kappa[k]).clamp_min(1e-12)).clamp(0, 1)

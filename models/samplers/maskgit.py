@@ -8,14 +8,16 @@ and commit the ``counts[k]`` most confident; committed tokens are never revisite
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from models.guidance import process_logits
 from models.registry import Registry
-from models.samplers.base import Denoiser, Sampler, SampleResult, categorical
+from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf_
+from models.samplers.denoiser import StepLogits
 from models.schedulers import KappaScheduler
 
 UNMASK_SCHEDULES: Registry = Registry("MaskGIT schedule")
@@ -169,27 +171,22 @@ class MaskGITSampler(Sampler):
         start = (denoiser.count.calls, denoiser.count.unbatched)
         trajectory = [x.cpu()] if return_trajectory else None
         for k, count in enumerate(counts):
-            logits = process_logits(
-                denoiser(x, self._time(x, mask_id, generated), y),
-                temperature=self.temperature,
-                top_k=self.top_k,
-                top_p=self.top_p,
-                mask_id=mask_id if self.exclude_mask else None,
-            )
-            log_probs = logits.log_softmax(dim=-1)  # (B, L, V)
-            proposal = categorical(log_probs.exp(), generator)  # (B, L)
+            masked = x == mask_id  # (B, L)
+            t = self._time(x, mask_id, generated)
+            # The uniforms are drawn as they always were (one per position for its token, the
+            # inverse CDF's; then the Gumbel / order ones), before anything reads the logits.
+            u_token = torch.rand(x.numel(), 1, generator=generator, device=device)  # (B * L, 1)
+            u = torch.rand(x.shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)  # (B, L)
             strength = anneal(k, self.num_steps)
-            u = torch.rand(x.shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
-            if math.isinf(strength):
-                confidence = u
+            step = denoiser.evaluate(x, t, y)
+            draw = partial(self._draw, step, u_token, mask_id, seq_len)
+            if math.isinf(strength):  # random order: the commits are known, only they need a token
+                rows = flat_positions(self._commit(u, masked, count))  # (N,)
+                x = x.reshape(-1).index_put((rows,), draw(rows)[1]).view_as(x)
             else:
-                confidence = log_probs.gather(-1, proposal[..., None]).squeeze(-1)  # (B, L)
-                confidence = confidence + self.gumbel_scale * strength * -torch.log(-torch.log(u))
-            masked = x == mask_id
-            confidence = confidence.masked_fill(~masked, -math.inf)
-            chosen = torch.topk(confidence, count, dim=1).indices  # (B, count)
-            commit = torch.zeros_like(masked).scatter(1, chosen, True) & masked
-            x = torch.where(commit, proposal, x)
+                noise = self.gumbel_scale * strength * -torch.log(-torch.log(u))  # (B, L)
+                x = self._commit_most_confident(draw, x, masked, noise, count, prune=strength > 0)
+            del step, draw  # the network's output goes before the next forward
             if trajectory is not None:
                 trajectory.append(x.cpu())
         return SampleResult(
@@ -197,4 +194,64 @@ class MaskGITSampler(Sampler):
             nfe=denoiser.count.calls - start[0],
             nfe_unbatched=denoiser.count.unbatched - start[1],
             trajectory=trajectory,
+            cfg_mode=denoiser.cfg_mode,
         )
+
+    def _draw(
+        self, step: StepLogits, u_token: Tensor, mask_id: int | Tensor, seq_len: int, rows: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """At rows (N,) of the flattened grid: (log p of the drawn token, the drawn token), (N,) each."""
+        logits = self.sampling_logits(step.rows(rows), rows, mask_id, seq_len)  # (N, V), a copy
+        log_probs = logits.log_softmax(dim=-1)  # (N, V)
+        drawn = inverse_cdf_(torch.exp(log_probs, out=logits), u_token[rows])  # reuses the copy
+        return log_probs.gather(-1, drawn[:, None]).squeeze(-1), drawn
+
+    def _commit_most_confident(
+        self,
+        draw: Callable[[Tensor], tuple[Tensor, Tensor]],
+        x: Tensor,
+        masked: Tensor,
+        noise: Tensor,
+        count: int,
+        *,
+        prune: bool,
+    ) -> Tensor:
+        """x (B, L) with each row's ``count`` most confident draws committed, where confidence =
+        log p(drawn) + noise (B, L).
+
+        log p <= 0, so a position's noise bounds its confidence. With ``prune``, only the
+        ``count + 16`` highest bounds of a row are scored first, then the positions whose bound
+        reaches the count-th confidence found (no other can enter the top ``count``), and all
+        the rest only on a tie at rank ``count``. Without a tie the top ``count`` is unique: the
+        very set scoring every masked position would commit.
+        """
+        bound = noise.masked_fill(~masked, -math.inf)  # (B, L)
+        confidence = torch.full_like(noise, -math.inf)  # (B, L): -inf until scored
+        proposal = x.clone()
+
+        def score(select: Tensor) -> None:
+            rows = flat_positions(select)  # (N,)
+            log_p, drawn = draw(rows)
+            confidence.view(-1)[rows] = log_p + noise.view(-1)[rows]
+            proposal.view(-1)[rows] = drawn
+
+        rest = masked
+        if prune and count + 16 < int(masked.sum(dim=1).min()):  # else the first scoring takes all
+            first = bound.topk(count + 16, dim=1).indices  # (B, count + 16)
+            first = torch.zeros_like(masked).scatter(1, first, True) & masked
+            score(first)
+            kth = confidence.topk(count, dim=1).values[:, -1:]  # (B, 1): only rises as more are scored
+            reach = masked & ~first & (bound >= kth)
+            score(reach)
+            top = confidence.topk(count + 1, dim=1).values  # (B, count + 1)
+            tie = not bool((top[:, count] < top[:, count - 1]).all())  # NaN counts as a tie
+            rest = masked & ~first & ~reach if tie else None
+        if rest is not None:
+            score(rest)
+        return torch.where(self._commit(confidence, masked, count), proposal, x)
+
+    @staticmethod
+    def _commit(confidence: Tensor, masked: Tensor, count: int) -> Tensor:
+        """(B, L) bool: the ``count`` most confident masked positions of each row."""
+        chosen = torch.topk(confidence.masked_fill(~masked, -math.inf), count, dim=1).indices  # (B, count)
+        return torch.zeros_like(masked).scatter(1, chosen, True) & masked

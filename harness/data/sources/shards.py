@@ -14,7 +14,9 @@ Layout (written by the tokenize step for real data, by the tests for stand-ins):
 Study configs name the folder and the shape they expect (``data.options: {path, grid,
 vocab_size, num_classes, segment_classes}``), so that plans and dry runs need no data; loading
 checks the manifest against them, and every shard against its count, range and checksum, before
-any work. Token files are read through memory maps into int64 tensors.
+any work. Loading reads a split into int64 tensors; training streams it instead (``stream``,
+read by ``harness.data.shard_loader``): its tokens stay in their files, in their stored dtype,
+and only each batch's rows are read and cast.
 
 ``segment_classes: K`` (> 0) reads each shard's label maps on the token grid (``-segments.npy``,
 written by ``run_study.py tokenize`` from image + label-map pairs) as a second modality: the
@@ -34,25 +36,21 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from harness.cache import sha256_file
+from harness.data.sources.shard_files import FORMAT as FORMAT
+from harness.data.sources.shard_files import MANIFEST as MANIFEST
+from harness.data.sources.shard_files import NpyFile, ShardError, verify_entry, verify_once
+from harness.data.sources.shard_files import token_dtype as token_dtype
+from harness.data.sources.shard_files import write_shards as write_shards
 from harness.data.tokenizers.pixel import JointTokenizer
 from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset
 from harness.errors import UserError
 from models.modalities import Layout, Modality
-
-MANIFEST = "manifest.json"
-FORMAT = 1
-
-
-class ShardError(UserError):
-    """A shard folder that is missing, or does not match its manifest or the study's config;
-    names the file."""
 
 
 @dataclass(frozen=True)
@@ -120,68 +118,103 @@ def read_manifest(options: ShardOptions) -> dict[str, Any]:
     return manifest
 
 
-def token_dtype(vocab_size: int) -> type:
-    """The smallest signed integer type that holds ids 0..vocab_size-1 (int16 up to 2**15 codes)."""
-    return np.int16 if vocab_size <= 2**15 else np.int32
+Verify = Literal["always", "once", "never"]
 
 
-def verify_entry(root: Path, entry: dict[str, Any]) -> None:
-    """A shard's files against the manifest's checksums (tokens: ``sha256``; the others: ``files``)."""
-    checksums = {entry["tokens"]: entry["sha256"], **entry.get("files", {})}
-    for name, digest in checksums.items():
-        file = Path(root) / name
-        if not file.is_file() or sha256_file(file) != digest:
-            raise ShardError(f"{file}: checksum does not match the manifest (a partial or corrupt shard)")
+class ShardRows:
+    """A split's token rows, left in their shard files and read a batch at a time:
+    ``read(index (b,)) -> (b, L) long``, with ``segment_classes`` the joint image + label-map
+    sequences (b, 2 L). Rows are read in their stored dtype (int16 / int32) by positional reads
+    and cast to int64 per batch. Not memory maps: a mapped page counts in the reading process's
+    RSS, and with large page-cache folios each random row maps ~1.5 MB (6,400 rows of a 2.4 GB
+    folder: 2.3 GB of RSS); reads leave RSS flat while the page cache still serves repeated rows.
+
+    Construction checks each shard's checksum (``verify``: "always", "once" per machine through
+    ``verify_once``, or "never") and shape; every read checks its ids against the vocabulary."""
+
+    def __init__(self, options: ShardOptions, split: str, verify: Verify = "always") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
+        entries = read_manifest(options)["splits"].get(split) or []
+        if not entries:
+            raise ShardError(f"{options.path}/{MANIFEST}: no shards for split {split!r}")
+        self.options, self.root, self.seq_len = options, Path(options.path), int(np.prod(options.grid))
+        if verify == "once":
+            verify_once(self.root, entries)
+        for entry in entries if verify == "always" else ():
+            verify_entry(self.root, entry)
+        # shard k, in the manifest's order: rows [offsets[k], offsets[k + 1]) of the split
+        self.offsets = np.cumsum([0] + [int(e["count"]) for e in entries])
+        self.files = [self._files(entry) for entry in entries]
+        self._handles: dict[int, list[BinaryIO]] = {}
+
+    def _files(self, entry: dict[str, Any]) -> list[NpyFile]:
+        """A shard's token file (and label-map file), their shapes checked against the manifest."""
+        shape, tokens = (entry["count"], self.seq_len), self.root / entry["tokens"]
+        files = [NpyFile.open(tokens, shape, "manifest says")]
+        if self.options.layout is None:
+            return files
+        if not entry.get("segments"):
+            raise ShardError(
+                f"{tokens}: no label maps (-segments.npy) beside it, but data.options.segment_classes"
+                f" is {self.options.segment_classes} (tokenize image + label-map pairs)"
+            )
+        return [*files, NpyFile.open(self.root / entry["segments"], shape, "the tokens are")]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": {}}  # open files are per process
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, index: np.ndarray) -> Tensor:
+        """Rows ``index`` (b,) of the split: (b, L) long, gathered shard by shard."""
+        index = np.asarray(index, dtype=np.int64)  # (b,)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"row index out of range [0, {len(self)})")
+        shard = np.searchsorted(self.offsets, index, side="right") - 1  # (b,)
+        parts = [np.empty((len(index), self.seq_len), dtype=np.int64) for _ in self.files[0]]  # (b, L)
+        for k in np.unique(shard):
+            at = np.flatnonzero(shard == k)
+            for m, file in enumerate(self.files[k]):
+                block = self._rows(k, m, index[at] - self.offsets[k])  # (n_k, L) in the stored dtype
+                self._check_range(block, file.path, m)
+                parts[m][at] = block  # cast to int64 here, a batch at a time
+        tokens = torch.from_numpy(parts[0])
+        if self.options.layout is None:
+            return tokens
+        return self.options.layout.join({"image": tokens, "labels": torch.from_numpy(parts[1])})
+
+    def _rows(self, k: int, m: int, rows: np.ndarray) -> np.ndarray:
+        if k not in self._handles:
+            self._handles[k] = [open(f.path, "rb", buffering=0) for f in self.files[k]]  # noqa: SIM115
+        return self.files[k][m].read_rows(self._handles[k][m].fileno(), rows)
+
+    def _check_range(self, ids: np.ndarray, file: Path, m: int) -> None:
+        """Ids of modality m (0: the tokens, 1: the label maps) within its vocabulary."""
+        limit = (self.options.vocab_size, self.options.segment_classes)[m]
+        if not ids.size or (ids.min() >= 0 and ids.max() < limit):
+            return
+        if m == 0:
+            raise ShardError(f"{file}: token ids outside [0, {limit})")
+        raise ShardError(
+            f"{file}: label ids {ids.min()}..{ids.max()} outside [0, {limit}) (data.options.segment_classes;"
+            " a void id such as 255 needs segment_classes 256 or a remap before tokenizing)"
+        )
+
+
+def split_labels(options: ShardOptions, split: str) -> Tensor | None:
+    """The class of every sample of a split (N,) long, in shard order; None unless every shard has them."""
+    entries = read_manifest(options)["splits"].get(split) or []
+    labels = [np.load(Path(options.path) / e["labels"]).astype(np.int64) for e in entries if e.get("labels")]
+    return torch.from_numpy(np.concatenate(labels)) if labels and len(labels) == len(entries) else None
 
 
 def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[Tensor, Tensor | None]:
     """(tokens (N, L) long, labels (N,) long or None) of a split, each shard checked; with
     ``segment_classes`` the tokens are the joint image + label-map sequences (N, 2 L)."""
-    if split not in SPLITS:
-        raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
-    manifest = read_manifest(options)
-    entries = manifest["splits"].get(split) or []
-    if not entries:
-        raise ShardError(f"{options.path}/{MANIFEST}: no shards for split {split!r}")
-    L = int(np.prod(options.grid))
-    tokens, labels = [], []
-    for entry in entries:
-        file = Path(options.path) / entry["tokens"]
-        if verify:
-            verify_entry(Path(options.path), entry)
-        array = np.load(file, mmap_mode="r", allow_pickle=False)
-        if array.shape != (entry["count"], L):
-            raise ShardError(f"{file}: shape {array.shape}, manifest says ({entry['count']}, {L})")
-        if array.size and (int(array.max()) >= options.vocab_size or int(array.min()) < 0):
-            raise ShardError(f"{file}: token ids outside [0, {options.vocab_size})")
-        part = torch.from_numpy(np.asarray(array, dtype=np.int64))
-        tokens.append(part if options.layout is None else join_segments(options, entry, part))
-        if entry.get("labels"):
-            labels.append(torch.from_numpy(np.load(Path(options.path) / entry["labels"]).astype(np.int64)))
-    label_tensor = torch.cat(labels) if labels and len(labels) == len(entries) else None
-    return torch.cat(tokens), label_tensor
-
-
-def join_segments(options: ShardOptions, entry: dict[str, Any], image: Tensor) -> Tensor:
-    """A shard's image tokens (n, L) joined with its label maps (n, L) into (n, 2 L), checked."""
-    name = entry.get("segments")
-    if not name:
-        raise ShardError(
-            f"{Path(options.path) / entry['tokens']}: no label maps (-segments.npy) beside it, but"
-            f" data.options.segment_classes is {options.segment_classes} (tokenize image + label-map pairs)"
-        )
-    file = Path(options.path) / name
-    segments = np.load(file, mmap_mode="r", allow_pickle=False)
-    if segments.shape != tuple(image.shape):
-        raise ShardError(f"{file}: shape {segments.shape}, the tokens are {tuple(image.shape)}")
-    if segments.size and (int(segments.min()) < 0 or int(segments.max()) >= options.segment_classes):
-        raise ShardError(
-            f"{file}: label ids {int(segments.min())}..{int(segments.max())} outside [0,"
-            f" {options.segment_classes}) (data.options.segment_classes; a void id such as 255 needs"
-            " segment_classes 256 or a remap before tokenizing)"
-        )
-    labels = torch.from_numpy(np.asarray(segments, dtype=np.int64))
-    return options.layout.join({"image": image, "labels": labels})
+    rows = ShardRows(options, split, "always" if verify else "never")
+    return rows.read(np.arange(len(rows))), split_labels(options, split)
 
 
 def split_captions(options: ShardOptions, split: str) -> tuple[str, ...]:
@@ -272,13 +305,29 @@ class ShardTokenizer:
 
 def shards(split: str = "train", **options: Any) -> TokenDataset:
     parsed = ShardOptions.parse(options)
-    tokens, labels = load_split(parsed, split)
-    manifest = read_manifest(parsed)
-    tokenizer: Any = ShardTokenizer(parsed, manifest)
-    if parsed.layout is not None:
-        tokenizer = JointTokenizer(parsed.layout, tokenizer)
-    captions = split_captions(parsed, split) if parsed.captions else None
-    return TokenDataset("shards", split, tokens, labels, parsed.num_classes, tokenizer, captions)
+    return _dataset(parsed, split, *load_split(parsed, split))
+
+
+def stream(split: str = "train", **options: Any) -> TokenDataset:
+    """``shards`` with the tokens left in their files (``rows`` reads them a batch at a time), the
+    checksums verified once per machine (``verify_once``); labels and captions load as there."""
+    parsed = ShardOptions.parse(options)
+    rows = ShardRows(parsed, split, verify="once")
+    return _dataset(parsed, split, None, split_labels(parsed, split), rows)
+
+
+def _dataset(
+    options: ShardOptions,
+    split: str,
+    tokens: Tensor | None,
+    labels: Tensor | None,
+    rows: ShardRows | None = None,
+) -> TokenDataset:
+    tokenizer: Any = ShardTokenizer(options, read_manifest(options))
+    if options.layout is not None:
+        tokenizer = JointTokenizer(options.layout, tokenizer)
+    captions = split_captions(options, split) if options.captions else None
+    return TokenDataset("shards", split, tokens, labels, options.num_classes, tokenizer, captions, rows)
 
 
 def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor | None]:
@@ -297,45 +346,6 @@ def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor |
     return x, None
 
 
-def write_shards(
-    path: Path,
-    split_tokens: dict[str, tuple[np.ndarray, np.ndarray | None]],
-    *,
-    grid: tuple[int, ...],
-    vocab_size: int,
-    num_classes: int,
-    shard_size: int = 4096,
-    reference: dict[str, np.ndarray] | None = None,
-) -> Path:
-    """Write token arrays as checksummed shards and their manifest (the manifest last, atomically)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    dtype = token_dtype(vocab_size)
-    manifest: dict[str, Any] = {"format": FORMAT, "grid": list(grid), "vocab_size": vocab_size,
-                                "num_classes": num_classes, "splits": {}}  # fmt: skip
-    for split, (tokens, labels) in split_tokens.items():
-        entries = []
-        for i, start in enumerate(range(0, len(tokens), shard_size)):
-            stem = f"{split}-{i:05d}"
-            np.save(path / f"{stem}.npy", tokens[start : start + shard_size].astype(dtype))
-            entry = {"tokens": f"{stem}.npy", "count": int(min(shard_size, len(tokens) - start))}
-            entry["sha256"] = sha256_file(path / entry["tokens"])
-            if labels is not None:
-                np.save(path / f"{stem}-labels.npy", labels[start : start + shard_size].astype(np.int64))
-                entry["labels"] = f"{stem}-labels.npy"
-            entries.append(entry)
-        manifest["splits"][split] = entries
-    if reference:
-        manifest["reference"] = {}
-        for split, images in reference.items():
-            np.save(path / f"reference-{split}.npy", images.astype(np.uint8))
-            manifest["reference"][split] = f"reference-{split}.npy"
-    tmp = path / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path / MANIFEST)
-    return path
-
-
 def shards_shape(**options: Any) -> DatasetShape:
     return ShardOptions.parse(options).shape
 
@@ -343,6 +353,7 @@ def shards_shape(**options: Any) -> DatasetShape:
 DATASET = Dataset(
     "shards",
     load=shards,
+    stream=stream,
     shape=shards_shape,
     real_images=shard_images,
     default_extractor=None,
