@@ -1,8 +1,8 @@
-"""The Denoiser: logits of chosen rows, and which CFG mode the default runs (PAPER.md section 5:
-NFE counts network calls, a batched CFG step one, a two-pass step two).
+"""The Denoiser: logits of chosen rows, and which CFG mode the default runs.
 
 The default may pick either mode on CPU, so these tests pin what must not depend on the pick:
-the logits (those of batched CFG, bit for bit), and the bill (the calls of the mode it kept).
+the logits (those of batched CFG, bit for bit) and the NFE (one evaluation per guided step, two
+unbatched calls), and that the forward calls made are those of the mode it kept.
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def test_default_cfg_mode_on_cpu_is_the_faster_timed_once(monkeypatch, cost, mod
     per_step = 1 if mode == "batched" else 2
     assert denoiser.cfg_mode == mode and net.calls == 3  # both ran: 1 + 2 forwards
     assert denoiser.count.calls == per_step and denoiser.count.unbatched == 2
+    assert denoiser.count.evaluations == 1
     assert torch.equal(
         first, Denoiser(net, cfg_scale=2.0, null_class=NUM_CLASSES, cfg_batched=True)(x_t, t, y)
     )

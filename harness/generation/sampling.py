@@ -28,6 +28,7 @@ class Generated:
     nfe_unbatched: int
     seconds: float
     captions: tuple[str, ...] | None = None
+    cfg_mode: str | None = None  # how guided steps ran: "batched", "two-pass"; None: unguided
 
     @property
     def seconds_per_sample(self) -> float:
@@ -72,7 +73,7 @@ def generate(
     labels = balanced_labels(num_samples, cfg.num_classes) if conditions is None else conditions
     denoiser = Denoiser(net, cfg_scale=cfg_scale, null_class=cfg.null_class if cfg.conditional else None)
     generator = torch.Generator(device=device).manual_seed(seed)
-    chunks, nfe, nfe_unbatched = [], 0, 0
+    chunks, nfe, nfe_unbatched, modes = [], 0, 0, set()
     started = time.perf_counter()
     for start in range(0, num_samples, batch_size):
         stop = min(start + batch_size, num_samples)
@@ -89,8 +90,11 @@ def generate(
         )
         chunks.append(result.tokens.cpu())
         nfe, nfe_unbatched = result.nfe, result.nfe_unbatched
+        modes.add(result.cfg_mode)
     seconds = time.perf_counter() - started
-    return Generated(torch.cat(chunks), labels, nfe, nfe_unbatched, seconds)
+    # A last, smaller batch may be timed into the other mode: name both.
+    cfg_mode = "+".join(sorted(m for m in modes if m)) or None
+    return Generated(torch.cat(chunks), labels, nfe, nfe_unbatched, seconds, cfg_mode=cfg_mode)
 
 
 def save_image_grid(images: Tensor, path: str | Path, *, nrow: int = 10, scale: int = 4) -> Path:

@@ -120,6 +120,7 @@ def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device
         "sample_seed": seed,
         "nfe": result.nfe,
         "nfe_unbatched": result.nfe_unbatched,
+        "cfg_mode": result.cfg_mode,
         "seconds_per_sample": result.seconds_per_sample,
         "training_hash": h,
         **sampling_settings(trial),
@@ -199,6 +200,11 @@ def evaluate_trial(
         nfe_unbatched=float(meta["nfe_unbatched"]),
         seconds_per_sample=sum(float(s.meta["seconds_per_sample"]) for s in sets) / len(sets),
     )
+    # How guided steps ran (one batch of 2B or two forwards of B): the speed's protocol; the
+    # NFE counts a guided step once either way. Samples written before it was recorded lack it.
+    modes = {s.meta.get("cfg_mode") for s in sets if s.meta.get("cfg_mode")}
+    if modes:
+        protocols["nfe"] = {"cfg_mode": "+".join(sorted(modes)), "direction": "min"}
     return metrics, intervals, protocols
 
 

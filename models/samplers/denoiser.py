@@ -23,11 +23,14 @@ _CPU_CHOICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class NFECount:
     """Network evaluations so far.
 
-    ``calls``: forward calls (batched CFG counts one call of a double batch);
-    ``unbatched``: the calls the same work would take with CFG as two separate forwards;
+    ``evaluations``: network evaluations, the NFE (a guided step is one, however its halves ran);
+    ``calls``: forward calls made (a batched guided step one call of a double batch, a two-pass
+    step two);
+    ``unbatched``: the calls the same work takes with CFG as two separate forwards;
     ``rows``: samples pushed through the network, summed over calls.
     """
 
+    evaluations: int = 0
     calls: int = 0
     unbatched: int = 0
     rows: int = 0
@@ -44,8 +47,9 @@ class Denoiser:
     per-op costs, which dominate on a busy machine), the first guided call of each input shape
     and thread count runs both and times them, and two-pass is kept for the process only if it
     was clearly faster and gave the batched logits bit for bit (the timing's extra forwards are
-    not counted). So only the NFE bill depends on the choice, and ``cfg_mode`` says which the last
-    call used. Returns guided raw logits, before temperature. The null condition is
+    not counted). The choice changes neither a sampled token nor the NFE (``count.evaluations``:
+    one per guided step, ``count.unbatched``: two); ``count.calls`` and ``cfg_mode`` say how the
+    last call ran. Returns guided raw logits, before temperature. The null condition is
     ``full_like(y, null_class)``: the null class for class ids (B,), the empty caption (all
     PAD, ``null_class`` = 0) for caption ids (B, S).
     """
@@ -81,6 +85,7 @@ class Denoiser:
     @torch.no_grad()
     def evaluate(self, x_t: Tensor, t: Tensor, y: Tensor | None) -> StepLogits:
         """One network evaluation (one or two calls, counted), guided lazily row by row."""
+        self.count.evaluations += 1
         if not self.guided or y is None:
             self.cfg_mode = None
             self.count.unbatched += 1

@@ -73,7 +73,7 @@ class EulerSampler(Sampler):
             mask_id = mask_id.to(device)  # (L,): one [MASK] per modality
         x = self.initial_tokens(batch_size, seq_len, mask_id, x_init, device)  # (B, L)
         generated = x == mask_id  # positions this sampler may write
-        start = (denoiser.count.calls, denoiser.count.unbatched)
+        start = (denoiser.count.evaluations, denoiser.count.unbatched)
         grid = self.grid(device)
         kappa = self.scheduler.kappa(grid)
         trajectory = [x.cpu()] if return_trajectory else None
@@ -106,7 +106,7 @@ class EulerSampler(Sampler):
             x = torch.where(left, fill_tokens, x)
         return SampleResult(
             tokens=x,
-            nfe=denoiser.count.calls - start[0],
+            nfe=denoiser.count.evaluations - start[0],
             nfe_unbatched=denoiser.count.unbatched - start[1],
             trajectory=trajectory,
             cfg_mode=denoiser.cfg_mode,

@@ -168,7 +168,7 @@ class MaskGITSampler(Sampler):
             raise ValueError("MaskGIT sampling needs the same number of masked tokens in every sample")
         counts = maskgit_counts(self.schedule, self.num_steps, int(num_masked[0]))
         anneal = RANDOMIZATIONS[self.randomization]
-        start = (denoiser.count.calls, denoiser.count.unbatched)
+        start = (denoiser.count.evaluations, denoiser.count.unbatched)
         trajectory = [x.cpu()] if return_trajectory else None
         for k, count in enumerate(counts):
             masked = x == mask_id  # (B, L)
@@ -191,7 +191,7 @@ class MaskGITSampler(Sampler):
                 trajectory.append(x.cpu())
         return SampleResult(
             tokens=x,
-            nfe=denoiser.count.calls - start[0],
+            nfe=denoiser.count.evaluations - start[0],
             nfe_unbatched=denoiser.count.unbatched - start[1],
             trajectory=trajectory,
             cfg_mode=denoiser.cfg_mode,
