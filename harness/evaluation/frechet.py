@@ -12,7 +12,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -42,6 +41,8 @@ def gaussian_stats(features: Tensor | np.ndarray) -> GaussianStats:
 
 def _sqrtm_trace(sigma_1: np.ndarray, sigma_2: np.ndarray) -> tuple[float | None, bool]:
     """(Tr((S_1 S_2)^{1/2}) or None if the root is non-finite or clearly complex, whether it was singular)."""
+    import scipy.linalg  # here, not at import: checking a study needs no scipy
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
         covmean = scipy.linalg.sqrtm(sigma_1 @ sigma_2)

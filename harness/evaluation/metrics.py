@@ -17,13 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from operator import attrgetter
 from typing import Any
 
 import numpy as np
-import scipy
 import torch
-import torch_fidelity
 from torch import Tensor
 
 from harness.evaluation.extractors import IMAGE, VIDEO, Features
@@ -43,7 +42,9 @@ CAPTION_AGREEMENT = "caption_agreement"
 
 FEATURES, LOGITS, MASKS, LABELS = "features", "logits", "masks", "labels"
 UNMASK_LIBRARY = "unmask-evaluation 1"
-TORCH_FIDELITY_LIBRARY = f"torch-fidelity {torch_fidelity.__version__}"
+# From its metadata: importing torch-fidelity (and torchvision) costs seconds that validation
+# does not need; the scorers import it when they run.
+TORCH_FIDELITY_LIBRARY = f"torch-fidelity {version('torch-fidelity')}"
 KID_SUBSETS, KID_SUBSET_SIZE, RNG_SEED = 100, 1000, 2020
 PRC_NEIGHBORHOOD, IS_SPLITS = 3, 10
 
@@ -179,6 +180,8 @@ def _classifier_ceiling(extractor: Any) -> dict[str, Any]:
 
 
 def _frechet_options(n_gen: int, n_ref: int) -> dict[str, Any]:
+    import scipy  # here, not at import: validation reads the METRICS table alone
+
     return {"eps": DEFAULT_EPS, "cov": "unbiased", "sqrtm": f"scipy {scipy.__version__}"}
 
 

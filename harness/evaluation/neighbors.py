@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import Tensor
-from torch_fidelity.metric_prc import calc_cdist_full
 
 BLOCK = 10000  # torch-fidelity's prc_batch_size: the block shape enters the float32 rounding
 
@@ -30,6 +29,8 @@ def knn_radii(features: Tensor, k: int) -> Tensor:
     """
     if not 1 <= k < features.shape[0]:
         raise ValueError(f"k-NN radii need 1 <= k < N; got k = {k} for N = {features.shape[0]}")
+    from torch_fidelity.metric_prc import calc_cdist_full  # torch-fidelity imports torchvision: seconds
+
     x = features.float()
     return calc_cdist_full(x, x, BLOCK).kthvalue(k + 1).values  # (N, N) -> (N,)
 
@@ -44,6 +45,8 @@ def precision_recall(
     generated: Tensor, generated_radii: Tensor, reference: Tensor, reference_radii: Tensor
 ) -> PrecisionRecall:
     """Both from one distance matrix; generated (G, D) with radii (G,), reference (R, D) with radii (R,)."""
+    from torch_fidelity.metric_prc import calc_cdist_full
+
     d_ref_gen = calc_cdist_full(reference.float(), generated.float(), BLOCK)  # (R, G)
     recall = (d_ref_gen <= generated_radii).any(dim=1).float().mean().item()
     precision = (d_ref_gen.T <= reference_radii).any(dim=1).float().mean().item()

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import scipy.stats
 import torch
 from torch import Tensor
 
@@ -32,6 +31,8 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     mean = float(v.mean())
     if v.size == 1:
         return mean, None, None
+    import scipy.stats  # here, not at import: about a second that checking a study does not need
+
     half = scipy.stats.t.ppf(0.5 + level / 2, df=v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
     return mean, float(mean - half), float(mean + half)
 
