@@ -10,9 +10,10 @@ Random weights: speed does not depend on training. Prints:
    - per sampler: sampler wall / (NFE x one bare forward of the same batch) (goal <= 1.05);
      beside it the sampler's own work per step, timed with a network that replays stored
      logits (no forward to share the machine's noise with), as 1 + own work / forward;
-   - CFG: guided step (the Denoiser's default mode, whichever it picks) / the cheaper of one
-     forward of the doubled 2B batch and two forwards of B (goal <= 1.02), with both modes;
-     beside it the step's own work (the guidance on top of the forwards) timed the same way.
+   - CFG, per sampler: the guided sampler's wall (CFG 2, the Denoiser's default mode, whichever
+     it picks) / (NFE x the cheaper of one forward of the doubled 2B batch and two forwards of
+     B) (goal <= 1.02), also with each mode forced; beside it the step's own work (guidance of
+     the rows it reads, sampling) timed with replayed logits.
 2. The digits default (tiny, 8 x 8 tokens, batch 100) and, with ``--dit-s``, DiT-S at 16 x 16
    (batch 8; minutes on two cores): samples/s and overhead = sampler wall / (NFE x one bare
    forward) for each sampler at NFE 8, 16, 32; one batched CFG forward vs two separate ones.
@@ -29,6 +30,8 @@ import torch
 
 from models.backbone import DiscreteDiT, ModelConfig
 from models.samplers import Denoiser, EulerSampler, MaskGITSampler, Sampler
+
+MODES = {"default": None, "batched": True, "two-pass": False}  # cfg_batched of each CFG mode
 
 
 def seconds(fn: Callable[[], object]) -> float:
@@ -94,9 +97,18 @@ class Bench:
             self.net, cfg_scale=cfg_scale, null_class=self.config.null_class, cfg_batched=cfg_batched
         )
 
-    def sampler(self, sampler: Sampler, net: torch.nn.Module | None = None) -> Callable[[], object]:
+    def sampler(
+        self,
+        sampler: Sampler,
+        net: torch.nn.Module | None = None,
+        cfg_batched: bool | None = None,
+        cfg_scale: float = 1.0,
+    ) -> Callable[[], object]:
+        """One run of the sampler on the batch (guided when cfg_scale != 1), a Denoiser per run."""
+        net = self.net if net is None else net
+        null = self.config.null_class
         return lambda: sampler.sample(
-            Denoiser(self.net if net is None else net),
+            Denoiser(net, cfg_scale=cfg_scale, null_class=null, cfg_batched=cfg_batched),
             batch_size=self.batch,
             seq_len=self.config.seq_len,
             mask_id=self.config.mask_id,
@@ -120,7 +132,7 @@ def headline(repeats: int) -> None:
         x, t, y = (torch.cat([v, v]) for v in (bench.x, bench.t, bench.y))
         replay = Replay(bench.net(x, t, torch.cat([bench.y, bench.null])))
     headline_samplers(bench, replay, nfe, repeats)
-    headline_cfg(bench, replay, repeats)
+    headline_cfg(bench, replay, nfe, repeats)
 
 
 def headline_samplers(bench: Bench, replay: Replay, nfe: int, repeats: int) -> None:
@@ -140,35 +152,40 @@ def headline_samplers(bench: Bench, replay: Replay, nfe: int, repeats: int) -> N
         )
 
 
-def headline_cfg(bench: Bench, replay: Replay, repeats: int) -> None:
-    default = bench.denoiser(cfg_scale=2.0)
+def headline_cfg(bench: Bench, replay: Replay, nfe: int, repeats: int) -> None:
+    """A guided sampler's step (forwards, guidance of the rows it reads, its own work) against the
+    cheaper of the two ways to run CFG's forwards, NFE times."""
+    samplers = {"euler": EulerSampler(num_steps=nfe), "maskgit": MaskGITSampler(num_steps=nfe)}
+    guided = {
+        f"{k} {m}": bench.sampler(s, cfg_batched=b, cfg_scale=2.0)
+        for k, s in samplers.items()
+        for m, b in MODES.items()
+    }
     times = paired(
-        {
-            "2B forward": bench.forward_doubled,
-            "two B forwards": bench.forwards(2),
-            "guided": bench.guided_step(default),
-            "guided batched": bench.guided_step(bench.denoiser(2.0, cfg_batched=True)),
-            "guided two-pass": bench.guided_step(bench.denoiser(2.0, cfg_batched=False)),
-        },
-        repeats,
+        {"2B forward": bench.forward_doubled, "two B forwards": bench.forwards(2)} | guided, repeats
     )
     own = paired(
-        {"guided": bench.guided_step(Denoiser(replay, cfg_scale=2.0, null_class=bench.config.null_class))},
-        repeats,
+        {k: bench.sampler(s, replay, cfg_batched=True, cfg_scale=2.0) for k, s in samplers.items()}, repeats
     )
-    cheaper = [min(a, b) for a, b in zip(times["2B forward"], times["two B forwards"], strict=True)]
+    cheaper = [nfe * min(a, b) for a, b in zip(times["2B forward"], times["two B forwards"], strict=True)]
     print(
         f"one 2B forward {statistics.median(times['2B forward']) * 1e3:.0f} ms, "
         f"two B forwards {statistics.median(times['two B forwards']) * 1e3:.0f} ms"
     )
-    guided, work = median_ratio(times["guided"], cheaper), statistics.median(own["guided"])
-    print(
-        f"guided step / cheaper of (one 2B forward, two B forwards) {guided:.3f}  (goal <= 1.02); "
-        f"its own work {work * 1e3:.0f} ms, 1 + that / cheaper = {1 + work / statistics.median(cheaper):.3f}"
-    )
-    print(f"  the default mode chose {default.cfg_mode}")
-    for name in ("batched", "two-pass"):
-        print(f"  forcing {name:<9}{median_ratio(times['guided ' + name], cheaper):.3f}")
+    probe = Denoiser(bench.net, cfg_scale=2.0, null_class=bench.config.null_class)
+    probe(bench.x, bench.t, bench.y)  # the default's choice for this shape (made once per process)
+    for name in samplers:
+        ratio = median_ratio(times[f"{name} default"], cheaper)
+        step = statistics.median(own[name]) / nfe
+        print(
+            f"CFG: {name:<8} guided step / cheaper of (one 2B forward, two B forwards) {ratio:.3f}  "
+            f"(goal <= 1.02; default chose {probe.cfg_mode}); its own work {step * 1e3:.0f} ms a step, "
+            f"1 + that / cheaper = {1 + step * nfe / statistics.median(cheaper):.3f}"
+        )
+        forced = ", ".join(
+            f"{m} {median_ratio(times[f'{name} {m}'], cheaper):.3f}" for m in ("batched", "two-pass")
+        )
+        print(f"  forcing: {forced}")
 
 
 def earlier_rows(name: str, bench: Bench, repeats: int) -> None:
