@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from harness.config.trial import ConfigError, build_trial
-from harness.data.registry import dataset_shape, get_dataset, load_dataset, real_images
+from harness.data.registry import DATASETS, dataset_shape, get_dataset, load_dataset, real_images
 from harness.data.sources import shards
 from harness.data.sources.shards import ShardError, write_shards
 from harness.run.store import train_into
@@ -111,3 +112,15 @@ def test_training_on_a_shard_folder_streams_it_never_loading_the_split(folder, t
     )
     train_into(trial, tmp_path)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_a_streamed_training_is_not_taken_for_one_drawn_from_memory(folder, monkeypatch) -> None:
+    """Streaming reads seeded epoch orders, not the in-memory draws: the training hash says so,
+    so a checkpoint trained the other way is never resumed or reused as this one."""
+    d = {"data": {"name": "shards", "options": _options(folder)}, "eval": {"extractor": "digits-cnn"}}
+    streamed = build_trial(d).training_hash()
+    monkeypatch.setitem(DATASETS, "shards", dataclasses.replace(get_dataset("shards"), stream=None))
+    assert build_trial(d).training_hash() != streamed
+    # a dataset held in memory keeps the hash it always had (data_order is not added)
+    digits = build_trial({})
+    assert "data_order" not in digits.training_part()

@@ -293,7 +293,12 @@ class TrialConfig(Section):
     def training_part(self) -> dict[str, Any]:
         """What the checkpoint depends on. A data baseline trains nothing: only its data and seed."""
         keys = ("seed", "data") if self.sampler.is_baseline else self.TRAINING_KEYS
-        return {k: v for k, v in self._dump().items() if k in keys}
+        part = {k: v for k, v in self._dump().items() if k in keys}
+        if not self.sampler.is_baseline and DATASETS[self.data.name].stream is not None:
+            # Streamed splits are read in seeded epoch orders, which in-memory draws never were:
+            # a checkpoint trained (or half trained) the earlier way must not be taken for one.
+            part["data_order"] = "epochs"
+        return part
 
     def identity(self) -> dict[str, Any]:
         """What the trial's result depends on: everything, except that a data baseline ignores the
