@@ -111,6 +111,32 @@ def test_batch_size_must_split_over_the_workers(tmp_path):
         load_study(path)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_with_train_workers_every_training_ends_before_a_sampling_trial_starts(
+    tmp_path, monkeypatch, workers
+):
+    """A sampling trial waiting for its training holds its share; with Ray Train workers that
+    share can be what the training's workers wait for (a deadlock on a full cluster), so the
+    grid runs its trainings first, as a Tuner of their own. Without workers one Tuner serves
+    both (a worker that trained keeps its imports for the trials after it)."""
+    from harness.ray import dispatch
+
+    spec = prepare(study_file(tmp_path, "g", space={"sampler.num_steps": [2, 4]}), tmp_path / "runs").spec
+    phases: list[list[str]] = []
+    monkeypatch.setattr(
+        dispatch.RayDispatcher,
+        "_tune",
+        lambda self, fn, space, **kw: phases.append([j["kind"] for j in space["job"]["grid_search"]]),
+    )
+    monkeypatch.setattr(dispatch.RayDispatcher, "cluster_resources", lambda self: {"CPU": 8.0})
+    spec = spec.model_copy(update={"resources": Resources(cpu=1, workers=workers)})
+    trainings, trials = [build_trial({"train": {"steps": 3}})], [build_trial({}), build_trial({"seed": 1})]
+    ctx = dispatch.TrialContext(str(tmp_path), str(tmp_path), None, 1.0, 0.0)
+    dispatch.RayDispatcher().run_grid(spec, trainings, trials, ctx)
+    both = [dispatch.TRAIN, dispatch.SAMPLE, dispatch.SAMPLE]
+    assert phases == ([both] if workers == 1 else [[dispatch.TRAIN], [dispatch.SAMPLE] * 2])
+
+
 def test_two_ray_train_workers_take_the_steps_of_one_process(tmp_path, warm_eval_cache, ray_session):
     """A grid study with resources.workers = 2: its training runs on two gloo workers (a
     TorchTrainer inside the Tune trial), its checkpoint loads and samples, and its weights

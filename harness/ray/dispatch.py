@@ -275,8 +275,13 @@ class RayDispatcher:
         ctx: TrialContext,
         on_complete: Callable[[], None] | None = None,
     ) -> None:
-        """One Tuner: every pending training first, then every pending sampling trial. A trial
-        whose training is still running waits for it on the store's lock (never trains it twice)."""
+        """Every pending training first, then every pending sampling trial; one Tuner, so that a
+        worker that trained serves sampling trials after it with everything loaded. A trial whose
+        training is still running waits for it on the store's lock (never trains it twice),
+        holding its share. With Ray Train workers (``resources.workers`` > 1) the trainings run
+        on those workers, not on Tune's, so there is nothing to carry over, and a sampling trial
+        waiting on its share could starve the workers its training waits for: trainings and
+        trials then run as two Tuners, one after the other."""
         from ray import tune
 
         ctx = self._with_workers(spec, ctx, trial_share=False)
@@ -284,8 +289,10 @@ class RayDispatcher:
         jobs += [{"kind": SAMPLE, "trial": t.model_dump(mode="json")} for t in trials]
         if not jobs:
             return
+        phases = [jobs]
         resources: Any = None  # the study's cpu and gpu per job
         if ctx.workers > 1:
+            phases = [jobs[: len(trainings)], jobs[len(trainings) :]]
             # With Ray Train workers a training job only waits on them: it holds no CPU or GPU
             # (Tune needs some resource: a little memory; the workers hold their own share).
             waiting = _bundle(0, 0, DRIVER_MEMORY)
@@ -295,16 +302,17 @@ class RayDispatcher:
                 return waiting if config["job"]["kind"] == TRAIN else working
 
         progress = Progress({"train": len(trainings), "trial": len(trials)}, on_complete)
-        self._tune(
-            tune.with_parameters(_grid_trainable, ctx=ctx),
-            {"job": tune.grid_search(jobs)},
-            name="study",
-            spec=spec,
-            ctx=ctx,
-            num_samples=1,
-            progress=progress,
-            resources=resources,
-        )
+        for phase in (p for p in phases if p):
+            self._tune(
+                tune.with_parameters(_grid_trainable, ctx=ctx),
+                {"job": tune.grid_search(phase)},
+                name="study" if len(phases) == 1 else f"study-{phase[0]['kind']}",
+                spec=spec,
+                ctx=ctx,
+                num_samples=1,
+                progress=progress,
+                resources=resources,
+            )
 
     def run_search(
         self, spec: StudySpec, ctx: TrialContext, on_complete: Callable[[], None] | None = None
