@@ -55,14 +55,18 @@ METHOD_KEYS = (
     "sampler.euler.argmax_fill",
     "sampler.maskgit.randomization",
     "sampler.maskgit.schedule",
+    "sampler.maskgit.counts",
+    "sampler.halton.counts",
     "model.text.encoder",
     "model.text.prefix",
 )
 WORDS: dict[tuple[str, Any], str] = {
     ("recipe", "maskgit"): "MaskGIT recipe",
     ("recipe", "discrete_interpolant"): "Discrete Interpolants paper recipe",
+    ("recipe", "halton"): "Halton-MaskGIT recipe",
     ("sampler.name", "euler"): "Euler sampler",
     ("sampler.name", "maskgit"): "MaskGIT sampler",
+    ("sampler.name", "halton"): "Halton-order sampler",
     ("sampler.name", "class_marginals"): "trivial baseline (independent tokens per class)",
     ("sampler.name", "heldout_tokens"): "tokenizer reconstructions (floor)",
     ("model.timestep", "explicit"): "ETM (timestep input)",

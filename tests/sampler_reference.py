@@ -3,8 +3,13 @@ update (commit 135c53e): full (B, L, V) logit processing, CFG combined on the wh
 
 The published sampled tokens came from this code, so the samplers in ``models.samplers`` must give
 bit-identical tokens to it for the same seed, network and settings. Do not "fix" or speed up
-anything here: it is the oracle. Only the pieces that changed are copied; the schedules, grids,
-kappa and randomisation strengths still come from ``models``.
+anything here: it is the oracle. Only the pieces that changed are copied; the schedules, count
+rules, grids, kappa and randomisation strengths still come from ``models``.
+
+One change since: the categorical draw (``categorical``) takes float64 uniforms and a float64
+running sum, in the same order from the generator, as the samplers do since they draw classes
+below float32 resolution (``models.samplers.base.inverse_cdf``); it is written here on its own, on
+the whole grid, not imported.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from models.samplers import EulerSampler, MaskGITSampler, maskgit_counts
+from models.samplers import EulerSampler, MaskGITSampler, commit_counts
 from models.samplers.maskgit import RANDOMIZATIONS, invert_kappa
 
 # --- models/guidance.py, frozen ---------------------------------------------------------------------
@@ -89,8 +94,8 @@ class ReferenceDenoiser:
 
 def categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     flat = probs.reshape(-1, probs.shape[-1])
-    u = torch.rand(flat.shape[0], 1, generator=generator, device=probs.device)
-    cdf = flat.cumsum(dim=-1)
+    u = torch.rand(flat.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+    cdf = flat.double().cumsum(dim=-1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(flat.shape[-1] - 1)
     return idx.reshape(probs.shape[:-1])
 
@@ -175,7 +180,7 @@ def maskgit_sample(
     device = "cpu"
     x = initial_tokens(batch_size, seq_len, mask_id, x_init, device)
     generated = x == mask_id
-    counts = maskgit_counts(s.schedule, s.num_steps, int(generated.sum(dim=1)[0]))
+    counts = commit_counts(s.counts, s.schedule, s.num_steps, int(generated.sum(dim=1)[0]))
     anneal = RANDOMIZATIONS[s.randomization]
     for k, count in enumerate(counts):
         logits = process_logits(

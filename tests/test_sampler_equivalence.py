@@ -81,6 +81,8 @@ MASKGIT = {
     "maskgit-no-exclusion": MaskGITSampler(num_steps=4, exclude_mask=False),
     "maskgit-1": MaskGITSampler(num_steps=1),
     "maskgit-12": MaskGITSampler(num_steps=12, gumbel_scale=2.0),
+    "maskgit-reference-counts": MaskGITSampler(num_steps=7, schedule="linear", counts="reference"),
+    "maskgit-maskgit-counts-random": MaskGITSampler(num_steps=6, counts="maskgit", randomization="random"),
 }
 ALL = {**EULER, **MASKGIT}
 CONDITIONS = {  # y, cfg_scale

@@ -27,7 +27,8 @@ from sampler_stubs import (  # noqa: F401  (one_thread: an autouse fixture)
 from torch import Tensor
 
 from models.registry import UnknownNameError
-from models.samplers import RANDOMIZATIONS, UNMASK_SCHEDULES, MaskGITSampler, maskgit_counts
+from models.samplers import RANDOMIZATIONS, UNMASK_SCHEDULES, MaskGITSampler
+from models.samplers.counts import floor_counts
 from models.samplers.maskgit import invert_kappa
 from models.schedulers import SCHEDULERS, Cosine, Linear, Polynomial
 
@@ -56,17 +57,17 @@ def test_every_schedule_is_known():
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULE_WEIGHTS))
 @pytest.mark.parametrize("n, N", [(20, 1024), (8, 64), (12, 256), (10, 100)])
-def test_maskgit_counts_follow_the_schedule(schedule, n, N):
+def test_floor_counts_follow_the_schedule(schedule, n, N):
     want = expected_counts(schedule, n, N)
     assert min(want) >= 1  # these cases need no excess taken back
-    assert maskgit_counts(schedule, n, N) == want
+    assert floor_counts(schedule, n, N) == want
 
 
 @settings(deadline=None, max_examples=60)
 @given(schedule=st.sampled_from(sorted(SCHEDULE_WEIGHTS)), N=st.integers(1, 2000), data=st.data())
-def test_maskgit_counts_partition_the_tokens(schedule, N, data):
+def test_floor_counts_partition_the_tokens(schedule, N, data):
     n = data.draw(st.integers(1, min(N, 64)))
-    counts = maskgit_counts(schedule, n, N)
+    counts = floor_counts(schedule, n, N)
     assert len(counts) == n
     assert sum(counts) == N
     assert min(counts) >= 1
@@ -74,15 +75,15 @@ def test_maskgit_counts_partition_the_tokens(schedule, N, data):
 
 def test_maskgit_single_step_commits_everything():
     for schedule in UNMASK_SCHEDULES:
-        assert maskgit_counts(schedule, 1, 37) == [37]
+        assert floor_counts(schedule, 1, 37) == [37]
         out = run(MaskGITSampler(num_steps=1, schedule=schedule), RandomNet())
         assert out.nfe == 1 and torch.all(out.tokens != MASK)
 
 
 @pytest.mark.parametrize("n, N", [(0, 10), (11, 10)])
-def test_maskgit_counts_reject_bad_steps(n, N):
+def test_floor_counts_reject_bad_steps(n, N):
     with pytest.raises(ValueError):
-        maskgit_counts("cosine", n, N)
+        floor_counts("cosine", n, N)
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULE_WEIGHTS))

@@ -7,6 +7,7 @@ an independent count.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -35,16 +36,27 @@ from sampler_stubs import (  # noqa: F401  (one_thread: an autouse fixture)
 
 from models.registry import UnknownNameError
 from models.samplers import (
+    COUNT_RULES,
     RANDOMIZATIONS,
     SAMPLERS,
     UNMASK_SCHEDULES,
     Denoiser,
     EulerSampler,
+    HaltonSampler,
     MaskGITSampler,
 )
 from models.schedulers import SCHEDULERS, Cosine, Cubic, Linear, Polynomial
 
 # --- the configurations under test -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HaltonOn4x4(HaltonSampler):
+    """The Halton sampler told that the L = 16 tokens are a 4 x 4 grid (the suite passes no grid)."""
+
+    def sample(self, denoiser, **kw):
+        return super().sample(denoiser, grids=((4, 4),), **kw)
+
 
 REVISITING = {  # correctors: may re-mask a generated token
     "euler-remask": EulerSampler(remask_scale=4.0),
@@ -59,6 +71,10 @@ NEVER_REVISITING = {
         for randomization in RANDOMIZATIONS
     },
     "maskgit-etm": MaskGITSampler(scheduler=Cosine()),
+    **{f"maskgit-{rule}-counts": MaskGITSampler(counts=rule) for rule in COUNT_RULES},
+    **{f"halton-{rule}-counts": HaltonSampler(num_steps=8, counts=rule) for rule in COUNT_RULES},
+    "halton-4x4-cosine": HaltonOn4x4(num_steps=5, schedule="cosine"),
+    "halton-etm": HaltonSampler(num_steps=6, scheduler=Cosine()),
 }
 ALL = {**NEVER_REVISITING, **REVISITING}
 
@@ -178,7 +194,7 @@ def test_the_corrector_does_revisit():
 
 
 def test_registry():
-    assert SAMPLERS.names() == ["euler", "maskgit"]
+    assert SAMPLERS.names() == ["euler", "halton", "maskgit"]
     assert SAMPLERS["euler"](num_steps=3).num_steps == 3
     with pytest.raises(UnknownNameError, match="euler"):
         SAMPLERS["eular"]
@@ -298,8 +314,13 @@ def mask_heavy_net() -> ConstantNet:
 
 @pytest.mark.parametrize(
     "sampler",
-    [EulerSampler(num_steps=4), EulerSampler(num_steps=4, argmax_fill=True), MaskGITSampler(num_steps=4)],
-    ids=["euler", "euler-argmax", "maskgit"],
+    [
+        EulerSampler(num_steps=4),
+        EulerSampler(num_steps=4, argmax_fill=True),
+        MaskGITSampler(num_steps=4),
+        HaltonSampler(num_steps=4),
+    ],
+    ids=["euler", "euler-argmax", "maskgit", "halton"],
 )
 def test_mask_class_is_never_sampled(sampler):
     out = run(sampler, mask_heavy_net(), batch_size=16, seq_len=64, return_trajectory=True)

@@ -32,6 +32,7 @@ RECIPES: dict[str, Recipe] = {
             "sampler.num_steps": 8,
             "sampler.temperature": 1.0,
             "sampler.maskgit.schedule": "cosine",
+            "sampler.maskgit.counts": "maskgit",
             "sampler.maskgit.randomization": "linear",
             "sampler.maskgit.gumbel_scale": 4.5,
         },
@@ -46,6 +47,7 @@ RECIPES: dict[str, Recipe] = {
             "no timestep input": "model.timestep = implicit",
             "T = 8 iterations": "sampler.num_steps = 8",
             "mask schedule cosine": "sampler.maskgit.schedule = cosine",
+            "mask_len = floor(N cos(pi/2 (k+1)/T)), clamped": "sampler.maskgit.counts = maskgit",
             "choice_temperature = 4.5, annealed by (1 - k/T)": (
                 "sampler.maskgit.gumbel_scale = 4.5, sampler.maskgit.randomization = linear"
             ),
@@ -63,6 +65,7 @@ RECIPES: dict[str, Recipe] = {
             "sampler.num_steps": 20,
             "sampler.temperature": 1.3,
             "sampler.cfg_scale": 2.0,
+            "sampler.maskgit.counts": "reference",
             "sampler.maskgit.randomization": "linear",
             "sampler.maskgit.gumbel_scale": 4.5,
         },
@@ -74,6 +77,37 @@ RECIPES: dict[str, Recipe] = {
         translation={
             "CFG u + s (c - u)": "sampler.cfg_scale = s (our convention)",
             "temperature: logits / T": "sampler.temperature = T",
+            "adap_sche: shares rounded, zeros set to 1, the last step the rest": (
+                "sampler.maskgit.counts = reference"
+            ),
+        },
+    ),
+    "halton": Recipe(
+        overrides={
+            "model.timestep": "implicit",
+            "sampler.name": "halton",
+            "sampler.num_steps": 32,
+            "sampler.temperature": 1.0,
+            "sampler.halton.schedule": "arccos",
+            "sampler.halton.counts": "maskgit",
+        },
+        provenance=(
+            "Halton scheduler for MaskGIT (Besnier et al., ICLR 2025; valeoai/Halton-MaskGIT): tokens"
+            " committed in the order the 2D Halton sequence (bases 2, 3) first visits the grid's cells,"
+            " spreading each step's tokens over the image, with no confidence scoring; the step counts"
+            " follow an arccos schedule; 32 steps in its quick start."
+        ),
+        translation={
+            "Halton order, bases 2 and 3, deduplicated": "sampler.name = halton (per frame for video)",
+            "step = 32": "sampler.num_steps = 32",
+            "revealed r = int(N (1 - arccos((k+1)/T) / (pi/2)))": (
+                "sampler.halton.schedule = arccos, sampler.halton.counts = maskgit (floor of the"
+                " masked count, not of the revealed one: counts can differ by one)"
+            ),
+            "guidance (1 + w) c - w u": "sampler.cfg_scale = w + 1",
+            "softmax temperature (logits multiplied by beta, annealed 1 -> 1.2)": (
+                "sampler.temperature = 1 / beta (one constant temperature)"
+            ),
         },
     ),
 }

@@ -15,7 +15,6 @@ from typing import Annotated, Any, ClassVar, Literal, get_type_hints
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -25,16 +24,16 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from harness.config.recipes import RECIPES
+from harness.config.sampler import SAMPLER_OMITTED_AT_DEFAULT, SamplerSection
+from harness.config.section import Section, known
 from harness.data.registry import DATASETS, dataset_shape
 from harness.data.types import DatasetShape
 from harness.errors import UserError, did_you_mean, short
 from harness.evaluation import EXTRACTORS, METRICS
-from harness.generation.baselines import BASELINES
 from harness.tasks.base import Task
 from harness.tasks.registry import task_for
 from models.backbone import SIZE_PRESETS
 from models.losses import LOSSES
-from models.samplers import RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDULES
 from models.schedulers import SCHEDULERS
 from models.text import TextConfig
 from models.trainer import TrainConfig
@@ -44,23 +43,11 @@ class ConfigError(UserError):
     """Invalid study or trial configuration; the message names the field, the value and what was expected."""
 
 
-def _known(name: str, registry, field: str) -> str:
-    if name not in registry:
-        known = sorted(registry)
-        raise ValueError(f"unknown {field} {name!r}; expected one of {known}{did_you_mean(name, known)}")
-    return name
-
-
-class Section(BaseModel):
-    # allow_inf_nan=False: every float of a trial is finite (lr: .inf or cfg_scale: .nan is refused).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 class DataConfig(Section):
     name: str = "digits"
     options: dict[str, Any] = Field(default_factory=dict)
 
-    _name = field_validator("name")(lambda v: _known(v, DATASETS, "dataset"))
+    _name = field_validator("name")(lambda v: known(v, DATASETS, "dataset"))
 
     @model_validator(mode="after")
     def _options(self) -> DataConfig:
@@ -82,7 +69,7 @@ class ModelSection(Section):
     # {encoder: clip, path: FOLDER}); the data must be captioned. None: class labels, if any.
     text: dict[str, Any] | None = None
 
-    _size = field_validator("size")(lambda v: _known(v, SIZE_PRESETS, "model size"))
+    _size = field_validator("size")(lambda v: known(v, SIZE_PRESETS, "model size"))
 
     @field_validator("text")
     @classmethod
@@ -138,8 +125,8 @@ TRAIN_CONSTRAINTS: dict[str, FieldInfo] = {
 class TrainSection(section_from_dataclass(TrainConfig, TRAIN_CONSTRAINTS, exclude=("seed",))):
     """``models.trainer.TrainConfig`` without its seed, validated: see TRAIN_CONSTRAINTS."""
 
-    _scheduler = field_validator("scheduler")(lambda v: _known(v, SCHEDULERS, "scheduler"))
-    _loss = field_validator("loss")(lambda v: _known(v, LOSSES, "loss weighting"))
+    _scheduler = field_validator("scheduler")(lambda v: known(v, SCHEDULERS, "scheduler"))
+    _loss = field_validator("loss")(lambda v: known(v, LOSSES, "loss weighting"))
 
     @model_validator(mode="after")
     def _trainer_accepts(self) -> TrainSection:
@@ -152,64 +139,12 @@ class TrainSection(section_from_dataclass(TrainConfig, TRAIN_CONSTRAINTS, exclud
         return self
 
 
-class EulerOptions(Section):
-    argmax_fill: bool = False
-    remask_scale: float = Field(default=0.0, ge=0)
-    reference_grid: bool = False
-
-
-class MaskGITOptions(Section):
-    schedule: str = "cosine"
-    randomization: str = "linear"
-    gumbel_scale: float = Field(default=4.5, ge=0)
-    reference_time: bool = False
-
-    _schedule = field_validator("schedule")(lambda v: _known(v, UNMASK_SCHEDULES, "MaskGIT schedule"))
-    _random = field_validator("randomization")(lambda v: _known(v, RANDOMIZATIONS, "MaskGIT randomization"))
-
-
-class SamplerSection(Section):
-    name: str = "euler"
-    num_steps: int = Field(default=16, ge=1, le=100_000)
-    temperature: float = Field(default=1.0, gt=0, le=1e6)
-    top_k: int | None = Field(default=None, ge=1)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    cfg_scale: float = Field(default=1.0, ge=-1e6, le=1e6)
-    exclude_mask: bool = True
-    euler: EulerOptions = Field(default_factory=EulerOptions)
-    maskgit: MaskGITOptions = Field(default_factory=MaskGITOptions)
-    # A joint dataset's modality given from held-out data (clamped) while the others are generated:
-    # "image" segments (scored by mIoU), "labels" draws images for label maps. None: joint generation.
-    condition_on: str | None = None
-
-    _name = field_validator("name")(lambda v: _known(v, [*SAMPLERS, *BASELINES], "sampler"))
-
-    @property
-    def is_baseline(self) -> bool:
-        """A data baseline (no network): see harness.generation.baselines."""
-        return self.name in BASELINES
-
-    def options(self) -> dict[str, Any]:
-        """Keyword arguments of the chosen sampler class (none for a data baseline)."""
-        if self.is_baseline:
-            return {}
-        common = {
-            "num_steps": self.num_steps,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "exclude_mask": self.exclude_mask,
-        }
-        family = getattr(self, self.name, None)  # the family's own options section, if it has one
-        return {**common, **(family.model_dump() if isinstance(family, BaseModel) else {})}
-
-
 def _known_metrics(names: list[str]) -> list[str]:
-    return [_known(name, METRICS, "metric") for name in names]
+    return [known(name, METRICS, "metric") for name in names]
 
 
 def _known_extractor(name: str | None) -> str | None:
-    return name if name is None else _known(name, EXTRACTORS, "extractor")
+    return name if name is None else known(name, EXTRACTORS, "extractor")
 
 
 class ExtraProtocol(Section):
@@ -249,7 +184,7 @@ class TrialConfig(Section):
     recipe: str | None = None  # the named recipe (harness.config.recipes) the trial was built from; a label
     data: DataConfig = Field(default_factory=DataConfig)
 
-    _recipe = field_validator("recipe")(lambda v: v if v is None else _known(v, RECIPES, "recipe"))
+    _recipe = field_validator("recipe")(lambda v: v if v is None else known(v, RECIPES, "recipe"))
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection = Field(default_factory=TrainSection)
     sampler: SamplerSection = Field(default_factory=SamplerSection)
@@ -263,9 +198,12 @@ class TrialConfig(Section):
         does not use it."""
         d = self.model_dump(mode="json", **kwargs)
         for dotted, default in OMITTED_AT_DEFAULT.items():
-            section, name = dotted.split(".")
-            if section in d and d[section].get(name, default) == default:
-                d[section].pop(name, None)
+            *sections, name = dotted.split(".")
+            node: Any = d
+            for section in sections:
+                node = node.get(section) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get(name, default) == default:
+                node.pop(name, None)
         return d
 
     @model_validator(mode="after")
@@ -316,11 +254,14 @@ class TrialConfig(Section):
         return config_hash(self.identity())
 
 
-# "section.field" -> default, for fields added after checkpoints were cached (see TrialConfig._dump).
+# "section.field" (or "section.sub.field") -> default, for fields added after checkpoints were
+# cached (see TrialConfig._dump); the sampler's also leave the sample folder's name alone
+# (SamplerSection.settings).
 OMITTED_AT_DEFAULT: dict[str, Any] = {
     "model.patch": None,
     "model.text": None,
     "sampler.condition_on": None,
+    **SAMPLER_OMITTED_AT_DEFAULT,
     "train.tf32": False,
     "train.fused_adamw": "auto",
     "train.activation_checkpointing": False,

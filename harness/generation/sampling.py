@@ -87,6 +87,7 @@ def generate(
             x_init=None if x_init is None else x_init[start:stop].to(device),
             generator=generator,
             device=device,
+            grids=tuple(grid for grid, _ in cfg.segments),
         )
         chunks.append(result.tokens.cpu())
         nfe, nfe_unbatched = result.nfe, result.nfe_unbatched

@@ -39,7 +39,7 @@ def sampling_settings(trial: TrialConfig) -> dict:
         "cfg_scale": s.cfg_scale,
         "n": trial.eval.num_samples,
         "given": s.condition_on,
-        **s.options(),
+        **s.settings(),
     }
     return {k: v for k, v in settings.items() if v is not None}
 

@@ -63,7 +63,11 @@ class Sampler(ABC):
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         return_trajectory: bool = False,
-    ) -> SampleResult: ...
+        grids: tuple[tuple[int, ...], ...] | None = None,
+    ) -> SampleResult:
+        """``grids``: the token grid of each segment of the sequence, in order (``ModelConfig
+        .segments``: one grid, or one per modality); None: one 1-D grid (seq_len,). Samplers that
+        ignore space (Euler, MaskGIT) ignore it."""
 
     @staticmethod
     def initial_tokens(
@@ -92,9 +96,22 @@ def flat_positions(select: Tensor) -> Tensor:
     return select.reshape(-1).nonzero().squeeze(1)
 
 
-def inverse_cdf_(probs: Tensor, u: Tensor) -> Tensor:
-    """probs (N, V), overwritten with its cumulative sums; u (N, 1) uniform in [0, 1) -> (N,): per
-    row, the first index whose cumulative mass exceeds u * total (rows need not be normalised)."""
-    cdf = probs.cumsum_(dim=-1)  # (N, V)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(probs.shape[-1] - 1)
-    return idx.squeeze(-1)
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The categorical draw every sampler shares: probs (N, V) (rows need not be normalised), u
+    uniforms in [0, 1), (N,) or (N, S) -> per row the first index whose cumulative mass exceeds
+    u * total, (N,) or (N, S).
+
+    float64 throughout. In float32 the running sum near 1 moves in steps of 6e-8: with 16,384
+    codes a class of mass 2e-8 gets no mass or a whole step (a float32 sum accumulated in float32
+    never grows past the head at all), and float32 uniforms cannot tell such classes apart. Only
+    the rows drawn are widened.
+    """
+    cdf = probs.to(torch.float64, copy=True).cumsum_(dim=-1)  # (N, V)
+    values = (u if u.dim() == 2 else u[:, None]).to(torch.float64) * cdf[:, -1:]  # (N, S)
+    idx = torch.searchsorted(cdf, values, right=True).clamp_max_(probs.shape[-1] - 1)
+    return idx if u.dim() == 2 else idx.squeeze(1)
+
+
+def uniforms(n: int, generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+    """(n,) float64 uniforms in [0, 1) for ``inverse_cdf``."""
+    return torch.rand(n, generator=generator, device=device, dtype=torch.float64)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf_
+from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf, uniforms
 from models.schedulers import KappaScheduler, Linear
 
 
@@ -68,6 +68,7 @@ class EulerSampler(Sampler):
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         return_trajectory: bool = False,
+        grids: tuple[tuple[int, ...], ...] | None = None,
     ) -> SampleResult:
         if isinstance(mask_id, Tensor):
             mask_id = mask_id.to(device)  # (L,): one [MASK] per modality
@@ -92,7 +93,7 @@ class EulerSampler(Sampler):
             if last and self.argmax_fill:
                 proposal = logits.argmax(dim=-1)  # (N,)
             else:
-                proposal = inverse_cdf_(logits[take].softmax(dim=-1), u_token[rows[take]])
+                proposal = inverse_cdf(logits[take].softmax(dim=-1), u_token[rows[take]])
             x = x.reshape(-1).index_put((rows[take],), proposal).view_as(x)
             if remask is not None:
                 x = torch.where(remask, mask_id, x)
@@ -123,12 +124,12 @@ class EulerSampler(Sampler):
         last: bool,
         generator: torch.Generator | None,
     ) -> tuple[Tensor | None, Tensor, Tensor | None]:
-        """Step k's randomness, drawn as it always was and before anything reads the logits: a
-        uniform per position for its token, (B * L, 1) (none when the argmax fills); the unmask
+        """Step k's randomness, drawn in the order it always was, before anything reads the logits: a
+        uniform per position for its token, (B * L,) float64 (none when the argmax fills); the unmask
         coins -> unmask (B, L); the corrector's coins -> remask (B, L), or None without one."""
         u_token = None
         if not (last and self.argmax_fill):
-            u_token = torch.rand(x.numel(), 1, generator=generator, device=x.device)
+            u_token = uniforms(x.numel(), generator, x.device)
         coins = torch.rand(x.shape, generator=generator, device=x.device)
         unmask = masked & (coins < self._p_unmask(kappa, k, last))
         if self.remask_scale <= 0 or last:

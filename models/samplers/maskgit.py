@@ -2,7 +2,8 @@
 
 Step k of n: draw a token at every masked position, score it by
     confidence = log p(drawn token) + g * gumbel_scale * anneal(k),   g ~ Gumbel(0, 1),
-and commit the ``counts[k]`` most confident; committed tokens are never revisited.
+and commit the ``counts[k]`` most confident (``models.samplers.counts``); committed tokens are
+never revisited.
 """
 
 from __future__ import annotations
@@ -16,56 +17,12 @@ import torch
 from torch import Tensor
 
 from models.registry import Registry
-from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf_
+from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf, uniforms
+from models.samplers.counts import COUNT_RULES, UNMASK_SCHEDULES, counts_for
 from models.samplers.denoiser import StepLogits
 from models.schedulers import KappaScheduler
 
-UNMASK_SCHEDULES: Registry = Registry("MaskGIT schedule")
 RANDOMIZATIONS: Registry = Registry("MaskGIT randomization")
-
-
-@UNMASK_SCHEDULES.register("linear")
-def _linear(r: Tensor) -> Tensor:
-    return 1 - r
-
-
-@UNMASK_SCHEDULES.register("root")
-def _root(r: Tensor) -> Tensor:
-    return 1 - r.sqrt()
-
-
-@UNMASK_SCHEDULES.register("square")
-def _square(r: Tensor) -> Tensor:
-    return 1 - r * r
-
-
-@UNMASK_SCHEDULES.register("cosine")
-def _cosine(r: Tensor) -> Tensor:
-    return torch.cos(0.5 * math.pi * r)
-
-
-@UNMASK_SCHEDULES.register("arccos")
-def _arccos(r: Tensor) -> Tensor:
-    return torch.arccos(r) / (0.5 * math.pi)
-
-
-def maskgit_counts(schedule: str, num_steps: int, num_tokens: int) -> list[int]:
-    """Tokens to commit per step: weights w_k = schedule(r_k), r = linspace(1, 0, n);
-    counts = floor(w_k / sum(w) * N), each at least 1, the last step takes the rest.
-    """
-    if not 1 <= num_steps <= num_tokens:
-        raise ValueError(f"num_steps must be in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
-    weights = UNMASK_SCHEDULES[schedule](torch.linspace(1.0, 0.0, num_steps, dtype=torch.float64))
-    if num_steps == 1:  # the only step is the last: it takes everything (its weight may be 0 at r = 1)
-        return [num_tokens]
-    counts = [max(1, int(w)) for w in (weights / weights.sum() * num_tokens).tolist()]
-    counts[-1] += num_tokens - sum(counts)
-    # The minimum of 1 can overdraw N; take the excess back from the largest steps.
-    while counts[-1] < 1:
-        i = max(range(num_steps - 1), key=lambda j: counts[j])
-        counts[i] -= 1
-        counts[-1] += 1
-    return counts
 
 
 @RANDOMIZATIONS.register("none")
@@ -104,11 +61,27 @@ def invert_kappa(scheduler: KappaScheduler, kappa_t: Tensor, iters: int = 40) ->
     return 0.5 * (lo + hi)
 
 
+def etm_time(x: Tensor, mask_id: int | Tensor, generated: Tensor, scheduler: KappaScheduler | None) -> Tensor:
+    """(B,) t = kappa^-1(unmasked fraction); 0 without a scheduler (an ITM, or the reference's t = 0).
+
+    One modality: the fraction of the whole state the network sees (a given part is data under
+    the same single t). Several modalities (mask ids (L,)): of the positions being generated,
+    since the given modalities carry their own t = 1 (``models.modalities.GivenModalities``)."""
+    if scheduler is None:
+        return torch.zeros(x.shape[0], device=x.device)
+    masked = (x == mask_id).sum(dim=1).float()  # (B,)
+    positions = generated.sum(dim=1) if isinstance(mask_id, Tensor) else torch.full_like(masked, x.shape[1])
+    unmasked_fraction = 1.0 - masked / positions.clamp_min(1).float()
+    return invert_kappa(scheduler, unmasked_fraction)
+
+
 @dataclass(frozen=True)
 class MaskGITSampler(Sampler):
     """Options.
 
-    schedule: how many tokens each step commits (``UNMASK_SCHEDULES``).
+    schedule: the weights of the steps' counts (``UNMASK_SCHEDULES``).
+    counts: the rule that turns them into counts (``COUNT_RULES``): "floor" (the default),
+        "reference" (the paper's code, rounded), "maskgit" (Google's MaskGIT).
     randomization: Gumbel noise on the confidence (``RANDOMIZATIONS``).
     gumbel_scale: its scale at full strength (MaskGIT's choice temperature, 4.5).
     scheduler: the training kappa; an ETM is called at t = kappa^-1(unmasked fraction).
@@ -117,6 +90,7 @@ class MaskGITSampler(Sampler):
 
     num_steps: int = 8
     schedule: str = "cosine"
+    counts: str = "floor"
     randomization: str = "linear"
     gumbel_scale: float = 4.5
     temperature: float = 1.0
@@ -128,22 +102,12 @@ class MaskGITSampler(Sampler):
 
     def __post_init__(self) -> None:
         UNMASK_SCHEDULES[self.schedule]  # fail now on an unknown name
+        COUNT_RULES[self.counts]
         RANDOMIZATIONS[self.randomization]
 
     def _time(self, x: Tensor, mask_id: int | Tensor, generated: Tensor) -> Tensor:
-        """t = kappa^-1(unmasked fraction). One modality: of the whole state the network sees
-        (a given part is data under the same single t). Several modalities (mask ids (L,)): of
-        the positions being generated, since the given modalities carry their own t = 1
-        (``models.modalities.GivenModalities``)."""
-        B = x.shape[0]
-        if self.reference_time or self.scheduler is None:
-            return torch.zeros(B, device=x.device)
-        masked = (x == mask_id).sum(dim=1).float()  # (B,)
-        positions = (
-            generated.sum(dim=1) if isinstance(mask_id, Tensor) else torch.full_like(masked, x.shape[1])
-        )
-        unmasked_fraction = 1.0 - masked / positions.clamp_min(1).float()
-        return invert_kappa(self.scheduler, unmasked_fraction)
+        """t = kappa^-1(unmasked fraction) (``etm_time``); 0 with ``reference_time``."""
+        return etm_time(x, mask_id, generated, None if self.reference_time else self.scheduler)
 
     @torch.no_grad()
     def sample(
@@ -158,24 +122,22 @@ class MaskGITSampler(Sampler):
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         return_trajectory: bool = False,
+        grids: tuple[tuple[int, ...], ...] | None = None,
     ) -> SampleResult:
         if isinstance(mask_id, Tensor):
             mask_id = mask_id.to(device)  # (L,): one [MASK] per modality
         x = self.initial_tokens(batch_size, seq_len, mask_id, x_init, device)  # (B, L)
         generated = x == mask_id
-        num_masked = generated.sum(dim=1)
-        if (num_masked != num_masked[0]).any():
-            raise ValueError("MaskGIT sampling needs the same number of masked tokens in every sample")
-        counts = maskgit_counts(self.schedule, self.num_steps, int(num_masked[0]))
+        counts = counts_for(generated, self.counts, self.schedule, self.num_steps)
         anneal = RANDOMIZATIONS[self.randomization]
         start = (denoiser.count.evaluations, denoiser.count.unbatched)
         trajectory = [x.cpu()] if return_trajectory else None
         for k, count in enumerate(counts):
             masked = x == mask_id  # (B, L)
             t = self._time(x, mask_id, generated)
-            # The uniforms are drawn as they always were (one per position for its token, the
+            # The uniforms are drawn in the order they always were (one per position for its token, the
             # inverse CDF's; then the Gumbel / order ones), before anything reads the logits.
-            u_token = torch.rand(x.numel(), 1, generator=generator, device=device)  # (B * L, 1)
+            u_token = uniforms(x.numel(), generator, device)  # (B * L,) float64
             u = torch.rand(x.shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)  # (B, L)
             strength = anneal(k, self.num_steps)
             step = denoiser.evaluate(x, t, y)
@@ -203,7 +165,7 @@ class MaskGITSampler(Sampler):
         """At rows (N,) of the flattened grid: (log p of the drawn token, the drawn token), (N,) each."""
         logits = self.sampling_logits(step.rows(rows), rows, mask_id, seq_len)  # (N, V), a copy
         log_probs = logits.log_softmax(dim=-1)  # (N, V)
-        drawn = inverse_cdf_(torch.exp(log_probs, out=logits), u_token[rows])  # reuses the copy
+        drawn = inverse_cdf(torch.exp(log_probs, out=logits), u_token[rows])  # reuses the copy
         return log_probs.gather(-1, drawn[:, None]).squeeze(-1), drawn
 
     def _commit_most_confident(
