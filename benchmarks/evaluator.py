@@ -133,7 +133,8 @@ def animals_row(args: argparse.Namespace) -> None:
     cold, warm = cached_over_empty(animals_cnn, animals, samples, args.animals_repeats)
     print(
         "evaluation with cached reference statistics / empty cache (animals: FID, precision, recall, IS): "
-        f"{warm / cold:.3f}  (goal <= 0.2; warm {warm:.3f} s / cold {cold:.3f} s, medians of {args.animals_repeats}; "
+        f"{warm / cold:.3f}  (goal <= 0.2; warm {warm:.3f} s / cold {cold:.3f} s, "
+        f"medians of {args.animals_repeats}; "
         f"reference N={len(animals)}, samples N={len(samples)})"
     )
 
