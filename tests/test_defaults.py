@@ -101,6 +101,7 @@ STUDY_HASHES = {
     "paper/mini/main_result.yaml": (4, "cc694c65b88a0e86"),
     "paper/mini/maskgit_vs_di.yaml": (9, "b65ae58f283346be"),
     "quickstart.yaml": (50, "6da58782d7191ace"),
+    "samplers.yaml": (80, "623dd84a7887dd1e"),
     "segmentation_quickstart.yaml": (61, "8add19ac1a91af14"),
     "text_quickstart.yaml": (17, "709809519866c375"),
     "video_quickstart.yaml": (12, "00c858b7029d2c1d"),
