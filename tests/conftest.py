@@ -191,3 +191,14 @@ def process_tag() -> Iterator[str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test (a trial's speed-dependent choices, steady timings)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.config.trial import build_trial
 from harness.evaluation import load_samples
@@ -26,14 +25,6 @@ def guided_trial(cfg_scale: float):
             "eval": {"num_samples": 20, "batch_size": 8, "metrics": ["fid"]},
         }
     )
-
-
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("forced", [None, True, False], ids=["default", "batched", "two-pass"])

@@ -100,14 +100,6 @@ class VerticalStripes(Task):
 
 
 @pytest.fixture
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
 def toy_dataset() -> Iterator[Dataset]:
     data_registry.register(TOY_DATASET)
     try:

@@ -237,14 +237,6 @@ def test_a_joint_baseline_keeps_to_each_modalitys_codes_and_the_given_modality(t
 # ---- what validation accepts runs ---------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_caption_agreement_on_a_class_conditional_trial_is_scored(
     tmp_path: Path, warm_eval_cache, one_thread
 ) -> None:
