@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -182,11 +183,44 @@ def execute(
     on_complete=None,
     verbose: bool = False,
     num_cpus: int | None = None,
+    dispatcher: RayDispatcher | None = None,
+    on_dispatch: Callable[[], None] | None = None,
 ) -> list[TrialRecord]:
-    """Runs every pending training and trial; returns all ledger records of the study's trials."""
+    """Runs every pending training and trial; returns all ledger records of the study's trials.
+
+    ``dispatcher``: one made (and started) by :func:`dispatcher_for`, closed by the caller; by
+    default one is made here, and closed before this returns. ``on_dispatch``: called once Ray is
+    up, as the jobs are handed to it (while their workers start, the driver has little to do)."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         check_resources(run.spec, local_resources())
+    if dispatcher is not None:
+        return _execute(run, dispatcher, address, on_complete, on_dispatch)
+    dispatcher = dispatcher_for(run, address=address, num_cpus=num_cpus, verbose=verbose)
+    try:
+        return _execute(run, dispatcher, address, on_complete, on_dispatch)
+    finally:
+        dispatcher.close()
+
+
+def dispatcher_for(
+    run: StudyRun, *, address: str | None = None, num_cpus: int | None = None, verbose: bool = False
+) -> RayDispatcher:
+    """The study's dispatcher, its Ray already starting (in the background) when the plan has
+    work for it, so that Ray comes up while the driver sets the study up. Close it when done."""
+    dispatcher = RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose)
+    if _needs_ray(run.spec, run.plan):
+        dispatcher.start()
+    return dispatcher
+
+
+def _needs_ray(spec: StudySpec, plan: Plan) -> bool:
+    return bool(plan.pending_trials or plan.pending_trainings or spec.search.algorithm != "grid")
+
+
+def _execute(
+    run: StudyRun, dispatcher: RayDispatcher, address: str | None, on_complete, on_dispatch
+) -> list[TrialRecord]:
     run.study_dir.mkdir(parents=True, exist_ok=True)
     save_study_file(run)
     ctx = TrialContext(
@@ -199,11 +233,13 @@ def execute(
     plan = verify_finished_work(run)
     warm_datasets(plan.trials, run.study_dir, run.cache_dir)
     warm_evaluators(plan.pending_trials, run.cache_dir)
-    if plan.pending_trials or plan.pending_trainings or run.spec.search.algorithm != "grid":
+    if _needs_ray(run.spec, plan):
         try:
-            with RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose) as ray:
+            with dispatcher as ray:
                 if address:
                     check_resources(run.spec, ray.cluster_resources())
+                if on_dispatch is not None:
+                    on_dispatch()
                 if run.spec.search.algorithm == "grid":
                     ray.run_grid(run.spec, plan.pending_trainings, plan.pending_trials, ctx, on_complete)
                 else:

@@ -20,6 +20,7 @@ from typing import Any
 from harness.cache import CACHE_ENV
 from harness.config.study import StudySpec, apply_assignment, axes, metric_mode
 from harness.config.trial import TrialConfig
+from harness.ray.background import ServiceThread, start_ray
 from harness.ray.distributed import DataParallelLauncher, check_workers_fit
 from harness.ray.progress import SAMPLE, TRAIN, Progress, shorten_unwritable
 from harness.run.ledger import Ledger, TrialRecord
@@ -33,6 +34,9 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Ray starts a worker per CPU for the first driver, but a Tune trial (its runtime_env sets
+    # env_vars) never runs in one: they only slowed the driver's set-up, and were then ended.
+    "RAY_prestart_worker_first_driver": "0",
 }
 
 
@@ -171,28 +175,43 @@ def _bundle(cpu: float, gpu: float, memory: float = 0.0):
 
 
 class RayDispatcher:
-    """Starts (or joins) Ray for the duration of a ``with`` block and runs Tune experiments."""
+    """Starts (or joins) Ray for the duration of a ``with`` block and runs Tune experiments.
+
+    Ray's start and stop run in a background thread: :meth:`start` begins the start ahead of the
+    block (the block waits for it, and raises what it raised), leaving the block begins the stop,
+    and :meth:`close` waits for it. Whoever makes a dispatcher closes it, also on an error."""
 
     def __init__(
         self, *, address: str | None = None, num_cpus: int | None = None, verbose: bool = False
     ) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.num_cpus, self.verbose = num_cpus, verbose
+        self.owned: bool | None = None  # known at start(): a Ray of the caller's is never stopped
+        self._ray: ServiceThread | None = None  # an owned Ray's start and stop
+        self._entered = False
 
-    def __enter__(self) -> RayDispatcher:
+    def start(self) -> RayDispatcher:
+        """Begins starting (or joining) Ray in a background thread, once; returns at once."""
+        if self.owned is not None:
+            return self
         for key, value in RAY_ENV.items():
             os.environ.setdefault(key, value)
         if not self.address:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        import ray
+        import ray  # here, not in the thread: no import races the driver's own
 
         if not self.verbose:  # quiet logs: our own progress lines only
             logging.getLogger("ray").setLevel(logging.WARNING)
             logging.getLogger("ray.tune").setLevel(logging.WARNING)
             shorten_unwritable(logging.getLogger("ray"))
         self.owned = not ray.is_initialized()  # a Ray started by the caller (tests) is reused, not stopped
-        if not self.owned:
-            return self
+        if self.owned:
+            self._ray = start_ray(self._init, ray.shutdown)
+        return self
+
+    def _init(self) -> None:
+        import ray
+
         if self.address:
             ray.init(address=self.address, log_to_driver=self.verbose, logging_level=self._level)
         else:
@@ -206,6 +225,12 @@ class RayDispatcher:
                 _node_ip_address="127.0.0.1",
                 logging_level=self._level,
             )
+
+    def __enter__(self) -> RayDispatcher:
+        self.start()
+        if self._ray is not None and not self._entered:
+            self._entered = True
+            self._ray.wait_started()
         return self
 
     @property
@@ -213,10 +238,14 @@ class RayDispatcher:
         return logging.INFO if self.verbose else logging.WARNING
 
     def __exit__(self, *exc: object) -> None:
-        import ray
+        if self._ray is not None:
+            self._ray.stop()
 
-        if self.owned:
-            ray.shutdown()
+    def close(self) -> None:
+        """Stops an owned Ray and waits until it is down. The error of a start that no block
+        waited for is not raised: the driver's own error, which kept it from dispatching, is."""
+        if self._ray is not None:
+            self._ray.wait_stopped()
 
     def cluster_resources(self) -> dict[str, float]:
         import ray

@@ -1,0 +1,82 @@
+"""Ray started and stopped by a background thread, its errors raised where the driver waits.
+
+``ray.init`` and ``ray.shutdown`` mostly wait on the processes they spawn or end, so the driver
+starts Ray while it sets the study up, and stops it while it writes the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+_NOT_MAIN_THREAD = "SIGTERM handler is not set because current thread is not the main thread."
+
+
+class ServiceThread:
+    """Runs ``start()`` in a thread at once, then ``stop()`` in the same thread once :meth:`stop` is
+    called. One thread for both: a process started with PR_SET_PDEATHSIG (Ray's GCS and raylet)
+    is killed when the thread that started it ends, so that thread lives as long as they do.
+    :meth:`wait_started` and :meth:`wait_stopped` raise what the call raised, so an error
+    surfaces where the driver needs the call done, as if it had run there. The thread is a
+    daemon: a driver that exits without stopping it is not held (Ray's atexit hook stops Ray)."""
+
+    def __init__(self, start: Callable[[], object], stop: Callable[[], object], name: str) -> None:
+        self._errors: dict[str, BaseException] = {}
+        self._started, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(start, stop), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, start: Callable[[], object], stop: Callable[[], object]) -> None:
+        self._call("start", start)
+        self._started.set()
+        self._stop.wait()
+        self._call("stop", stop)  # after a failed start too: it cleans up what had started
+
+    def _call(self, stage: str, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as err:  # raised by wait_<stage>ed(), in the thread that waits
+            self._errors[stage] = err
+
+    def wait_started(self) -> None:
+        self._started.wait()
+        self._raise("start")
+
+    def stop(self) -> None:
+        """Begins the stop; returns at once."""
+        self._stop.set()
+
+    def wait_stopped(self) -> None:
+        self.stop()
+        self._thread.join()
+        self._raise("stop")
+
+    def _raise(self, stage: str) -> None:
+        error = self._errors.pop(stage, None)
+        if error is not None:
+            raise error
+
+
+class _DropNotMainThread(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _NOT_MAIN_THREAD
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(signum)
+
+
+def start_ray(init: Callable[[], object], shutdown: Callable[[], object]) -> ServiceThread:
+    """``init`` (a ``ray.init``) in a background thread, which runs ``shutdown`` when stopped.
+    Called from the main thread, ray.init makes SIGTERM exit the driver (so its ``finally`` blocks
+    stop Ray); from another thread it logs a warning instead: the handler is set here, as ray.init
+    sets it, and the warning dropped."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    logger = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _DropNotMainThread) for f in logger.filters):
+        logger.addFilter(_DropNotMainThread())
+    return ServiceThread(init, shutdown, "ray")

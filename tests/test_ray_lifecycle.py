@@ -1,0 +1,104 @@
+"""Ray started and stopped in the background (harness.ray.background, RayDispatcher):
+
+- an error of the start or of the stop is raised in the thread that waits for it, unchanged;
+- the stop runs in the thread that ran the start (Ray's GCS and raylet die with the thread that
+  started them), also after a failed start;
+- the driver keeps ray.init's SIGTERM handling (exit, so that ``finally`` stops Ray);
+- a dispatcher whose Ray started but was never entered (an error before dispatch) leaves no Ray
+  process behind once closed, nor does one that ran its block.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import threading
+
+import pytest
+from conftest import PYTHON, REPO, subprocess_env, wait_untagged
+
+from harness.ray.background import ServiceThread, start_ray
+
+
+def test_a_start_error_is_raised_where_the_start_is_waited_for() -> None:
+    failure = ValueError("no such node")
+
+    def start() -> None:
+        raise failure
+
+    service = ServiceThread(start, lambda: None, "test")
+    with pytest.raises(ValueError) as caught:
+        service.wait_started()
+    assert caught.value is failure
+    service.wait_stopped()  # the start's error is not raised again by the stop
+
+
+def test_the_stop_runs_in_the_thread_of_the_start_after_a_failed_start_too() -> None:
+    threads: dict[str, threading.Thread] = {}
+
+    def start() -> None:
+        threads["start"] = threading.current_thread()
+        raise RuntimeError("half started")
+
+    service = ServiceThread(start, lambda: threads.setdefault("stop", threading.current_thread()), "test")
+    service.wait_stopped()  # never waited for the start: its error is not the one to report
+    assert threads["start"] is threads["stop"] is not threading.current_thread()
+
+
+def test_a_stop_error_is_raised_by_wait_stopped_once() -> None:
+    def stop() -> None:
+        raise OSError(28, "No space left on device", "/runs")
+
+    service = ServiceThread(lambda: None, stop, "test")
+    service.wait_started()
+    with pytest.raises(OSError, match="No space left"):
+        service.wait_stopped()
+    service.wait_stopped()
+
+
+def test_start_ray_keeps_ray_inits_sigterm_exit_and_drops_its_thread_warning(caplog) -> None:
+    warning = "SIGTERM handler is not set because current thread is not the main thread."
+    logger = logging.getLogger("ray._private.worker")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            start_ray(lambda: logger.warning(warning), lambda: None).wait_stopped()
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        with pytest.raises(SystemExit) as caught:
+            handler(signal.SIGTERM, None)
+        assert caught.value.code == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert warning not in caplog.text
+
+
+DISPATCHERS = """
+import ray
+from harness.ray.dispatch import RayDispatcher
+
+unused = RayDispatcher(num_cpus=1).start()  # an error before dispatch: started, never entered
+unused.close()
+assert not ray.is_initialized()
+used = RayDispatcher(num_cpus=1).start()
+with used:
+    assert used.cluster_resources()["CPU"] == 1.0
+used.close()
+assert not ray.is_initialized()
+print("closed")
+"""
+
+
+def test_a_closed_dispatcher_leaves_no_ray_process_entered_or_not(process_tag: str) -> None:
+    result = subprocess.run(
+        [PYTHON, "-c", DISPATCHERS],
+        cwd=REPO,
+        env=subprocess_env(process_tag),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0 and "closed" in result.stdout, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "SIGTERM" not in result.stderr, result.stderr
+    assert wait_untagged(process_tag, timeout=30) == []
