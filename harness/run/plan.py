@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from harness.config.study import StudySpec, expand_grid, sample_random
 from harness.config.trial import TrialConfig
 from harness.run.ledger import Ledger
 from harness.run.store import CheckpointStore, model_config_for
-from models.backbone import DiscreteDiT
+from models.backbone import DiscreteDiT, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,32 @@ class Plan:
         )
 
 
+class _ParametersOnMeta(TorchFunctionMode):
+    """Builds a network's parameters without their memory or their initialisation: ``torch.empty``
+    (how modules allocate parameters) goes to the meta device and ``torch.nn.init.*`` returns its
+    tensor untouched; the rest (position tables, small buffers) runs on the CPU as usual. Building
+    the whole network under ``torch.device("meta")`` instead runs factories and initialisers
+    through the reference decompositions, which import torch._dynamo (~1.5 s) on the path of every
+    ``validate`` and ``run``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        if func is torch.empty:
+            kwargs = {**kwargs, "device": "meta"}
+        return func(*args, **kwargs)
+
+
 def parameter_count(trial: TrialConfig) -> int:
     """Parameters of the trial's network, built on the meta device (no memory, no time)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in DiscreteDiT(model_config_for(trial)).parameters())
+    return _parameter_count(model_config_for(trial))
+
+
+@functools.lru_cache(maxsize=256)  # a study's trials share a few networks
+def _parameter_count(config: ModelConfig) -> int:
+    with _ParametersOnMeta():
+        return sum(p.numel() for p in DiscreteDiT(config).parameters())
 
 
 def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
