@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+QUICKSTART = str(HERE.parent / "search_spaces" / "quickstart.yaml")
 
 # name -> (script and arguments, the same with --quick: a smoke run of the code paths)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
@@ -26,6 +27,11 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "overhead-long": (
         ["study_overhead.py", "--reps", "3", "--steps", "3000"],
         ["study_overhead.py", "--reps", "1", "--steps", "40"],
+    ),
+    # `make study` as a user runs it (the quickstart, 53 trials: about 15 min): trial compute / wall
+    "make-study": (
+        ["study_overhead.py", "--study", QUICKSTART, "--reps", "1"],
+        ["study_overhead.py", "--reps", "1", "--steps", "20"],
     ),
     "evaluator": (
         ["evaluator.py", "--animals-only"],
