@@ -218,3 +218,42 @@ def test_resolve_tracking_uri_precedence(tmp_path, monkeypatch):
     runs_root = tmp_path / "runs"
     assert resolve_tracking_uri(None, runs_root) == f"sqlite:///{runs_root.resolve()}/mlflow.db"
     assert runs_root.is_dir()
+
+
+def _tables(db: Path) -> dict[str, str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        rows = con.execute("select name, sql from sqlite_master where type in ('table', 'index')").fetchall()
+        version = con.execute("select version_num from alembic_version").fetchall()
+    return {**{name: sql for name, sql in rows}, "alembic_version": str(version)}
+
+
+def test_a_new_store_is_a_copy_of_the_cached_empty_one(tmp_path, monkeypatch):
+    """The first new store migrates an empty one into the cache; later ones copy it. A copied store
+    has the schema of one MLflow creates itself, and takes the study's runs like any other."""
+    monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    Tracker(f"sqlite:///{first}", "copied")
+    templates = list((tmp_path / "cache" / "mlflow").glob("empty-*.db"))
+    assert len(templates) == 1
+    made_at = templates[0].stat().st_mtime_ns
+    tracker = Tracker(f"sqlite:///{second}", "copied")
+    assert templates[0].stat().st_mtime_ns == made_at  # reused, not migrated again
+    tracker.start_invocation({"name": "copied"}, {})
+    tracker.sync([_record("c" * 64)])
+    tracker.end_invocation("FINISHED")
+    assert len(_trial_runs(f"sqlite:///{second}", "copied")) == 1
+    by_mlflow = tmp_path / "plain.db"
+    MlflowClient(tracking_uri=f"sqlite:///{by_mlflow}").search_experiments()
+    assert _tables(first) == _tables(second) == _tables(by_mlflow)
+
+
+def test_an_unwritable_cache_leaves_mlflow_to_create_the_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    db = tmp_path / "runs" / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{db}", "uncached")
+    tracker.start_invocation({"name": "uncached"}, {})
+    tracker.end_invocation("FINISHED")
+    assert db.is_file() and not list(tmp_path.glob("runs/.*partial"))

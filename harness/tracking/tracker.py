@@ -12,8 +12,10 @@ was retried, is filled in again rather than joined by a second one. The caller h
 lock (``harness.run.lock``), so no other driver syncs the same study meanwhile.
 
 A SQLite store is created under a file lock beside the database (two drivers creating one store at
-once would both run its migrations), and a SQLite store that cannot be written (disk full,
-read-only) raises an OSError naming the database file, as a failed file write would.
+once would both run its migrations), as a copy of an empty store migrated once per MLflow version
+and kept in the cache (MLflow's migrations cost ~2 s per new store: every fresh runs root). A
+SQLite store that cannot be written (disk full, read-only) raises an OSError naming the database
+file, as a failed file write would.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import errno
 import functools
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from harness.cache import cache_dir
 from harness.run.ledger import TrialRecord
 from harness.run.lock import file_lock
 from harness.tracking.schema import (
@@ -119,7 +123,56 @@ def _connect(tracking_uri: str) -> MlflowClient:
     if db_path is None:
         return MlflowClient(tracking_uri=tracking_uri)
     with file_lock(db_path.with_name(f"{db_path.name}.lock")):
-        return MlflowClient(tracking_uri=tracking_uri)  # creates the tables of a new store
+        if not db_path.exists():
+            _copy_empty_store(db_path)
+        return MlflowClient(tracking_uri=tracking_uri)  # creates the tables of a store not copied
+
+
+def _empty_store() -> Path:
+    """An empty SQLite store, migrated by this MLflow, in the cache (made once, under a lock)."""
+    import alembic
+    import mlflow
+    import sqlalchemy
+
+    versions = (
+        f"mlflow-{mlflow.__version__}-alembic-{alembic.__version__}-sqlalchemy-{sqlalchemy.__version__}"
+    )
+    template = cache_dir() / "mlflow" / f"empty-{versions}.db"
+    if template.is_file():
+        return template
+    with file_lock(template.with_name(f"{template.name}.lock")):
+        if not template.is_file():
+            made = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+            try:
+                MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()  # the migrations
+                _sqlite_copy(made, template)
+            finally:
+                made.unlink(missing_ok=True)
+    return template
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database (its backup API), renamed into place."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(source)) as src,
+            contextlib.closing(sqlite3.connect(partial)) as dst,
+        ):
+            src.backup(dst)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _copy_empty_store(db_path: Path) -> None:
+    """A new store as a copy of the cached empty one. Without a usable cache (unwritable, full),
+    MLflow creates the store itself, as it always did: the copy is a speed-up, never a failure."""
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        _sqlite_copy(_empty_store(), db_path)
+    except (OSError, sqlite3.Error):
+        db_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
