@@ -53,6 +53,7 @@ METHOD_KEYS = (
     "train.corruption",
     "train.loss",
     "sampler.euler.argmax_fill",
+    "sampler.euler.remask_scale",
     "sampler.maskgit.randomization",
     "sampler.maskgit.schedule",
     "sampler.maskgit.counts",
@@ -75,6 +76,10 @@ WORDS: dict[tuple[str, Any], str] = {
     ("train.corruption", "interpolant"): "interpolant masking",
     ("sampler.euler.argmax_fill", True): "argmax fill",
     ("sampler.euler.argmax_fill", False): "sampled fill",
+    ("sampler.euler.remask_scale", 0.0): "no corrector",
+    ("sampler.maskgit.counts", "reference"): "the paper's reference counts",
+    ("sampler.maskgit.counts", "maskgit"): "Google's MaskGIT counts",
+    ("sampler.maskgit.counts", "floor"): "floor counts",
     ("model.text.encoder", "learned"): "learned text encoder",
     ("model.text.encoder", "clip"): "CLIP text encoder",
     ("model.text.prefix", True): "caption tokens as prefix",
@@ -144,10 +149,17 @@ def with_methods(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     def name(row: pd.Series) -> str:
         if row.get(NFE) == 0:  # a data baseline: the sampler name says it all
             return words("sampler.name", row.get("sampler.name"))
-        return ", ".join(words(k, row[k]) for k in keys if k in row and pd.notna(row[k]))
+        return ", ".join(words(k, row[k]) for k in keys if k in row and pd.notna(row[k]) and _applies(k, row))
 
     table["method"] = table.apply(name, axis=1)
     return table, keys
+
+
+def _applies(key: str, row: pd.Series) -> bool:
+    """Whether a setting shapes the row's trial: a sampler's own option (``sampler.<name>.*``)
+    only for that sampler (the Euler sampler has no count rule; Halton reads its own)."""
+    parts = key.split(".")
+    return not (len(parts) == 3 and parts[0] == "sampler" and parts[1] != row.get("sampler.name"))
 
 
 def palette(methods: list[str]) -> dict[str, Any]:

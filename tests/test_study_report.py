@@ -234,6 +234,29 @@ def test_a_setting_present_on_some_trials_only_names_their_method() -> None:
     assert named["method"].tolist() == ["MaskGIT sampler, MaskGIT recipe", "MaskGIT sampler"]
 
 
+def test_a_sampler_option_names_only_that_samplers_methods() -> None:
+    """The sampler study: MaskGIT's count rule names MaskGIT's rows only (Euler has no counts,
+    Halton reads its own), and the Euler corrector is a method of its own."""
+    from reports.figures import with_methods
+
+    table = pd.DataFrame(
+        {
+            "sampler.name": ["euler", "euler", "maskgit", "maskgit", "halton"],
+            "sampler.euler.remask_scale": [0.0, 4.0, 0.0, 0.0, 0.0],
+            "sampler.maskgit.counts": ["floor", "floor", "reference", "maskgit", "floor"],
+            "nfe": [8.0] * 5,
+        }
+    )
+    named, _ = with_methods(table)
+    assert named["method"].tolist() == [
+        "Euler sampler, no corrector",
+        "Euler sampler, remask scale 4.0",
+        "MaskGIT sampler, the paper's reference counts",
+        "MaskGIT sampler, Google's MaskGIT counts",
+        "Halton-order sampler",
+    ]
+
+
 def test_a_relative_study_folder_gets_the_same_report(study, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # `make study` passes runs/<study>, relative to the repository
     report = write_report(study["uri"], STUDY, Path("relative") / STUDY, "A test study", "fid")
