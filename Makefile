@@ -56,7 +56,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(if $(ONLY),--only $(ONLY))
 
 # Reruns the studies behind the README's quoted numbers and fails on any outside its tolerance
-# (search_spaces/readme_numbers.yaml; all of them: about 75 minutes on 2 busy cores). Not part of
+# (search_spaces/readme_numbers.yaml; all of them: about two hours on 2 busy cores). Not part of
 # `make test`. ONLY="video-fvd ..." picks blocks; RUNS_ROOT=runs reuses the finished trials there.
 check-readme: $(STAMP)
 	$(BIN)/python benchmarks/check_readme.py $(if $(ONLY),--only $(ONLY)) $(if $(RUNS_ROOT),--runs-root $(RUNS_ROOT))
