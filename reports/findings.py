@@ -20,20 +20,50 @@ Each point of a curve is the best trial at that value over the study's other set
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from harness.run.ledger import PER_SEED
 from harness.tracking.schema import CI_HIGH, CI_LOW
 from reports.figures import best_rows, direction, with_methods
+
+HOLDS, FAILS, UNDETERMINED = "holds", "does not hold", "undetermined"
 
 
 @dataclass(frozen=True)
 class Check:
+    """A finding checked: ``verdict`` is holds, does not hold or undetermined; ``detail`` gives the
+    numbers and, when undetermined, why and what would decide it (more seeds, a wider grid)."""
+
     text: str
-    holds: bool | None  # None: the study has not the trials to tell
+    verdict: str
     detail: str
+
+    @property
+    def holds(self) -> bool | None:
+        """True / False when decided; None when undetermined."""
+        return {HOLDS: True, FAILS: False}.get(self.verdict)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """a - b in the metric, with the half-width of its 95% interval; ``paired``: from per-seed
+    differences over the sample seeds both share (else the two intervals combined)."""
+
+    value: float
+    half: float
+    paired: bool
+
+    def decided(self) -> int:
+        """+1: a above b beyond the interval; -1: below; 0: within it."""
+        return 0 if abs(self.value) <= self.half else (1 if self.value > 0 else -1)
+
+    def text(self, fmt) -> str:
+        how = "paired over sample seeds" if self.paired else "CIs combined"
+        return f"{fmt(self.value)} ± {fmt(self.half)} ({how})"
 
 
 def _half_width(row: pd.Series, metric: str) -> float:
@@ -43,8 +73,65 @@ def _half_width(row: pd.Series, metric: str) -> float:
     return float(high - low) / 2
 
 
-def _better(a: float, b: float, mode: str) -> bool:
-    return a < b if mode == "min" else a > b
+def _per_seed(row: pd.Series, metric: str) -> dict[int, float]:
+    """The row's values of the metric per sample seed, where its protocol recorded them."""
+    protocol = row.get("protocol")
+    entry = protocol.get(metric, {}) if isinstance(protocol, dict) else {}
+    seeds, values = entry.get("sample_seeds") or [], entry.get(PER_SEED) or []
+    return dict(zip(seeds, values, strict=False)) if len(seeds) == len(values) else {}
+
+
+def difference(ra: pd.Series, rb: pd.Series, metric: str) -> Difference:
+    """ra - rb: paired over their shared sample seeds when both recorded 2 or more (the seed's
+    noise cancels), else the unpaired difference with the root-sum-square of the half-widths."""
+    a, b = _per_seed(ra, metric), _per_seed(rb, metric)
+    shared = sorted(set(a) & set(b))
+    if len(shared) >= 2:
+        diffs = [a[s] - b[s] for s in shared]
+        mean = statistics.fmean(diffs)
+        sd = statistics.stdev(diffs)
+        half = T_975[min(len(diffs) - 1, len(T_975) - 1)] * sd / math.sqrt(len(diffs))
+        return Difference(mean, half, True)
+    return Difference(
+        float(ra[metric] - rb[metric]), math.hypot(_half_width(ra, metric), _half_width(rb, metric)), False
+    )
+
+
+# Student-t 0.975 quantiles for 1..30 degrees of freedom (index = df; beyond 30, the normal's)
+T_975 = (
+    float("inf"),
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+    1.960,
+)
 
 
 def _select(table: pd.DataFrame, where: dict[str, Any]) -> pd.DataFrame:
@@ -62,6 +149,20 @@ def _along(table: pd.DataFrame, axis: str, metric: str, mode: str) -> pd.DataFra
     return best_rows(table, [axis], metric, mode).sort_values(axis)
 
 
+def _worse(a: pd.Series, b: pd.Series, metric: str, mode: str) -> Difference:
+    """How much worse a is than b (positive: worse), in the metric's direction."""
+    d = difference(a, b, metric)
+    return d if mode == "min" else Difference(-d.value, d.half, d.paired)
+
+
+def _relative(d: Difference, base: float) -> str:
+    """The difference as a percentage of ``base`` (the comparable figure across protocols)."""
+    return f"{100 * d.value / abs(base):+.1f} %" if base else "n/a"
+
+
+MORE_SEEDS = "the CIs overlap: more sample seeds would decide it"
+
+
 def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
     mode = direction(table, metric)
     kind, text = finding["kind"], finding.get("text", finding["kind"])
@@ -72,14 +173,13 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
         a = best_rows(_select(rows, {key: finding["a"]}), [key], metric, mode)
         b = best_rows(_select(rows, {key: finding["b"]}), [key], metric, mode)
         if a.empty or b.empty:
-            return Check(text, None, f"needs trials with {key} = {finding['a']} and {finding['b']}")
+            return Check(text, UNDETERMINED, f"needs trials with {key} = {finding['a']} and {finding['b']}")
         ra, rb = a.iloc[0], b.iloc[0]
-        slack = math.hypot(_half_width(ra, metric), _half_width(rb, metric))
-        sign = 1 if mode == "min" else -1
-        holds = sign * (ra[metric] - rb[metric]) <= slack
+        worse = _worse(ra, rb, metric, mode)
         detail = f"best {finding['a']} {fmt(ra[metric])} vs best {finding['b']} {fmt(rb[metric])}"
-        detail += f" (CI slack {fmt(slack)})"
-        return Check(text, bool(holds), detail)
+        detail += f"; {finding['a']} - {finding['b']} = {worse.text(fmt)}, {_relative(worse, rb[metric])}"
+        verdict = {-1: HOLDS, 1: FAILS, 0: UNDETERMINED}[worse.decided()]
+        return Check(text, verdict, detail + (f"; {MORE_SEEDS}" if verdict == UNDETERMINED else ""))
     if kind == "interior_optimum":
         axis = finding["axis"]
         rows, _ = with_methods(rows)
@@ -89,43 +189,58 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
             if len(curve) < 3:
                 continue
             best = curve.loc[curve[metric].idxmin() if mode == "min" else curve[metric].idxmax()]
-            interior = curve[axis].iloc[0] < best[axis] < curve[axis].iloc[-1]
-            verdicts.append(interior)
-            parts.append(f"{method}: best at {axis} = {best[axis]:g} ({fmt(best[metric])})")
+            where = f"{method}: best at {axis} = {best[axis]:g} ({fmt(best[metric])})"
+            ends = (curve.iloc[0], curve.iloc[-1])
+            if best[axis] in (ends[0][axis], ends[1][axis]):
+                verdicts.append(UNDETERMINED)
+                parts.append(f"{where}, the grid's edge: extend the grid past {axis} = {best[axis]:g}")
+                continue
+            rises = [_worse(end, best, metric, mode) for end in ends]
+            if all(r.decided() == 1 for r in rises):
+                verdicts.append(HOLDS)
+                parts.append(where)
+            else:
+                verdicts.append(UNDETERMINED)
+                parts.append(f"{where}, an edge within its CI ({MORE_SEEDS})")
         if not verdicts:
-            return Check(text, None, f"needs 3 or more values of {axis}")
-        return Check(text, all(verdicts), "; ".join(parts))
+            return Check(text, UNDETERMINED, f"needs 3 or more values of {axis}")
+        return Check(text, HOLDS if all(v == HOLDS for v in verdicts) else UNDETERMINED, "; ".join(parts))
     if kind == "gap_shrinks":
         axis, key, better = finding["axis"], finding["key"], finding["better"]
-        good = _along(_select(rows, {key: better}), axis, metric, mode).set_index(axis)[metric]
+        good = _along(_select(rows, {key: better}), axis, metric, mode).set_index(axis)
         other_rows = rows[rows[key].astype(str) != str(better)] if key in rows else rows[:0]
-        other = _along(other_rows, axis, metric, mode).set_index(axis)[metric]
+        other = _along(other_rows, axis, metric, mode).set_index(axis)
         shared = sorted(set(good.index) & set(other.index))
         if len(shared) < 2:
-            return Check(text, None, f"needs both values of {key} at 2 or more values of {axis}")
-        sign = 1 if mode == "min" else -1
-        gap = {v: sign * (other[v] - good[v]) for v in shared}
-        low, high = gap[shared[0]], gap[shared[-1]]
-        detail = f"advantage {fmt(low)} at {axis} = {shared[0]:g}, {fmt(high)} at {shared[-1]:g}"
-        return Check(text, bool(low > 0 and low > high), detail)
+            return Check(text, UNDETERMINED, f"needs both values of {key} at 2 or more values of {axis}")
+        low, high = (_worse(other.loc[v], good.loc[v], metric, mode) for v in (shared[0], shared[-1]))
+        detail = f"advantage {low.text(fmt)} at {axis} = {shared[0]:g}, {high.text(fmt)} at {shared[-1]:g}"
+        shrink = Difference(low.value - high.value, math.hypot(low.half, high.half), False)
+        exact_no = lambda d: d.half == 0 and d.value <= 0  # noqa: E731 (no CI: a tie decides)
+        if low.decided() == -1 or shrink.decided() == -1 or exact_no(low) or exact_no(shrink):
+            return Check(text, FAILS, detail)
+        if low.decided() == 1 and shrink.decided() == 1:
+            return Check(text, HOLDS, detail)
+        return Check(text, UNDETERMINED, f"{detail}; {MORE_SEEDS}")
     if kind in ("improves_along", "worsens_along"):
         axis = finding["axis"]
         curve = _along(rows, axis, metric, mode)
         if len(curve) < 2:
-            return Check(text, None, f"needs 2 or more values of {axis}")
+            return Check(text, UNDETERMINED, f"needs 2 or more values of {axis}")
         first, last = curve.iloc[0], curve.iloc[-1]
+        at = lambda row: f"{fmt(row[metric])} at {axis} = {row[axis]:g}"  # noqa: E731
         if kind == "improves_along":
-            slack = math.hypot(_half_width(first, metric), _half_width(last, metric))
-            margin = (first[metric] - last[metric]) if mode == "min" else (last[metric] - first[metric])
-            detail = (
-                f"{fmt(first[metric])} at {axis} = {first[axis]:g} -> {fmt(last[metric])} at {last[axis]:g}"
-            )
-            return Check(text, bool(margin > slack), detail)
-        best = curve.loc[curve[metric].idxmin() if mode == "min" else curve[metric].idxmax()]
-        slack = math.hypot(_half_width(best, metric), _half_width(last, metric))
-        margin = (last[metric] - best[metric]) if mode == "min" else (best[metric] - last[metric])
-        detail = f"best {fmt(best[metric])} at {axis} = {best[axis]:g}; {fmt(last[metric])} at {last[axis]:g}"
-        return Check(text, bool(margin > slack), detail)
+            change = _worse(first, last, metric, mode)  # positive: the last is better
+            detail = f"{at(first)} -> {at(last)}"
+        else:
+            best = curve.loc[curve[metric].idxmin() if mode == "min" else curve[metric].idxmax()]
+            change = _worse(last, best, metric, mode)  # positive: the last is worse than the best
+            detail = f"best {at(best)}; {at(last)}"
+            if best[axis] == last[axis]:
+                return Check(text, FAILS, detail)
+        detail += f"; change {change.text(fmt)}"
+        verdict = {1: HOLDS, -1: FAILS, 0: UNDETERMINED}[change.decided()]
+        return Check(text, verdict, detail + (f"; {MORE_SEEDS}" if verdict == UNDETERMINED else ""))
     raise ValueError(
         f"finding kind {kind!r}: expected at_least_as_good, interior_optimum, gap_shrinks, "
         "improves_along or worsens_along"
@@ -168,6 +283,21 @@ def paper_section(table: pd.DataFrame, metric: str, reference: dict[str, Any]) -
     scale = reference.get("scale_note")
     if scale:
         lines += [scale, ""]
+    ours_by = sorted(
+        {
+            p[metric]["key"]
+            for p in finished.get("protocol", [])
+            if isinstance(p, dict) and "key" in p.get(metric, {})
+        }
+    )
+    lines += [
+        f"Protocols: the paper's {metric} is {reference.get('protocol', 'its own (see its source)')};"
+        " ours is "
+        + (", ".join(f"`{k}`" for k in ours_by) or "this study's")
+        + ". Numbers of different protocols are not comparable by value: compare the shapes (where"
+        " the optimum lies, which setting wins) and the relative margins the findings give.",
+        "",
+    ]
     rows = []
     for point in reference.get("points", []):
         settings = point["settings"]
@@ -187,8 +317,7 @@ def paper_section(table: pd.DataFrame, metric: str, reference: dict[str, Any]) -
         lines.append("")
     checks = [check(finished, metric, f) for f in reference.get("findings", [])]
     if checks:
-        mark = {True: "holds", False: "does not hold", None: "not measured"}
-        table_rows = [[c.text, mark[c.holds], c.detail] for c in checks]
+        table_rows = [[c.text, c.verdict, c.detail] for c in checks]
         lines += ["Findings of the paper, checked on our run:", ""]
         lines += markdown_table(["finding", "ours", "evidence"], table_rows) + [""]
     return lines

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.config.study import load_study
 from harness.config.trial import ConfigError
-from reports.findings import check, nearest_value, paper_section
+from reports.findings import check, difference, nearest_value, paper_section
 
 REPO = Path(__file__).resolve().parents[1]
 FID = {"fid": {"direction": "min"}}
@@ -26,23 +31,74 @@ def _curve(values: dict[float, float], axis: str = "sampler.temperature", **fixe
 def test_interior_optimum_needs_every_method_to_be_u_shaped() -> None:
     u = _curve({0.6: 30, 0.8: 20, 1.0: 25}, **{"sampler.name": "euler"})
     finding = {"kind": "interior_optimum", "axis": "sampler.temperature"}
-    assert check(_table(u), "fid", finding).holds is True
+    assert check(_table(u), "fid", finding).verdict == "holds"
     edge = _curve({0.6: 30, 0.8: 25, 1.0: 20}, **{"sampler.name": "maskgit"})
-    result = check(_table(u + edge), "fid", finding)
-    assert result.holds is False and "best at sampler.temperature = 1" in result.detail
-    assert check(_table(u[:2]), "fid", finding).holds is None  # two points cannot show a U
+    result = check(_table(u + edge), "fid", finding)  # an edge optimum is not a U that failed
+    assert result.verdict == "undetermined" and result.holds is None
+    assert "extend the grid past sampler.temperature = 1" in result.detail
+    two = check(_table(u[:2]), "fid", finding)  # two points cannot show a U
+    assert two.verdict == "undetermined" and "3 or more values" in two.detail
+    flat = [dict(r, fid_ci_low=r["fid"] - 8, fid_ci_high=r["fid"] + 8) for r in u]
+    result = check(_table(flat), "fid", finding)  # the best is inside, but an edge is within its CI
+    assert result.verdict == "undetermined" and "more sample seeds" in result.detail
 
 
-def test_at_least_as_good_allows_the_confidence_intervals() -> None:
+def test_at_least_as_good_decides_beyond_the_intervals_only() -> None:
     rows = [
         {"model.timestep": "implicit", "fid": 10.5, "fid_ci_low": 10.0, "fid_ci_high": 11.0},
         {"model.timestep": "explicit", "fid": 10.0, "fid_ci_low": 9.5, "fid_ci_high": 10.5},
     ]
     finding = {"kind": "at_least_as_good", "key": "model.timestep", "a": "implicit", "b": "explicit"}
-    assert check(_table(rows), "fid", finding).holds is True  # 0.5 worse, within hypot(0.5, 0.5)
+    result = check(_table(rows), "fid", finding)  # 0.5 worse, within hypot(0.5, 0.5)
+    assert result.verdict == "undetermined" and "more sample seeds" in result.detail
+    assert "+5.0 %" in result.detail  # the relative margin: comparable across protocols
     rows[0].update(fid=12.0, fid_ci_low=11.9, fid_ci_high=12.1)
-    assert check(_table(rows), "fid", finding).holds is False
-    assert check(_table(rows[:1]), "fid", finding).holds is None
+    assert check(_table(rows), "fid", finding).verdict == "does not hold"
+    rows[0].update(fid=8.0, fid_ci_low=7.9, fid_ci_high=8.1)
+    assert check(_table(rows), "fid", finding).verdict == "holds"
+    assert check(_table(rows[:1]), "fid", finding).verdict == "undetermined"
+
+
+def _seeded(timestep: str, values: list[float], seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """A row whose FID was measured on these sample seeds, with its Student-t interval."""
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
+    protocol = {"fid": {"direction": "min", "sample_seeds": list(seeds), "per_seed": values}}
+    row = {"model.timestep": timestep, "fid": mean, "fid_ci_low": mean - half, "fid_ci_high": mean + half}
+    return {**row, "protocol": protocol}
+
+
+def test_trials_sharing_sample_seeds_are_compared_by_paired_differences() -> None:
+    """The seeds' noise is shared: ITM 0.5 better on every seed is decided, although the two
+    intervals (each +- ~5) overlap; the same numbers on other seeds are not."""
+    finding = {"kind": "at_least_as_good", "key": "model.timestep", "a": "implicit", "b": "explicit"}
+    rows = [_seeded("implicit", [60.0, 62.0, 64.5]), _seeded("explicit", [60.5, 62.5, 65.0])]
+    result = check(pd.DataFrame([{"status": "finished", "nfe": 8.0, **r} for r in rows]), "fid", finding)
+    assert result.verdict == "holds" and "paired over sample seeds" in result.detail
+    rows[1] = _seeded("explicit", [60.5, 62.5, 65.0], seeds=(3, 4, 5))
+    result = check(pd.DataFrame([{"status": "finished", "nfe": 8.0, **r} for r in rows]), "fid", finding)
+    assert result.verdict == "undetermined" and "CIs combined" in result.detail
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-100, 100), min_size=2, max_size=8),
+    st.lists(st.floats(-100, 100), min_size=2, max_size=8),
+)
+def test_the_paired_difference_is_the_t_interval_of_the_per_seed_differences(a, b) -> None:
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    ra, rb = (
+        pd.Series(_seeded("implicit", a, tuple(range(n)))),
+        pd.Series(_seeded("explicit", b, tuple(range(n)))),
+    )
+    d = difference(ra, rb, "fid")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    assert d.paired and d.value == pytest.approx(statistics.fmean(diffs), abs=1e-9)
+    expected = scipy.stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    assert d.half == pytest.approx(expected, rel=1e-3, abs=1e-9)
+    swapped = difference(rb, ra, "fid")  # antisymmetric, same interval
+    assert swapped.value == pytest.approx(-d.value, abs=1e-9) and swapped.half == pytest.approx(d.half)
 
 
 def test_gap_shrinks_and_along_axis() -> None:
@@ -59,7 +115,7 @@ def test_gap_shrinks_and_along_axis() -> None:
         dict(r, fid=r["fid"] - 60) if r["sampler.num_steps"] == 2 and not r[gap["key"]] else r for r in rows
     ]
     widening = [dict(r, fid=10.0) if r["sampler.num_steps"] == 32 and r[gap["key"]] else r for r in widening]
-    assert check(_table(widening), "fid", gap).holds is False  # 40 at 2 steps, 40 at 32: not shrinking
+    assert check(_table(widening), "fid", gap).verdict == "does not hold"  # 40 at 2 steps and at 32
     falls = {
         "kind": "improves_along",
         "axis": "sampler.num_steps",

@@ -45,11 +45,15 @@ def nonfinite_fields(value: Any, path: str = "") -> list[str]:
     return []
 
 
+PER_SEED = "per_seed"  # in a metric's protocol dict: its value per sample seed, in sample_seeds' order
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """What one trial produced.
 
-    metrics: final metric values (name -> value); protocols: name -> protocol dict;
+    metrics: final metric values (name -> value); protocols: name -> protocol dict (over several
+    sample seeds with ``PER_SEED``: the values behind the interval, for paired comparisons);
     intervals: name -> [low, high] where an uncertainty estimate exists;
     training_curve: [(step, {metric: value})]; artifacts: name -> path;
     host: where it ran (``<hostname>/<Ray node id>`` under Ray, the hostname otherwise).

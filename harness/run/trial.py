@@ -25,7 +25,7 @@ from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name
 from harness.evaluation.samples import SAMPLES_FILE, verify_samples
 from harness.generation.baselines import BASELINES
 from harness.generation.sampling import Generated, build_sampler, generate, save_image_grid
-from harness.run.ledger import Ledger, TrialRecord
+from harness.run.ledger import PER_SEED, Ledger, TrialRecord
 from harness.run.store import CheckpointStore, train_config_for
 from models.checkpoint import model_from_checkpoint
 from models.diagnostics import heldout_masked_ce
@@ -194,6 +194,8 @@ def evaluate_trial(
                 "key": r.protocol.protocol_key(),
                 "direction": direction,
             }
+            if len(sets) > 1:  # the values behind the interval: paired comparisons across trials
+                protocols[name][PER_SEED] = [float(v) for v in r.per_set]
     meta = sets[0].meta
     metrics.update(
         nfe=float(meta["nfe"]),

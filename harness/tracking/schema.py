@@ -9,7 +9,8 @@ harness (and no torch), so that reports can import it.
 - child metrics: every final metric, ``<metric>_ci_low`` / ``<metric>_ci_high`` when it has a
   confidence interval, and the training curve under ``train/`` as step metrics.
 - child tags: trial and training hashes, status, attempts, seconds, host, and per metric
-  ``unmask.protocol.<metric>`` = the protocol as JSON (with its ``key`` and ``direction``).
+  ``unmask.protocol.<metric>`` = the protocol as JSON (with its ``key`` and ``direction``, and
+  over several sample seeds ``per_seed``: the value of each; ``harness.run.ledger.PER_SEED``).
 """
 
 from __future__ import annotations
