@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -156,6 +157,12 @@ def _json_default(obj: Any) -> Any:
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes text so that a reader sees the old file or the whole new one (tmp file + rename)."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copies a file so that a reader of ``target`` sees nothing or the whole copy."""
+    with open(source, "rb") as src:
+        atomic_write(target, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 QUARANTINE = "quarantine"  # the folder, under a root, where damaged files are moved aside

@@ -250,6 +250,12 @@ class TrialConfig(Section):
     def training_hash(self) -> str:
         return config_hash(self.training_part())
 
+    def trajectory_hash(self) -> str | None:
+        """The training's trajectory, shared by every training config that differs from it only in
+        ``train.steps`` (and ``checkpoint_every``); None for a data baseline or a learning rate
+        that depends on the number of steps. See :func:`trajectory_of`."""
+        return None if self.sampler.is_baseline else trajectory_of(self.training_part())
+
     def trial_hash(self) -> str:
         return config_hash(self.identity())
 
@@ -266,6 +272,26 @@ OMITTED_AT_DEFAULT: dict[str, Any] = {
     "train.fused_adamw": "auto",
     "train.activation_checkpointing": False,
 }
+
+
+STEP_FREE_LR_DECAYS = ("constant",)  # the learning rate at a step does not depend on train.steps
+NOT_IN_TRAJECTORY = ("steps", "checkpoint_every")
+
+
+def trajectory_of(training_part: dict[str, Any]) -> str | None:
+    """A hash of a training part without its number of steps, when the learning rate at each
+    step does not depend on that number (constant after warm-up): the state after s steps of a
+    longer run of the same trajectory is then, bit for bit, what a run of s steps ends with (the
+    data, the masks and the label dropout are drawn from the seed, step by step). So a training
+    continues from the finished training of the same trajectory that is the longest shorter
+    one (``harness.run.store``), and ``train.steps`` as a study axis gives learning curves
+    from one training. With ``lr_decay: cosine`` every number of steps has its own schedule,
+    and nothing is shared."""
+    train = training_part.get("train", {})
+    if train.get("lr_decay", TrainSection().lr_decay) not in STEP_FREE_LR_DECAYS:
+        return None
+    train = {k: v for k, v in train.items() if k not in NOT_IN_TRAJECTORY}
+    return config_hash({**training_part, "train": train})
 
 
 def config_hash(d: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from harness.ray.background import ServiceThread, start_ray
 from harness.ray.distributed import DataParallelLauncher, check_workers_fit
 from harness.ray.progress import SAMPLE, TRAIN, Progress, shorten_unwritable
 from harness.run.ledger import Ledger, TrialRecord
+from harness.run.plan import training_chains
 from harness.run.store import CheckpointStore
 from harness.run.trial import run_trial, set_threads
 
@@ -83,17 +84,22 @@ def _report(record: TrialRecord) -> None:
 
 
 def _train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Trains the job's chain (``harness.run.plan.training_chains``): each training of one
+    trajectory, shortest first, each continuing from the one before it in the store."""
     from ray import tune
 
     _worker_setup(ctx)
-    trial = TrialConfig.model_validate(config["trial"])
-
-    def on_log(step: int, metrics: dict) -> None:
-        tune.report({"step": step, "steps": trial.train.steps, "loss": metrics["train/loss"]})
-
     store = CheckpointStore(ctx.store_root)
-    store.ensure(trial, device=_device(ctx), on_log=on_log, launcher=_launcher(ctx, report_to_tune=True))
-    tune.report({"step": trial.train.steps, "steps": trial.train.steps, "done": 1})
+    chain = [TrialConfig.model_validate(t) for t in config.get("chain", [])]
+    for trial in [*chain, TrialConfig.model_validate(config["trial"])]:
+
+        def on_log(step: int, metrics: dict, steps: int = trial.train.steps) -> None:
+            tune.report({"step": step, "steps": steps, "loss": metrics["train/loss"]})
+
+        launcher = _launcher(ctx, report_to_tune=True)
+        store.ensure(trial, device=_device(ctx), on_log=on_log, launcher=launcher)
+    steps = trial.train.steps
+    tune.report({"step": steps, "steps": steps, "done": 1})
 
 
 def _worker_setup(ctx: TrialContext) -> None:
@@ -317,14 +323,16 @@ class RayDispatcher:
         from ray import tune
 
         ctx = self._with_workers(spec, ctx, trial_share=False)
-        jobs = [{"kind": TRAIN, "trial": t.model_dump(mode="json")} for t in trainings]
-        jobs += [{"kind": SAMPLE, "trial": t.model_dump(mode="json")} for t in trials]
+        dump = lambda t: t.model_dump(mode="json")  # noqa: E731
+        chains = training_chains(trainings)  # train.steps as an axis: one job trains them all
+        jobs = [{"kind": TRAIN, "trial": dump(c[-1]), "chain": [dump(t) for t in c[:-1]]} for c in chains]
+        jobs += [{"kind": SAMPLE, "trial": dump(t)} for t in trials]
         if not jobs:
             return
         phases = [jobs]
         resources: Any = None  # the study's cpu and gpu per job
         if ctx.workers > 1:
-            phases = [jobs[: len(trainings)], jobs[len(trainings) :]]
+            phases = [jobs[: len(chains)], jobs[len(chains) :]]
             # With Ray Train workers a training job only waits on them: it holds no CPU or GPU
             # (Tune needs some resource: a little memory; the workers hold their own share).
             waiting = _bundle(0, 0, DRIVER_MEMORY)
@@ -333,7 +341,7 @@ class RayDispatcher:
             def resources(config: dict[str, Any]):
                 return waiting if config["job"]["kind"] == TRAIN else working
 
-        progress = Progress({"train": len(trainings), "trial": len(trials)}, on_complete)
+        progress = Progress({"train": len(chains), "trial": len(trials)}, on_complete)
         for phase in (p for p in phases if p):
             self._tune(
                 tune.with_parameters(_grid_trainable, ctx=ctx),

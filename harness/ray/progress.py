@@ -37,7 +37,7 @@ class Progress:
 
         self.totals, self.default, self.on_complete = totals, default, on_complete
         self.done = dict.fromkeys(totals, 0)
-        self.quarters: dict[str, int] = {}
+        self.quarters: dict[tuple[str, int], int] = {}
         self.callback = Hook()
 
     def label(self, trial) -> str:
@@ -49,9 +49,9 @@ class Progress:
         step, steps = result.get("step"), result.get("steps")
         if step is None or not steps or result.get("done"):
             return
-        quarter = 4 * step // steps
-        if quarter > self.quarters.get(trial.trial_id, 0):
-            self.quarters[trial.trial_id] = quarter
+        quarter, key = 4 * step // steps, (trial.trial_id, steps)  # a chain's trainings, one by one
+        if quarter > self.quarters.get(key, 0):
+            self.quarters[key] = quarter
             print(
                 f"  [train {trial.trial_id[-5:]}] step {step}/{steps} loss {result['loss']:.3f}",
                 flush=True,

@@ -83,6 +83,22 @@ def _parameter_count(config: ModelConfig) -> int:
         return sum(p.numel() for p in DiscreteDiT(config).parameters())
 
 
+def _positions(t: TrialConfig) -> int:
+    """Transformer positions of the trial's network (FLOPs ~ parameters x positions)."""
+    return t.task().positions(t, t.shape())
+
+
+def training_chains(trainings: list[TrialConfig]) -> list[list[TrialConfig]]:
+    """The trainings grouped by trajectory (``TrialConfig.trajectory_hash``), each group shortest
+    first. A group trains as one job, each training continuing from the one before it, so that
+    ``train.steps`` as an axis costs its largest value once; a training whose learning rate
+    depends on its length is a group of its own."""
+    groups: dict[str, list[TrialConfig]] = {}
+    for t in trainings:
+        groups.setdefault(t.trajectory_hash() or t.training_hash(), []).append(t)
+    return [sorted(group, key=lambda t: t.train.steps) for group in groups.values()]
+
+
 def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
     trials = expand_grid(spec) if spec.search.algorithm == "grid" else sample_random(spec)
     trainings = list({t.training_hash(): t for t in trials if not t.sampler.is_baseline}.values())
@@ -90,15 +106,16 @@ def make_plan(spec: StudySpec, study_dir: Path, store: CheckpointStore) -> Plan:
     pending = [t for t in trials if t.trial_hash() not in finished]
     pending_trainings = [t for t in trainings if not store.is_done(t.training_hash())]
     train_flops = sample_flops = 0.0
-    for t in trials:
-        params = parameter_count(t)
-        tokens = t.task().positions(t, t.shape())  # transformer positions (FLOPs ~ params x positions)
-        if t in pending_trainings:
-            train_flops += 6 * params * tokens * t.train.batch_size * t.train.grad_accum * t.train.steps
-        if t in pending:
-            guided = 2 if t.sampler.cfg_scale != 1 else 1
-            calls = t.sampler.num_steps * guided * t.eval.num_samples * len(t.eval.sample_seeds)
-            sample_flops += 2 * params * tokens * calls
+    for chain in training_chains(pending_trainings):  # a chain trains its longest run's steps once
+        t, shorter = chain[-1], store.shorter_run(chain[0])
+        steps = t.train.steps - (shorter[1] if shorter else 0)
+        train_flops += (
+            6 * parameter_count(t) * _positions(t) * t.train.batch_size * t.train.grad_accum * steps
+        )
+    for t in pending:
+        guided = 2 if t.sampler.cfg_scale != 1 else 1
+        calls = t.sampler.num_steps * guided * t.eval.num_samples * len(t.eval.sample_seeds)
+        sample_flops += 2 * parameter_count(t) * _positions(t) * calls
     return Plan(trials, trainings, pending, pending_trainings, train_flops, sample_flops)
 
 

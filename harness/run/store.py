@@ -5,6 +5,8 @@
     <root>/<training_hash>/curve.jsonl      training curve, one line per logged step
     <root>/<training_hash>/done.json        written last: the training finished, and the
                                             checkpoint's size and sha256
+    <root>/<training_hash>/continued_from.json   the shorter training of the same trajectory
+                                            it started from (its hash and steps), if any
     <root>/<training_hash>/samples/<settings>/seed_<k>/samples.npz
     <root>/quarantine/<training_hash>.<UTC timestamp>/   a damaged checkpoint, its done.json, curve
     <root>/quarantine/samples/<training_hash>/<settings>/seed_<k>.<UTC timestamp>/   damaged samples
@@ -13,7 +15,10 @@ Trials that need the same checkpoint wait on a file lock instead of training twi
 training interrupted at any point continues from its last periodic checkpoint. A finished
 checkpoint is verified before it is handed out (size and sha256 against done.json, hashed once
 per process and file; a done.json without them: the file loads); a damaged one is moved to the
-quarantine and trained again, under the same lock. A launcher
+quarantine and trained again, under the same lock. A training whose learning rate does not
+depend on its number of steps (``TrialConfig.trajectory_hash``) starts from the finished
+checkpoint of the longest shorter training of its trajectory, when the store has one: the state
+it would have reached itself at that step, bit for bit. A launcher
 (``harness.ray.distributed``) can run the training data parallel: every worker calls
 ``train_into`` with its rank, and rank 0 writes the checkpoint and the curve.
 """
@@ -29,8 +34,16 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.cache import QUARANTINE, atomic_write_text, quarantine, sha256_file, stamped, warn_quarantined
-from harness.config.trial import TrialConfig
+from harness.cache import (
+    QUARANTINE,
+    atomic_copy,
+    atomic_write_text,
+    quarantine,
+    sha256_file,
+    stamped,
+    warn_quarantined,
+)
+from harness.config.trial import TrialConfig, trajectory_of
 from harness.data.registry import get_dataset
 from harness.data.shard_loader import RowStream
 from models.backbone import ModelConfig
@@ -44,10 +57,10 @@ if TYPE_CHECKING:
 # launcher(trial, folder): trains the trial's checkpoint into the store folder (harness.ray.distributed)
 Launcher = Callable[[TrialConfig, Path], None]
 
-CHECKPOINT, DONE = "checkpoint.pt", "done.json"
+CHECKPOINT, DONE, CONFIG, CONTINUED = "checkpoint.pt", "done.json", "config.json", "continued_from.json"
 # What a training wrote, moved aside together when its checkpoint is damaged (config.json and the
 # samples stay: the samples of finished trials keep pointing where they were).
-TRAINING_OUTPUTS = (DONE, CHECKPOINT, "curve.jsonl", "heldout_ce.txt")
+TRAINING_OUTPUTS = (DONE, CHECKPOINT, "curve.jsonl", "heldout_ce.txt", CONTINUED)
 
 # Keyed by (path, size, mtime_ns), so that many trials on one checkpoint check it once per process.
 _hashed: dict[tuple[str, int, int], str] = {}  # -> sha256 of the file
@@ -173,10 +186,10 @@ class CheckpointStore:
         with file_lock(folder / "lock"):
             if self._usable(h):  # another trial trained (or healed) it while we waited
                 return self.checkpoint(h)
-            atomic_write_text(
-                folder / "config.json", json.dumps(trial.training_part(), indent=2, sort_keys=True)
-            )
+            atomic_write_text(folder / CONFIG, json.dumps(trial.training_part(), indent=2, sort_keys=True))
             started = time.perf_counter()
+            if not self.checkpoint(h).is_file():  # a fresh start: from a shorter run if there is one
+                self._continue_shorter(trial)
 
             def log(step: int, metrics: dict) -> None:
                 if on_log is not None:
@@ -193,6 +206,51 @@ class CheckpointStore:
                 launcher(trial, folder)
             self.mark_done(h, time.perf_counter() - started)
         return self.checkpoint(h)
+
+    def shorter_run(self, trial: TrialConfig) -> tuple[str, int] | None:
+        """(training hash, steps) of the longest finished, intact training of the trial's
+        trajectory that is shorter than it; None when there is none (or nothing is shared)."""
+        trajectory = trial.trajectory_hash()
+        if trajectory is None:
+            return None
+        best: tuple[str, int] | None = None
+        for config in self.root.glob(f"*/{CONFIG}"):
+            h = config.parent.name
+            if h == trial.training_hash() or not self.is_done(h):
+                continue
+            try:
+                part = json.loads(config.read_text())
+            except (OSError, ValueError):
+                continue
+            steps = part.get("train", {}).get("steps")
+            if (
+                not isinstance(steps, int)
+                or not steps < trial.train.steps
+                or trajectory_of(part) != trajectory
+            ):
+                continue
+            if (best is None or steps > best[1]) and self.verify(h) is None:
+                best = (h, steps)
+        return best
+
+    def _continue_shorter(self, trial: TrialConfig) -> None:
+        """Copies the shorter run's checkpoint and curve into the trial's folder (the training
+        then resumes from them) and records where they came from."""
+        found = self.shorter_run(trial)
+        if found is None:
+            return
+        donor, steps = found
+        folder = self.folder(trial.training_hash())
+        curve = self.folder(donor) / "curve.jsonl"
+        if curve.is_file():
+            atomic_write_text(folder / "curve.jsonl", curve.read_text())
+        atomic_copy(self.checkpoint(donor), self.checkpoint(trial.training_hash()))
+        atomic_write_text(folder / CONTINUED, json.dumps({"training_hash": donor, "steps": steps}))
+
+    def continued_from(self, training_hash: str) -> dict | None:
+        """{training_hash, steps} of the shorter run a training started from; None if none."""
+        path = self.folder(training_hash) / CONTINUED
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def _usable(self, training_hash: str) -> bool:
         """Under the lock: whether the checkpoint is finished and intact. A damaged finished one,
