@@ -26,8 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.run.ledger import PER_SEED
-from harness.tracking.schema import CI_HIGH, CI_LOW
+from harness.tracking.schema import CI_HIGH, CI_LOW, PER_SEED
 from reports.figures import best_rows, direction, with_methods
 
 HOLDS, FAILS, UNDETERMINED = "holds", "does not hold", "undetermined"

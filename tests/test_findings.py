@@ -228,3 +228,10 @@ def test_gpu_studies_print_gpu_hours(capsys) -> None:
     # 6 x params x 256 positions (DiT-XL/2: 2 x 2 patches of the 32 x 32 tokens) x 256 x 400k steps
     # at 100 TFLOP/s; DiT-XL/2 with a 4 x 16,385-way head has ~0.8e9 parameters: ~360 GPU-h
     assert 250 < hours < 450 and "at 100 TFLOP/s sustained per GPU" in out
+
+
+def test_the_per_seed_key_is_the_one_trials_write() -> None:
+    from harness.run import ledger
+    from harness.tracking import schema
+
+    assert ledger.PER_SEED == schema.PER_SEED

@@ -30,6 +30,7 @@ TAG_SECONDS = "unmask.seconds"
 TAG_HOST = "unmask.host"
 TAG_RECORD = "unmask.record"  # a digest of the ledger record the run holds (a re-run trial differs)
 TAG_PROTOCOL_PREFIX = "unmask.protocol."
+PER_SEED = "per_seed"  # harness.run.ledger.PER_SEED, for readers that must not import torch
 TAG_GIT_COMMIT = "git_commit"
 CURVE_PREFIX = "train/"
 CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
