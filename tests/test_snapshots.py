@@ -128,6 +128,9 @@ def test_a_study_over_train_steps_trains_its_trajectory_once(runs_root, write_st
         ("finished", 10),
         ("finished", 20),
     ]
+    tune_files = {p.name for p in (runs_root / "curve" / "ray").rglob("*") if p.is_file()}
+    assert "result.json" in tune_files  # Tune reads it back when a fit ends: no warning per trial
+    assert not {"progress.csv"} & tune_files and not any(n.startswith("events.out") for n in tune_files)
     short, long = sorted(run.plan.trainings, key=lambda t: t.train.steps)
     assert run.store.continued_from(long.training_hash()) == {
         "training_hash": short.training_hash(),

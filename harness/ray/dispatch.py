@@ -38,8 +38,9 @@ RAY_ENV = {
     # Ray starts a worker per CPU for the first driver, but a Tune trial (its runtime_env sets
     # env_vars) never runs in one: they only slowed the driver's set-up, and were then ended.
     "RAY_prestart_worker_first_driver": "0",
-    # Tune's own per-trial CSV, JSON and TensorBoard logs: the ledger and MLflow hold the results,
-    # and the TensorBoard logger alone costs the driver a tensorboardX import (~1.5 s).
+    # Tune's own per-trial CSV and TensorBoard logs: the ledger and MLflow hold the results, and
+    # the TensorBoard logger alone costs the driver a tensorboardX import (~1.5 s). The JSON
+    # logger is added back by hand (Tune reads result.json back when a fit ends).
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
@@ -282,6 +283,7 @@ class RayDispatcher:
         resources: Any = None,
     ) -> None:
         from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
 
         resources = resources or {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
         tuner = tune.Tuner(
@@ -300,7 +302,9 @@ class RayDispatcher:
                 storage_path=str((Path(ctx.study_dir) / "ray").resolve()),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 verbose=1 if self.verbose else 0,
-                callbacks=[progress.callback],
+                # result.json only (the results Tune reads back at the end of fit), no CSV or
+                # TensorBoard logs: see TUNE_DISABLE_AUTO_CALLBACK_LOGGERS in RAY_ENV
+                callbacks=[progress.callback, JsonLoggerCallback()],
             ),
         )
         tuner.fit()
