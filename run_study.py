@@ -4,6 +4,7 @@
   run_study.py validate STUDY.yaml              check a study; nothing starts, nothing is written
   run_study.py run STUDY.yaml [--dry-run]       run it (or print its trial plan and cost)
   run_study.py resume STUDY                     finish an interrupted study (a file, folder or name)
+  run_study.py extend STUDY [--rounds N]        run it, then grow its `extend` axes past edge optima
   run_study.py report STUDY                     rewrite report.md / report.html from MLflow
   run_study.py quickstart                       the embedded quickstart study (make study)
   run_study.py evaluate SAMPLES --dataset D     rescore samples saved on disk (no resampling)
@@ -41,14 +42,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="run_study.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("validate", "run", "resume", "report", "quickstart"):
+    for name in ("validate", "run", "resume", "report", "quickstart", "extend"):
         p = sub.add_parser(name)
         if name != "quickstart":
             p.add_argument("study", help="a study YAML file (or, for resume/report, its folder or name)")
         p.add_argument(
             "--runs-root", type=Path, default=DEFAULT_RUNS, help="studies, checkpoints, MLflow store"
         )
-        if name in ("run", "resume", "quickstart", "report"):
+        if name in ("run", "resume", "quickstart", "report", "extend"):
             p.add_argument(
                 "--tracking-uri",
                 default=None,
@@ -60,7 +61,11 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="tables only, from the study's ledger files (when the MLflow store is out of reach)",
             )
-        if name in ("run", "resume", "quickstart"):
+        if name == "extend":
+            p.add_argument(
+                "--rounds", type=int, default=5, help="at most this many growths of the grid (default 5)"
+            )
+        if name in ("run", "resume", "quickstart", "extend"):
             p.add_argument(
                 "--dry-run", action="store_true", help="print the trial plan and cost; run nothing"
             )
@@ -165,6 +170,41 @@ def _sync_or_hold(tracker, ledger, held: list[OSError]) -> None:
         tracker.sync(ledger.records())
     except OSError as err:
         held.append(err)
+
+
+def _extend(args) -> int:
+    """Runs the study, then, while a method's best trial sits at an edge of an ``extend`` axis that
+    its bound lets grow, adds the next value, writes the grown study to the study folder and runs
+    the new cells (``harness.run.extend``); at most ``--rounds`` growths."""
+    from harness.errors import UserError
+    from harness.run.extend import edge_extensions, extended, write_study
+    from harness.run.ledger import Ledger
+    from harness.runner import STUDY_FILE, prepare
+
+    if args.rounds < 0:
+        raise UserError(f"--rounds {args.rounds}: expected 0 or more")
+    run = prepare(args.study, args.runs_root)
+    if not run.spec.extend:
+        raise UserError(f"study {run.spec.name!r} has no extend section: nothing says which axes may grow")
+    for round_ in range(args.rounds + 1):
+        code = _run(args)
+        if code not in (0, EXIT_TRIALS_FAILED) or args.dry_run:
+            return code
+        run = prepare(args.study, args.runs_root)
+        grow, stopped = edge_extensions(run.spec, Ledger(run.study_dir).records())
+        for line in stopped:
+            print(f"not extended: {line}")
+        if not grow:
+            print("extend: no best trial sits at an edge it may pass")
+            return code
+        if round_ == args.rounds:
+            print(f"extend: stopped after {args.rounds} round(s); {grow[0].axis} would still grow")
+            return code
+        for e in grow:
+            print(f"extend: {e.axis} += {e.added}  ({'; '.join(e.why)})")
+        write_study(extended(run.spec, grow), run.study_dir / STUDY_FILE)
+        args.study = run.study_dir  # the grown study, from its folder, from now on
+    return code
 
 
 def _run(args) -> int:
@@ -327,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                 _log_report(tracker, report)
             print(f"report: {report.markdown} and {report.html}")
             return 0
+        if args.command == "extend":
+            return _extend(args)
         return _run(args)
     except UserError as err:  # bad input; anything not caught here is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)

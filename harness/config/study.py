@@ -67,6 +67,29 @@ class Resources(BaseModel):
     workers: int = Field(default=1, ge=1, le=4096)
 
 
+class ExtendRule(BaseModel):
+    """How ``run_study.py extend`` grows a numeric grid axis past an edge optimum: by ``step``
+    (added) or ``factor`` (multiplied), never below ``min`` or above ``max`` (the stated bound;
+    a direction without one is not extended)."""
+
+    model_config = STRICT
+    step: float | None = Field(default=None, gt=0)
+    factor: float | None = Field(default=None, gt=1)
+    min: float | None = None
+    max: float | None = None
+
+    def beyond(self, edge: float, up: bool) -> float | None:
+        """The next value past ``edge`` (up or down), or None when the bound stops it."""
+        if self.step is not None:
+            value = edge + self.step if up else edge - self.step
+        else:
+            value = edge * self.factor if up else edge / self.factor
+        bound = self.max if up else self.min
+        if bound is None or (value > bound if up else value < bound):
+            return None
+        return value
+
+
 class StudySpec(BaseModel):
     """A validated study file."""
 
@@ -86,6 +109,7 @@ class StudySpec(BaseModel):
     concurrency: int = Field(default=2, ge=1, le=100_000)
     max_failures: int = Field(default=1, ge=0)
     paper_reference: str | None = None  # "<file relative to the study>#<entry>": the paper's numbers
+    extend: dict[str, ExtendRule] = Field(default_factory=dict)  # run_study.py extend: axis -> rule
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
     reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
 
@@ -326,6 +350,7 @@ def validate_study(spec: StudySpec) -> None:
         for key, values in probes.items():
             for value in values:
                 resolve(spec, {**corner, key: value}, variant, spec.seeds[0])
+    _check_extend(spec)
     if not spec.space and not spec.variants and len(spec.seeds) == 1 and spec.search.algorithm != "grid":
         raise ConfigError("space is empty: nothing to search")
     extra = [e.key(m) for e in first.eval.extra_protocols for m in e.metrics]
@@ -337,6 +362,30 @@ def validate_study(spec: StudySpec) -> None:
         )
     if spec.metric in METRICS and spec.metric not in first.eval.metrics:
         raise ConfigError(f"metric {spec.metric!r} is not in eval.metrics {first.eval.metrics}: add it there")
+
+
+def numeric_grid(values: Any) -> bool:
+    """Whether an axis of the space is a grid list of numbers (an axis ``extend`` can grow)."""
+    return isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    )
+
+
+def _check_extend(spec: StudySpec) -> None:
+    """An extended axis is a grid list of numbers in the space, with one way to grow and a bound."""
+    for key, rule in spec.extend.items():
+        values = spec.space.get(key)
+        if spec.search.algorithm != "grid" or not numeric_grid(values) or not values:
+            raise ConfigError(
+                f"extend.{key}: expected an axis of the grid's space given as a list of numbers; got "
+                f"{short(values) if values is not None else 'no such axis'}"
+            )
+        if (rule.step is None) == (rule.factor is None):
+            raise ConfigError(f"extend.{key}: give step (added) or factor (multiplied), exactly one")
+        if rule.min is None and rule.max is None:
+            raise ConfigError(f"extend.{key}: give min or max (or both): how far the grid may grow")
+        if rule.factor is not None and min(values) <= 0:
+            raise ConfigError(f"extend.{key}: factor needs positive values; the grid has {min(values)}")
 
 
 def metric_mode(spec: StudySpec) -> str:

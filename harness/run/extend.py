@@ -1,0 +1,110 @@
+"""Growing a grid past an edge optimum (``run_study.py extend``).
+
+A study's ``extend: {axis: {step | factor, min, max}}`` names the numeric grid axes whose optimum
+the study means to find. After a round, each group of trials that share their categorical
+settings (the space's non-numeric axes and whatever the variants set: a "method") has its best
+trial; where that trial sits at an edge of an extended axis, the next value past that edge (by
+``step`` or ``factor``, within ``min`` / ``max``) joins the grid. The grown study is written to
+the study folder's ``study.yaml`` and run again: finished cells are in the ledger, so only the
+new ones run. It stops when no best trial sits at an edge it may pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from harness.cache import atomic_write_text
+from harness.config.study import StudySpec, metric_mode, numeric_grid
+from harness.run.ledger import TrialRecord
+
+
+@dataclass(frozen=True)
+class Extension:
+    axis: str
+    added: list[float]
+    why: list[str]  # per value: which method's best sat at which edge
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _numeric(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    )
+
+
+def method_keys(spec: StudySpec) -> list[str]:
+    """The settings that tell methods apart: the space's non-numeric axes and every key a variant
+    sets (the numeric axes, e.g. steps or CFG, are settings a method's best is taken over)."""
+    keys = {k for k, v in spec.space.items() if not numeric_grid(v)}
+    keys |= {k for variant in spec.variants.values() for k in variant}
+    return sorted(keys)
+
+
+def _like(value: float, grid: list[float]) -> float | int:
+    """An integer axis stays integer (rounded); otherwise the float, rid of accumulated fuzz."""
+    if all(isinstance(v, int) for v in grid):
+        return round(value)
+    return round(value, 10)
+
+
+def edge_extensions(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[Extension], list[str]]:
+    """(what to add, per extended axis; the edges where the bound stops the growth)."""
+    minimize = metric_mode(spec) == "min"
+    finished = [r for r in records if r.status == "finished" and spec.metric in r.metrics]
+    keys = method_keys(spec)
+    best: dict[tuple, TrialRecord] = {}
+    for r in finished:
+        group = tuple(repr(_get(r.config, k)) for k in keys)
+        held = best.get(group)
+        value = r.metrics[spec.metric]
+        if held is None or (
+            value < held.metrics[spec.metric] if minimize else value > held.metrics[spec.metric]
+        ):
+            best[group] = r
+    extensions, stopped = [], []
+    for axis, rule in spec.extend.items():
+        grid = sorted(spec.space[axis])
+        added: dict[float | int, list[str]] = {}
+        for group, r in best.items():
+            method = ", ".join(f"{k}={v}" for k, v in zip(keys, group, strict=True)) or "every trial"
+            at = _get(r.config, axis)
+            for up, edge in ((True, grid[-1]), (False, grid[0])):
+                if at != edge:
+                    continue
+                side = "top" if up else "bottom"
+                beyond = rule.beyond(edge, up)
+                if beyond is None:
+                    stopped.append(f"{axis}: {method} is best at the grid's {side}, {edge}, the stated bound")
+                    continue
+                value = _like(beyond, grid)
+                if value not in grid:
+                    added.setdefault(value, []).append(f"{method} best at the grid's {side}, {edge}")
+        if added:
+            values = sorted(added)
+            extensions.append(Extension(axis, values, [f"{v}: {'; '.join(added[v])}" for v in values]))
+    return extensions, stopped
+
+
+def extended(spec: StudySpec, extensions: list[Extension]) -> StudySpec:
+    space = dict(spec.space)
+    for e in extensions:
+        space[e.axis] = sorted(set(space[e.axis]) | set(e.added))
+    return spec.model_copy(update={"space": space})
+
+
+def write_study(spec: StudySpec, path) -> None:
+    """The study as a file beside its ``base.yaml`` (the folder's copy), for the next round."""
+    data = spec.model_dump(mode="json", exclude={"base_config", "reference_data"})
+    data["base"] = "base.yaml"
+    if data.get("paper_reference"):
+        data["paper_reference"] = f"reference.yaml#{data['paper_reference'].partition('#')[2]}"
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
