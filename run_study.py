@@ -148,7 +148,10 @@ def _report(run, uri: str):
     spec = run.spec
     title = spec.description or spec.name
     reference = spec.reference_data or None
-    return write_report(uri, spec.name, run.study_dir, title, spec.metric, metric_mode(spec), reference)
+    mode = metric_mode(spec)
+    return write_report(
+        uri, spec.name, run.study_dir, title, spec.metric, mode, reference, spec.compare_front
+    )
 
 
 def _log_report(tracker, report) -> None:

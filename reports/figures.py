@@ -268,8 +268,16 @@ def heatmap(table: pd.DataFrame, metric: str, axes: tuple[str, str], out: Path) 
 
 
 def tradeoff(
-    table: pd.DataFrame, x: str, y: str, out: Path, colours: dict, log_x: bool = False
+    table: pd.DataFrame,
+    x: str,
+    y: str,
+    out: Path,
+    colours: dict,
+    log_x: bool = False,
+    other: tuple[str, pd.DataFrame] | None = None,
 ) -> Figure | None:
+    """y vs x, a point per trial, with the Pareto front; ``other`` (a study's name and table)
+    adds that study's front, dashed: e.g. what a search found against what a grid found."""
     rows = table[table[x].notna() & table[y].notna()]
     if x == SECONDS:
         rows = rows[rows[x] > 0]
@@ -280,19 +288,29 @@ def tradeoff(
     sns.scatterplot(data=rows, x=x, y=y, hue="method", palette=colours, ax=ax, s=40)
     front = rows.iloc[pareto_front(rows[x], rows[y], x_mode, y_mode)]
     ax.plot(front[x], front[y], color="black", lw=1, ls=":", label="Pareto front")
+    caption = f"{metric_words(y)} vs {metric_words(x)}, one point per trial; dotted: the Pareto front."
+    if other is not None and {x, y} <= set(other[1].columns):
+        theirs = other[1][other[1][x].notna() & other[1][y].notna()]
+        theirs = theirs[(theirs["status"] == "finished") & (theirs[x] > 0 if x == SECONDS else True)]
+        if len(theirs):
+            front_b = theirs.iloc[pareto_front(theirs[x], theirs[y], x_mode, y_mode)]
+            ax.plot(front_b[x], front_b[y], color="grey", lw=1.5, ls="--", label=f"{other[0]}: Pareto front")
+            caption += f" Dashed: the Pareto front of study {other[0]!r} ({len(theirs)} trials)."
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(f"{metric_words(x)} ({'lower' if x_mode == 'min' else 'higher'} is better)")
     ax.set_ylabel(f"{metric_words(y)} ({'lower' if y_mode == 'min' else 'higher'} is better)")
     _legend_outside(ax)
     ax.grid(alpha=0.3)
-    caption = f"{metric_words(y)} vs {metric_words(x)}, one point per trial; dotted: the Pareto front."
     name = f"tradeoff_{y}_vs_{x}".replace("/", "-").replace(".", "-")
     return Figure(f"{metric_words(y)} vs {metric_words(x)}", caption, _save(fig, out / f"{name}.png"))
 
 
-def study_figures(table: pd.DataFrame, metric: str, out: Path) -> list[Figure]:
-    """Every figure the study's axes call for (finished trials only)."""
+def study_figures(
+    table: pd.DataFrame, metric: str, out: Path, other: tuple[str, pd.DataFrame] | None = None
+) -> list[Figure]:
+    """Every figure the study's axes call for (finished trials only); ``other``: a study whose
+    quality / cost Pareto front the seconds-per-sample trade-off draws too."""
     if metric not in table:
         return []
     table = table[(table["status"] == "finished") & table[metric].notna()]
@@ -311,5 +329,5 @@ def study_figures(table: pd.DataFrame, metric: str, out: Path) -> list[Figure]:
     if "precision" in table and "recall" in table:
         figures.append(tradeoff(table, "recall", "precision", out, colours))
     if SECONDS in table:
-        figures.append(tradeoff(table, SECONDS, metric, out, colours, log_x=True))
+        figures.append(tradeoff(table, SECONDS, metric, out, colours, log_x=True, other=other))
     return [f for f in figures if f is not None]

@@ -159,6 +159,7 @@ def render_markdown(
     metric: str,
     mode: str | None = None,
     reference: dict | None = None,
+    compare_front: str | None = None,
 ) -> tuple[str, list[Figure]]:
     """The report's Markdown and its figures. mode: 'min' or 'max' (default: the metric's
     direction as its protocol records it)."""
@@ -183,7 +184,10 @@ def render_markdown(
     if ordered:
         by_hash = {r["trial_hash"]: r for r in recs}
         best = _best_per_method(table, by_hash, metric, mode)
-        figures = study_figures(table, metric, study_dir / FILES)
+        other = None
+        if compare_front:  # another study's trials, for its Pareto front (empty if it has none)
+            other = (compare_front, study_table(tracking_uri, compare_front).table)
+        figures = study_figures(table, metric, study_dir / FILES, other)
         lines += _best_section(best, metric, keys) + ceiling_section(ordered)
         lines += paper_section(table, metric, reference) if reference else []
         lines += _figures_section(figures, study_dir)
@@ -233,11 +237,15 @@ def write_report(
     metric: str,
     mode: str | None = None,
     reference: dict | None = None,
+    compare_front: str | None = None,
 ) -> Report:
     """Write report.md and report.html in the study folder from the study's MLflow runs;
-    ``reference`` (a paper reference entry) adds the paper-vs-ours section."""
+    ``reference`` (a paper reference entry) adds the paper-vs-ours section; ``compare_front`` (a
+    study in the same store) draws its quality / cost Pareto front beside this one's."""
     study_dir = Path(study_dir).resolve()  # artifacts download to absolute paths; links are relative to it
-    text, figures = render_markdown(tracking_uri, study_name, study_dir, title, metric, mode, reference)
+    text, figures = render_markdown(
+        tracking_uri, study_name, study_dir, title, metric, mode, reference, compare_front
+    )
     md = study_dir / "report.md"
     atomic_write(md, text)
     page = study_dir / "report.html"

@@ -48,6 +48,9 @@ class SearchSpec(BaseModel):
     # The most trials a study may plan (grid cells x variants x seeds, or num_trials): a typo
     # such as num_trials: 1e9 is refused with its count instead of running validation for hours.
     max_trials: int = Field(default=5000, ge=1)
+    # Optuna's multi-objective TPE over these metrics (e.g. [fid, seconds_per_sample]): it looks
+    # for the quality / cost Pareto front; the study's metric, one of them, ranks the report.
+    objectives: list[str] = Field(default_factory=list)
 
 
 class SchedulerSpec(BaseModel):
@@ -110,6 +113,7 @@ class StudySpec(BaseModel):
     max_failures: int = Field(default=1, ge=0)
     paper_reference: str | None = None  # "<file relative to the study>#<entry>": the paper's numbers
     extend: dict[str, ExtendRule] = Field(default_factory=dict)  # run_study.py extend: axis -> rule
+    compare_front: str | None = Field(default=None, pattern=NAME_PATTERN)  # its front in the report
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
     reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
 
@@ -362,6 +366,12 @@ def validate_study(spec: StudySpec) -> None:
         )
     if spec.metric in METRICS and spec.metric not in first.eval.metrics:
         raise ConfigError(f"metric {spec.metric!r} is not in eval.metrics {first.eval.metrics}: add it there")
+    _check_objectives(spec, produced)
+    for name in spec.search.objectives:
+        if name in METRICS and name not in first.eval.metrics:
+            raise ConfigError(
+                f"search.objectives: {name!r} is not in eval.metrics {first.eval.metrics}: add it there"
+            )
 
 
 def numeric_grid(values: Any) -> bool:
@@ -391,10 +401,47 @@ def _check_extend(spec: StudySpec) -> None:
 def metric_mode(spec: StudySpec) -> str:
     if spec.mode is not None:
         return spec.mode
-    base = spec.metric.rsplit("/", 1)[-1]  # "<extractor>/<metric>" from eval.extra_protocols
+    return direction_of(spec.metric)
+
+
+def direction_of(metric: str) -> str:
+    """'max' for a metric where higher is better, else 'min' (NFE, seconds, losses)."""
+    base = metric.rsplit("/", 1)[-1]  # "<extractor>/<metric>" from eval.extra_protocols
     if base in METRICS:
         return "max" if METRICS[base].higher_is_better else "min"
     return "min"
+
+
+def objective_modes(spec: StudySpec) -> list[str]:
+    """The direction of each of ``search.objectives`` (the study's metric keeps its mode)."""
+    return [metric_mode(spec) if m == spec.metric else direction_of(m) for m in spec.search.objectives]
+
+
+def _check_objectives(spec: StudySpec, produced: set[str]) -> None:
+    objectives = spec.search.objectives
+    if not objectives:
+        return
+    if spec.search.algorithm != "optuna":
+        raise ConfigError(
+            f"search.objectives {objectives}: a multi-objective search needs search.algorithm optuna;"
+            f" got {spec.search.algorithm!r}"
+        )
+    if len(set(objectives)) < 2:
+        raise ConfigError(f"search.objectives {objectives}: expected two or more distinct metrics")
+    for name in objectives:
+        if name not in produced:
+            raise ConfigError(
+                f"search.objectives: {name!r} is not produced by the evaluator; expected one of"
+                f" {sorted(produced)}{did_you_mean(name, produced)}"
+            )
+    if spec.metric not in objectives:
+        raise ConfigError(
+            f"metric {spec.metric!r} must be one of search.objectives {objectives}: it ranks the report"
+        )
+    if spec.scheduler.name != "fifo":
+        raise ConfigError(
+            f"scheduler {spec.scheduler.name!r} stops trials on one metric; search.objectives needs fifo"
+        )
 
 
 def expand_grid(spec: StudySpec) -> list[TrialConfig]:

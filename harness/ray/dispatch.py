@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cache import CACHE_ENV
-from harness.config.study import StudySpec, apply_assignment, axes, metric_mode
+from harness.config.study import StudySpec, apply_assignment, axes, metric_mode, objective_modes
 from harness.config.trial import TrialConfig
 from harness.ray.background import ServiceThread, start_ray
 from harness.ray.distributed import DataParallelLauncher, check_workers_fit
@@ -371,8 +371,11 @@ class RayDispatcher:
             import optuna
             from ray.tune.search.optuna import OptunaSearch
 
+            objectives = spec.search.objectives  # several: TPE's multi-objective mode, a Pareto front
             search_alg = OptunaSearch(
-                metric=spec.metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=spec.search.seed)
+                metric=list(objectives) if objectives else spec.metric,
+                mode=objective_modes(spec) if objectives else mode,
+                sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
             )
         scheduler = FIFOScheduler()
         if spec.scheduler.name == "asha":
