@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import yaml
 
-from harness.config.study import ExtendRule, load_study
+from harness.config.search import ExtendRule
+from harness.config.study import load_study
 from harness.run.extend import edge_extensions, extended
 from harness.run.ledger import TrialRecord
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config.files import read_yaml
 from harness.config.recipes import RECIPES
+from harness.config.search import ExtendRule, check_extend, check_objectives, direction_of
 from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, set_dotted
 from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
@@ -68,29 +69,6 @@ class Resources(BaseModel):
     cpu: float = Field(default=1.0, gt=0, le=4096)
     gpu: float = Field(default=0.0, ge=0, le=4096)
     workers: int = Field(default=1, ge=1, le=4096)
-
-
-class ExtendRule(BaseModel):
-    """How ``run_study.py extend`` grows a numeric grid axis past an edge optimum: by ``step``
-    (added) or ``factor`` (multiplied), never below ``min`` or above ``max`` (the stated bound;
-    a direction without one is not extended)."""
-
-    model_config = STRICT
-    step: float | None = Field(default=None, gt=0)
-    factor: float | None = Field(default=None, gt=1)
-    min: float | None = None
-    max: float | None = None
-
-    def beyond(self, edge: float, up: bool) -> float | None:
-        """The next value past ``edge`` (up or down), or None when the bound stops it."""
-        if self.step is not None:
-            value = edge + self.step if up else edge - self.step
-        else:
-            value = edge * self.factor if up else edge / self.factor
-        bound = self.max if up else self.min
-        if bound is None or (value > bound if up else value < bound):
-            return None
-        return value
 
 
 class StudySpec(BaseModel):
@@ -354,7 +332,7 @@ def validate_study(spec: StudySpec) -> None:
         for key, values in probes.items():
             for value in values:
                 resolve(spec, {**corner, key: value}, variant, spec.seeds[0])
-    _check_extend(spec)
+    check_extend(spec.extend, spec.space, spec.search.algorithm)
     if not spec.space and not spec.variants and len(spec.seeds) == 1 and spec.search.algorithm != "grid":
         raise ConfigError("space is empty: nothing to search")
     extra = [e.key(m) for e in first.eval.extra_protocols for m in e.metrics]
@@ -366,36 +344,14 @@ def validate_study(spec: StudySpec) -> None:
         )
     if spec.metric in METRICS and spec.metric not in first.eval.metrics:
         raise ConfigError(f"metric {spec.metric!r} is not in eval.metrics {first.eval.metrics}: add it there")
-    _check_objectives(spec, produced)
+    check_objectives(
+        spec.search.objectives, spec.metric, spec.search.algorithm, spec.scheduler.name, produced
+    )
     for name in spec.search.objectives:
         if name in METRICS and name not in first.eval.metrics:
             raise ConfigError(
                 f"search.objectives: {name!r} is not in eval.metrics {first.eval.metrics}: add it there"
             )
-
-
-def numeric_grid(values: Any) -> bool:
-    """Whether an axis of the space is a grid list of numbers (an axis ``extend`` can grow)."""
-    return isinstance(values, list) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in values
-    )
-
-
-def _check_extend(spec: StudySpec) -> None:
-    """An extended axis is a grid list of numbers in the space, with one way to grow and a bound."""
-    for key, rule in spec.extend.items():
-        values = spec.space.get(key)
-        if spec.search.algorithm != "grid" or not numeric_grid(values) or not values:
-            raise ConfigError(
-                f"extend.{key}: expected an axis of the grid's space given as a list of numbers; got "
-                f"{short(values) if values is not None else 'no such axis'}"
-            )
-        if (rule.step is None) == (rule.factor is None):
-            raise ConfigError(f"extend.{key}: give step (added) or factor (multiplied), exactly one")
-        if rule.min is None and rule.max is None:
-            raise ConfigError(f"extend.{key}: give min or max (or both): how far the grid may grow")
-        if rule.factor is not None and min(values) <= 0:
-            raise ConfigError(f"extend.{key}: factor needs positive values; the grid has {min(values)}")
 
 
 def metric_mode(spec: StudySpec) -> str:
@@ -404,44 +360,9 @@ def metric_mode(spec: StudySpec) -> str:
     return direction_of(spec.metric)
 
 
-def direction_of(metric: str) -> str:
-    """'max' for a metric where higher is better, else 'min' (NFE, seconds, losses)."""
-    base = metric.rsplit("/", 1)[-1]  # "<extractor>/<metric>" from eval.extra_protocols
-    if base in METRICS:
-        return "max" if METRICS[base].higher_is_better else "min"
-    return "min"
-
-
 def objective_modes(spec: StudySpec) -> list[str]:
     """The direction of each of ``search.objectives`` (the study's metric keeps its mode)."""
     return [metric_mode(spec) if m == spec.metric else direction_of(m) for m in spec.search.objectives]
-
-
-def _check_objectives(spec: StudySpec, produced: set[str]) -> None:
-    objectives = spec.search.objectives
-    if not objectives:
-        return
-    if spec.search.algorithm != "optuna":
-        raise ConfigError(
-            f"search.objectives {objectives}: a multi-objective search needs search.algorithm optuna;"
-            f" got {spec.search.algorithm!r}"
-        )
-    if len(set(objectives)) < 2:
-        raise ConfigError(f"search.objectives {objectives}: expected two or more distinct metrics")
-    for name in objectives:
-        if name not in produced:
-            raise ConfigError(
-                f"search.objectives: {name!r} is not produced by the evaluator; expected one of"
-                f" {sorted(produced)}{did_you_mean(name, produced)}"
-            )
-    if spec.metric not in objectives:
-        raise ConfigError(
-            f"metric {spec.metric!r} must be one of search.objectives {objectives}: it ranks the report"
-        )
-    if spec.scheduler.name != "fifo":
-        raise ConfigError(
-            f"scheduler {spec.scheduler.name!r} stops trials on one metric; search.objectives needs fifo"
-        )
 
 
 def expand_grid(spec: StudySpec) -> list[TrialConfig]:

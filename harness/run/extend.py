@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from harness.cache import atomic_write_text
-from harness.config.study import StudySpec, metric_mode, numeric_grid
+from harness.config.search import numeric_grid
+from harness.config.study import StudySpec, metric_mode
 from harness.run.ledger import TrialRecord
 
 

@@ -1,0 +1,97 @@
+"""What a study's search may add to a grid or a sampler: ``extend`` rules (``run_study.py
+extend`` grows a numeric axis past an edge optimum) and multi-objective ``search.objectives``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.config.trial import ConfigError
+from harness.errors import did_you_mean, short
+from harness.evaluation import METRICS
+
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ExtendRule(BaseModel):
+    """How ``run_study.py extend`` grows a numeric grid axis past an edge optimum: by ``step``
+    (added) or ``factor`` (multiplied), never below ``min`` or above ``max`` (the stated bound;
+    a direction without one is not extended)."""
+
+    model_config = STRICT
+    step: float | None = Field(default=None, gt=0)
+    factor: float | None = Field(default=None, gt=1)
+    min: float | None = None
+    max: float | None = None
+
+    def beyond(self, edge: float, up: bool) -> float | None:
+        """The next value past ``edge`` (up or down), or None when the bound stops it."""
+        if self.step is not None:
+            value = edge + self.step if up else edge - self.step
+        else:
+            value = edge * self.factor if up else edge / self.factor
+        bound = self.max if up else self.min
+        if bound is None or (value > bound if up else value < bound):
+            return None
+        return value
+
+
+def numeric_grid(values: Any) -> bool:
+    """Whether an axis of the space is a grid list of numbers (an axis ``extend`` can grow)."""
+    return isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    )
+
+
+def check_extend(extend: dict[str, ExtendRule], space: dict[str, Any], algorithm: str) -> None:
+    """An extended axis is a grid list of numbers in the space, with one way to grow and a bound."""
+    for key, rule in extend.items():
+        values = space.get(key)
+        if algorithm != "grid" or not numeric_grid(values) or not values:
+            raise ConfigError(
+                f"extend.{key}: expected an axis of the grid's space given as a list of numbers; got "
+                f"{short(values) if values is not None else 'no such axis'}"
+            )
+        if (rule.step is None) == (rule.factor is None):
+            raise ConfigError(f"extend.{key}: give step (added) or factor (multiplied), exactly one")
+        if rule.min is None and rule.max is None:
+            raise ConfigError(f"extend.{key}: give min or max (or both): how far the grid may grow")
+        if rule.factor is not None and min(values) <= 0:
+            raise ConfigError(f"extend.{key}: factor needs positive values; the grid has {min(values)}")
+
+
+def direction_of(metric: str) -> str:
+    """'max' for a metric where higher is better, else 'min' (NFE, seconds, losses)."""
+    base = metric.rsplit("/", 1)[-1]  # "<extractor>/<metric>" from eval.extra_protocols
+    if base in METRICS:
+        return "max" if METRICS[base].higher_is_better else "min"
+    return "min"
+
+
+def check_objectives(
+    objectives: list[str], metric: str, algorithm: str, scheduler: str, produced: set[str]
+) -> None:
+    """A multi-objective search: Optuna, two or more produced metrics, the study's metric among
+    them, and no scheduler that stops trials on one metric."""
+    if not objectives:
+        return
+    if algorithm != "optuna":
+        raise ConfigError(
+            f"search.objectives {objectives}: a multi-objective search needs search.algorithm optuna;"
+            f" got {algorithm!r}"
+        )
+    if len(set(objectives)) < 2:
+        raise ConfigError(f"search.objectives {objectives}: expected two or more distinct metrics")
+    for name in objectives:
+        if name not in produced:
+            raise ConfigError(
+                f"search.objectives: {name!r} is not produced by the evaluator; expected one of"
+                f" {sorted(produced)}{did_you_mean(name, produced)}"
+            )
+    if metric not in objectives:
+        raise ConfigError(
+            f"metric {metric!r} must be one of search.objectives {objectives}: it ranks the report"
+        )
+    if scheduler != "fifo":
+        raise ConfigError(f"scheduler {scheduler!r} stops trials on one metric; search.objectives needs fifo")
