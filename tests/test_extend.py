@@ -3,6 +3,7 @@ new cells run."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from harness.config.search import ExtendRule
@@ -94,6 +95,7 @@ def test_bad_extend_sections_are_refused_naming_the_field(write_study, tmp_path)
         assert run_study.main(["validate", str(study), "--runs-root", str(tmp_path)]) == 2, expected
 
 
+@pytest.mark.slow  # three rounds of a study through Ray Tune
 def test_extend_runs_only_the_new_cells_until_the_bound(write_study, runs_root, ray_session, capsys) -> None:
     """NFE as the metric, higher is better: the best always sits at the top edge, so the grid
     [1, 2] grows to 4 (factor 2, max 4), and stops there: the bound."""

@@ -94,6 +94,7 @@ def test_the_tradeoff_draws_the_other_studys_front(tmp_path) -> None:
     assert pareto_front(ours["seconds_per_sample"], ours["fid"], "min", "min") == [0, 1]
 
 
+@pytest.mark.slow  # a search through Ray Tune
 def test_a_multi_objective_search_runs_through_tune(write_study, runs_root, ray_session) -> None:
     from harness.runner import execute, prepare
 

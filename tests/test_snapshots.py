@@ -116,6 +116,7 @@ def test_the_plan_counts_a_trajectorys_longest_run_once(tmp_path: Path, write_st
     assert cosine.train_flops == pytest.approx(cosine_longest.train_flops * 70 / 40)
 
 
+@pytest.mark.slow  # a study through Ray Tune
 def test_a_study_over_train_steps_trains_its_trajectory_once(runs_root, write_study, ray_session) -> None:
     """Through Ray Tune: the trainings of [10, 20] are one job, the 20-step one continued from the
     10-step checkpoint; every snapshot is sampled."""
