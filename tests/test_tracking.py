@@ -220,13 +220,23 @@ def test_resolve_tracking_uri_precedence(tmp_path, monkeypatch):
     assert runs_root.is_dir()
 
 
-def _tables(db: Path) -> dict[str, str]:
+def _tables(db: Path) -> dict[str, object]:
+    """The store's schema as data: each table's columns (name, type, not null, primary key), the
+    index names and the migration version (the SQL text of a migrated table may differ in the
+    order of its constraints from one migration run to another)."""
     import sqlite3
 
     with sqlite3.connect(db) as con:
-        rows = con.execute("select name, sql from sqlite_master where type in ('table', 'index')").fetchall()
-        version = con.execute("select version_num from alembic_version").fetchall()
-    return {**{name: sql for name, sql in rows}, "alembic_version": str(version)}
+        names = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+        schema: dict[str, object] = {
+            name: sorted((c[1], c[2], c[3], c[5]) for c in con.execute(f'pragma table_info("{name}")'))
+            for name in names
+        }
+        schema["indexes"] = sorted(
+            r[0] for r in con.execute("select name from sqlite_master where type = 'index'")
+        )
+        schema["alembic_version"] = con.execute("select version_num from alembic_version").fetchall()
+    return schema
 
 
 def test_a_new_store_is_a_copy_of_the_cached_empty_one(tmp_path, monkeypatch):
