@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import scipy.stats
 
 from harness.tracking.schema import CI_HIGH, CI_LOW, PER_SEED
 from reports.figures import best_rows, direction, with_methods
@@ -89,48 +90,11 @@ def difference(ra: pd.Series, rb: pd.Series, metric: str) -> Difference:
         diffs = [a[s] - b[s] for s in shared]
         mean = statistics.fmean(diffs)
         sd = statistics.stdev(diffs)
-        half = T_975[min(len(diffs) - 1, len(T_975) - 1)] * sd / math.sqrt(len(diffs))
+        half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
         return Difference(mean, half, True)
     return Difference(
         float(ra[metric] - rb[metric]), math.hypot(_half_width(ra, metric), _half_width(rb, metric)), False
     )
-
-
-# Student-t 0.975 quantiles for 1..30 degrees of freedom (index = df; beyond 30, the normal's)
-T_975 = (
-    float("inf"),
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-    1.960,
-)
 
 
 def _select(table: pd.DataFrame, where: dict[str, Any]) -> pd.DataFrame:

@@ -92,12 +92,12 @@ def _train_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     _worker_setup(ctx)
     store = CheckpointStore(ctx.store_root)
     chain = [TrialConfig.model_validate(t) for t in config.get("chain", [])]
+    launcher = _launcher(ctx, report_to_tune=True)
     for trial in [*chain, TrialConfig.model_validate(config["trial"])]:
 
         def on_log(step: int, metrics: dict, steps: int = trial.train.steps) -> None:
             tune.report({"step": step, "steps": steps, "loss": metrics["train/loss"]})
 
-        launcher = _launcher(ctx, report_to_tune=True)
         store.ensure(trial, device=_device(ctx), on_log=on_log, launcher=launcher)
     steps = trial.train.steps
     tune.report({"step": steps, "steps": steps, "done": 1})

@@ -207,9 +207,10 @@ class CheckpointStore:
             self.mark_done(h, time.perf_counter() - started)
         return self.checkpoint(h)
 
-    def shorter_run(self, trial: TrialConfig) -> tuple[str, int] | None:
+    def shorter_run(self, trial: TrialConfig, verified: bool = True) -> tuple[str, int] | None:
         """(training hash, steps) of the longest finished, intact training of the trial's
-        trajectory that is shorter than it; None when there is none (or nothing is shared)."""
+        trajectory that is shorter than it; None when there is none (or nothing is shared).
+        ``verified=False`` (a plan's estimate) takes done.json's word and hashes no checkpoint."""
         trajectory = trial.trajectory_hash()
         if trajectory is None:
             return None
@@ -229,7 +230,7 @@ class CheckpointStore:
                 or trajectory_of(part) != trajectory
             ):
                 continue
-            if (best is None or steps > best[1]) and self.verify(h) is None:
+            if (best is None or steps > best[1]) and (not verified or self.verify(h) is None):
                 best = (h, steps)
         return best
 
