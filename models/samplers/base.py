@@ -10,6 +10,7 @@ from torch import Tensor
 
 from models.guidance import process_logits
 from models.samplers.denoiser import Denoiser
+from models.samplers.draw import inverse_cdf, uniforms  # noqa: F401  (the samplers' shared draw)
 
 
 @dataclass(frozen=True)
@@ -94,24 +95,3 @@ def mask_tokens(mask_id: int | Tensor, batch_size: int, seq_len: int, device: to
 def flat_positions(select: Tensor) -> Tensor:
     """select (B, L) bool -> (N,) its positions in the flattened grid, ascending."""
     return select.reshape(-1).nonzero().squeeze(1)
-
-
-def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    """The categorical draw every sampler shares: probs (N, V) (rows need not be normalised), u
-    uniforms in [0, 1), (N,) or (N, S) -> per row the first index whose cumulative mass exceeds
-    u * total, (N,) or (N, S).
-
-    float64 throughout. In float32 the running sum near 1 moves in steps of 6e-8: with 16,384
-    codes a class of mass 2e-8 gets no mass or a whole step (a float32 sum accumulated in float32
-    never grows past the head at all), and float32 uniforms cannot tell such classes apart. Only
-    the rows drawn are widened.
-    """
-    cdf = probs.to(torch.float64, copy=True).cumsum_(dim=-1)  # (N, V)
-    values = (u if u.dim() == 2 else u[:, None]).to(torch.float64) * cdf[:, -1:]  # (N, S)
-    idx = torch.searchsorted(cdf, values, right=True).clamp_max_(probs.shape[-1] - 1)
-    return idx if u.dim() == 2 else idx.squeeze(1)
-
-
-def uniforms(n: int, generator: torch.Generator | None, device: torch.device | str) -> Tensor:
-    """(n,) float64 uniforms in [0, 1) for ``inverse_cdf``."""
-    return torch.rand(n, generator=generator, device=device, dtype=torch.float64)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf, uniforms
+from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions
+from models.samplers.draw import categorical, uniforms
 from models.schedulers import KappaScheduler, Linear
 
 
@@ -93,7 +94,7 @@ class EulerSampler(Sampler):
             if last and self.argmax_fill:
                 proposal = logits.argmax(dim=-1)  # (N,)
             else:
-                proposal = inverse_cdf(logits[take].softmax(dim=-1), u_token[rows[take]])
+                proposal = categorical(logits[take], u_token[rows[take]])[0]
             x = x.reshape(-1).index_put((rows[take],), proposal).view_as(x)
             if remask is not None:
                 x = torch.where(remask, mask_id, x)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf, uniforms
+from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions
 from models.samplers.counts import COUNT_RULES, UNMASK_SCHEDULES, counts_for
+from models.samplers.draw import categorical, uniforms
 from models.samplers.maskgit import etm_time
 from models.schedulers import KappaScheduler
 
@@ -147,7 +148,7 @@ class HaltonSampler(Sampler):
             u_token = uniforms(rows.numel(), generator, device)  # (N,): drawn before the logits are read
             logits = denoiser(x, etm_time(x, mask_id, generated, self.scheduler), y, rows=rows)
             logits = self.sampling_logits(logits, rows, mask_id, seq_len)  # (N, V)
-            x = x.reshape(-1).index_put((rows,), inverse_cdf(logits.softmax(dim=-1), u_token)).view_as(x)
+            x = x.reshape(-1).index_put((rows,), categorical(logits, u_token)[0]).view_as(x)
             if trajectory is not None:
                 trajectory.append(x.cpu())
         return SampleResult(

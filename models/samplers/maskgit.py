@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from models.registry import Registry
-from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions, inverse_cdf, uniforms
+from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions
 from models.samplers.counts import COUNT_RULES, UNMASK_SCHEDULES, counts_for
 from models.samplers.denoiser import StepLogits
+from models.samplers.draw import categorical, uniforms
 from models.schedulers import KappaScheduler
 
 RANDOMIZATIONS: Registry = Registry("MaskGIT randomization")
@@ -164,9 +165,8 @@ class MaskGITSampler(Sampler):
     ) -> tuple[Tensor, Tensor]:
         """At rows (N,) of the flattened grid: (log p of the drawn token, the drawn token), (N,) each."""
         logits = self.sampling_logits(step.rows(rows), rows, mask_id, seq_len)  # (N, V), a copy
-        log_probs = logits.log_softmax(dim=-1)  # (N, V)
-        drawn = inverse_cdf(torch.exp(log_probs, out=logits), u_token[rows])  # reuses the copy
-        return log_probs.gather(-1, drawn[:, None]).squeeze(-1), drawn
+        drawn, log_p = categorical(logits, u_token[rows])
+        return log_p, drawn
 
     def _commit_most_confident(
         self,
