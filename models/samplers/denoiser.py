@@ -42,14 +42,16 @@ class Denoiser:
     With ``cfg_scale != 1`` and a condition, the conditional and unconditional halves run as
     one forward of a (2B, L) batch ("batched": one call) or as two forwards of B ("two-pass",
     the reference code's way: two calls). ``cfg_batched`` True / False forces one; None (the
-    default) takes the cheaper where that changes no sampled token: batched on an accelerator;
-    on CPU, where either can win (two passes use the cache better, one batch of 2B pays fewer
-    per-op costs, which dominate on a busy machine), the first guided call of each input shape
-    and thread count runs both and times them, and two-pass is kept for the process only if it
-    was clearly faster and gave the batched logits bit for bit (the timing's extra forwards are
-    not counted). The choice changes neither a sampled token nor the NFE (``count.evaluations``:
-    one per guided step, ``count.unbatched``: two); ``count.calls`` and ``cfg_mode`` say how the
-    last call ran. Returns guided raw logits, before temperature. The null condition is
+    default) takes the cheaper: batched on an accelerator; on CPU, where either can win (two
+    passes use the cache better, one batch of 2B pays fewer per-op costs, which dominate on a
+    busy machine), the first guided call of each input shape and thread count runs both and
+    times them, and the faster is kept for the process (two-pass only when clearly faster; the
+    timing's extra forwards are not counted). The two modes compute the same function, but BLAS
+    may round a batch of B and one of 2B differently, so a token drawn at a class boundary can
+    differ between them: the mode is part of the protocol (``SampleResult.cfg_mode``, recorded
+    with every metric). NFE is unchanged by the mode (``count.evaluations``: one per guided
+    step, ``count.unbatched``: two); ``count.calls`` and ``cfg_mode`` say how the last call
+    ran. Returns guided raw logits, before temperature. The null condition is
     ``full_like(y, null_class)``: the null class for class ids (B,), the empty caption (all
     PAD, ``null_class`` = 0) for caption ids (B, S).
     """
@@ -135,19 +137,16 @@ def choose_batching(
     two_pass: Callable[[], tuple[Tensor, Tensor]],
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[bool, tuple[Tensor, Tensor]]:
-    """Runs both ways once: (batched?, the batched output). Two-pass only when it was clearly
-    faster (by ``TWO_PASS_MARGIN``: one timing is noisy, and batched bills one call a step) and
-    gave the very bits of the batched forward (for small batches BLAS may pick other kernels,
-    which round differently): then either mode draws the tokens batched CFG drew. Two-pass runs
-    first, so that whatever a first run pays (memory the allocator has to fetch) counts against
-    it, not against the default's tie-break."""
+    """Runs both ways once: (batched?, the kept mode's output). Two-pass only when it was clearly
+    faster (by ``TWO_PASS_MARGIN``: one timing is noisy, and batched bills one call a step).
+    Two-pass runs first, so that whatever a first run pays (memory the allocator has to fetch)
+    counts against it, not against the default's tie-break."""
     start = clock()
     two_pass_out = two_pass()
     middle = clock()
     batched_out = batched()
     faster = middle - start < (1 - TWO_PASS_MARGIN) * (clock() - middle)
-    same = all(torch.equal(a, b) for a, b in zip(batched_out, two_pass_out, strict=True))
-    return not (faster and same), batched_out
+    return (False, two_pass_out) if faster else (True, batched_out)
 
 
 @dataclass(frozen=True)
