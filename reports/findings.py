@@ -4,8 +4,10 @@ A reference entry (``search_spaces/paper/reference.yaml``) has a ``source`` (whi
 table, and whether the numbers were read off a plot), ``points`` (settings -> the paper's
 value) and ``findings``, each a claim of one kind, checked on the study's finished trials:
 
-- ``at_least_as_good``: the best trial with ``key = a`` is as good as the best with ``key = b``
-  or better, up to the root-sum-square of their CI half-widths;
+- ``at_least_as_good``: the best trial with ``key = a`` is no worse than the best with ``key = b``
+  by more than a margin (``margin``, relative to b's value; default ``MARGIN``, 5 %): holds when
+  the whole 95% interval of a - b lies within the margin, does not hold when it lies beyond it
+  (a non-inferiority test: a tie decides, where "a better beyond the CI" never would);
 - ``interior_optimum``: for every method, the best value of ``axis`` lies strictly inside its
   grid (a U-shaped curve);
 - ``gap_shrinks``: the advantage of ``key = better`` over the other value is positive at the
@@ -124,6 +126,7 @@ def _relative(d: Difference, base: float) -> str:
 
 
 MORE_SEEDS = "the CIs overlap: more sample seeds would decide it"
+MARGIN = 0.05  # at_least_as_good: how much worse (relative) still counts as as good
 
 
 def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
@@ -138,10 +141,16 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
         if a.empty or b.empty:
             return Check(text, UNDETERMINED, f"needs trials with {key} = {finding['a']} and {finding['b']}")
         ra, rb = a.iloc[0], b.iloc[0]
-        worse = _worse(ra, rb, metric, mode)
+        worse = _worse(ra, rb, metric, mode)  # positive: a is worse
+        margin = finding.get("margin", MARGIN) * abs(float(rb[metric]))
         detail = f"best {finding['a']} {fmt(ra[metric])} vs best {finding['b']} {fmt(rb[metric])}"
         detail += f"; {finding['a']} - {finding['b']} = {worse.text(fmt)}, {_relative(worse, rb[metric])}"
-        verdict = {-1: HOLDS, 1: FAILS, 0: UNDETERMINED}[worse.decided()]
+        detail += f" (margin {fmt(margin)})"
+        verdict = UNDETERMINED
+        if worse.value + worse.half <= margin:
+            verdict = HOLDS
+        elif worse.value - worse.half > margin:
+            verdict = FAILS
         return Check(text, verdict, detail + (f"; {MORE_SEEDS}" if verdict == UNDETERMINED else ""))
     if kind == "interior_optimum":
         axis = finding["axis"]

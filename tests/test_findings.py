@@ -235,3 +235,21 @@ def test_the_per_seed_key_is_the_one_trials_write() -> None:
     from harness.tracking import schema
 
     assert ledger.PER_SEED == schema.PER_SEED
+
+
+def test_at_least_as_good_is_a_non_inferiority_test_with_a_stated_margin() -> None:
+    """A tie decides "holds" (a no worse than b by more than the margin, with 95% confidence), where
+    "a better beyond the CIs" never could; a tighter margin leaves the same tie undetermined, and
+    a worse by more than the margin, beyond the CIs, does not hold."""
+    rows = [
+        {"model.timestep": "implicit", "fid": 10.1, "fid_ci_low": 9.9, "fid_ci_high": 10.3},
+        {"model.timestep": "explicit", "fid": 10.0, "fid_ci_low": 9.8, "fid_ci_high": 10.2},
+    ]
+    finding = {"kind": "at_least_as_good", "key": "model.timestep", "a": "implicit", "b": "explicit"}
+    result = check(_table(rows), "fid", finding)  # 0.1 +- 0.28 worse, the margin 5 % of 10 = 0.5
+    assert result.verdict == "holds" and "margin 0.5" in result.detail
+    assert check(_table(rows), "fid", {**finding, "margin": 0.01}).verdict == "undetermined"
+    rows[0].update(fid=10.8, fid_ci_low=10.7, fid_ci_high=10.9)  # 0.8 +- 0.22 worse: beyond 0.5
+    assert check(_table(rows), "fid", finding).verdict == "does not hold"
+    rows[0].update(fid=10.4, fid_ci_low=10.3, fid_ci_high=10.5)  # 0.4 +- 0.22: straddles the margin
+    assert check(_table(rows), "fid", finding).verdict == "undetermined"
