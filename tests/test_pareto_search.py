@@ -65,7 +65,8 @@ def test_each_objective_keeps_its_direction(write_study) -> None:
 
 def test_the_cost_aware_study_validates() -> None:
     spec = load_study(REPO / "search_spaces" / "cost_aware.yaml")
-    assert spec.search.objectives == ["fid", "seconds_per_sample"] and spec.compare_front == "maskgit_vs_di_mini"
+    assert spec.search.objectives == ["fid", "seconds_per_sample"]
+    assert spec.compare_front == "maskgit_vs_di_mini"
 
 
 def test_the_tradeoff_draws_the_other_studys_front(tmp_path) -> None:
