@@ -96,7 +96,7 @@ STUDY_HASHES = {
     "paper/mini/ablation_scheduler.yaml": (12, "f3dd04bcb249b1e6"),
     "paper/mini/ablation_weighting.yaml": (6, "b96407714abfb407"),
     "paper/mini/fig3_euler_cfg.yaml": (10, "cf017c5c63198d6d"),
-    "paper/mini/fig3_euler_nfe.yaml": (20, "e6a47ba419711478"),
+    "paper/mini/fig3_euler_nfe.yaml": (20, "cd2fa0ee581c6aad"),
     "paper/mini/fig3_euler_temperature.yaml": (12, "c8ddb4db1b2b61a9"),
     "paper/mini/fig3_mgm_cfg.yaml": (5, "7a9e461c74e80403"),
     "paper/mini/fig3_mgm_nfe.yaml": (10, "aab30e5ad375c6cb"),
