@@ -69,7 +69,7 @@ def gaps(table: pd.DataFrame, metric: str) -> list[Gap]:
     mode = direction(finished, metric)
     groups = [g for g in GAP_GROUPS if g in finished]
     out = []
-    for key, rows in finished.groupby([*groups, STEPS], dropna=False) if groups else []:
+    for key, rows in finished.groupby([*groups, STEPS], dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         a = best_rows(rows[rows[GAP_KEY].astype(str) == GAP_A], [GAP_KEY], metric, mode)
         b = best_rows(rows[rows[GAP_KEY].astype(str) == GAP_B], [GAP_KEY], metric, mode)

@@ -116,3 +116,12 @@ def test_report_of_the_mini_folder_names_the_studies_not_run(tmp_path: Path, cap
     assert "not run yet (left out): " in out and "fig3_euler_nfe_mini" in out
     text = (tmp_path / "paper-mini-findings" / "findings.md").read_text()
     assert "0 findings of the paper checked" in text
+
+
+def test_a_gap_curve_needs_no_group_column() -> None:
+    """A curve study that logs neither model size nor CFG still gets its gap along training."""
+    table = curve_table().drop(columns=["model.size", "sampler.cfg_scale"])
+    table = table.drop_duplicates(subset=["model.timestep", "train.steps"])
+    found = gaps(table, "fid")
+    assert [(g.group, g.steps) for g in found] == [((), 1000), ((), 4000)]
+    assert found[0].diff.value == pytest.approx(10.0)
