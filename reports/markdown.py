@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,24 @@ def load_records(study_dir: Path) -> list[dict]:
             continue
         records.append({**defaults, "seconds": 0.0, "error": None, "attempts": 1, **record})
     return records
+
+
+SEEDS_KEY = "eval.sample_seeds"
+
+
+def one_per_cell(rows: list[dict], flat_config: Callable[[dict], dict[str, Any]]) -> list[dict]:
+    """Trials that differ only in their sample seeds measure one cell: the finished one with the
+    most seeds stands for it (later ones win ties), so a cell given more seeds supersedes its
+    earlier trial instead of being counted twice. Order is kept."""
+    kept: dict[str, tuple[tuple, int]] = {}
+    for i, row in enumerate(rows):
+        config = flat_config(row)
+        cell = json.dumps({k: v for k, v in config.items() if k != SEEDS_KEY}, sort_keys=True, default=str)
+        rank = (row.get("status") == "finished", len(config.get(SEEDS_KEY) or ()), i)
+        if cell not in kept or rank > kept[cell][0]:
+            kept[cell] = (rank, i)
+    chosen = {i for _, i in kept.values()}
+    return [row for i, row in enumerate(rows) if i in chosen]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -336,7 +355,7 @@ def write_markdown_report(study_dir: Path, title: str, metric: str, mode: str) -
     if mode not in ("min", "max"):
         raise ValueError(f"mode {mode!r}; expected 'min' or 'max'")
     study_dir = Path(study_dir)
-    records = load_records(study_dir)
+    records = one_per_cell(load_records(study_dir), lambda record: flatten(record["config"]))
     finished = [r for r in records if r.get("status") == "finished"]
     failed = [r for r in records if r.get("status") != "finished"]
     keys = varying_keys([r["config"] for r in records])

@@ -34,6 +34,7 @@ from harness.tracking.schema import (
     experiment_name,
     trial_runs,
 )
+from reports.markdown import one_per_cell
 
 
 def _experiment_id(client: MlflowClient, study_name: str) -> str | None:
@@ -102,7 +103,8 @@ class StudyTable:
 
 def study_table(tracking_uri: str, study_name: str) -> StudyTable:
     """The tidy table: one row per trial (its latest result), config keys and metrics as columns,
-    plus trial_hash, run_id, status, seconds, attempts, error and protocol (metric -> dict)."""
+    plus trial_hash, run_id, status, seconds, attempts, error and protocol (metric -> dict); a cell
+    measured again with more sample seeds appears once (``one_per_cell``)."""
     rows, config_keys, metric_keys = [], set(), set()
     for run in _terminated_runs(tracking_uri, study_name, latest_only=True):
         tags = run.data.tags
@@ -126,6 +128,7 @@ def study_table(tracking_uri: str, study_name: str) -> StudyTable:
             if key.startswith(TAG_PROTOCOL_PREFIX)
         }
         rows.append(row)
+    rows = one_per_cell(rows, lambda row: {k: row.get(k) for k in config_keys})
     return StudyTable(pd.DataFrame(rows), sorted(config_keys), sorted(metric_keys))
 
 
