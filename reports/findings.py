@@ -43,6 +43,9 @@ class Check:
     text: str
     verdict: str
     detail: str
+    # Undetermined for want of seeds: the trials (hashes) whose extra sample seeds would decide it
+    # (``run_study.py extend --seeds`` gives them more).
+    wants_seeds: tuple[str, ...] = ()
 
     @property
     def holds(self) -> bool | None:
@@ -58,6 +61,14 @@ class Difference:
     value: float
     half: float
     paired: bool
+    n: int = 0  # paired: how many seeds the differences came from
+
+    def seeds_to_reach(self, distance: float) -> int | None:
+        """Paired seeds that would shrink the half-width to ``distance`` at the measured spread
+        (the half-width falls as 1 / sqrt(n)); None when unpaired or the distance is zero."""
+        if not self.paired or self.n < 2 or distance <= 0:
+            return None
+        return max(self.n + 1, math.ceil(self.n * (self.half / distance) ** 2))
 
     def decided(self) -> int:
         """+1: a above b beyond the interval; -1: below; 0: within it."""
@@ -93,7 +104,7 @@ def difference(ra: pd.Series, rb: pd.Series, metric: str) -> Difference:
         mean = statistics.fmean(diffs)
         sd = statistics.stdev(diffs)
         half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
-        return Difference(mean, half, True)
+        return Difference(mean, half, True, len(diffs))
     return Difference(
         float(ra[metric] - rb[metric]), math.hypot(_half_width(ra, metric), _half_width(rb, metric)), False
     )
@@ -117,7 +128,7 @@ def _along(table: pd.DataFrame, axis: str, metric: str, mode: str) -> pd.DataFra
 def _worse(a: pd.Series, b: pd.Series, metric: str, mode: str) -> Difference:
     """How much worse a is than b (positive: worse), in the metric's direction."""
     d = difference(a, b, metric)
-    return d if mode == "min" else Difference(-d.value, d.half, d.paired)
+    return d if mode == "min" else Difference(-d.value, d.half, d.paired, d.n)
 
 
 def _relative(d: Difference, base: float) -> str:
@@ -126,6 +137,12 @@ def _relative(d: Difference, base: float) -> str:
 
 
 MORE_SEEDS = "the CIs overlap: more sample seeds would decide it"
+
+
+def _hashes(*rows: pd.Series) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(r["trial_hash"]) for r in rows if isinstance(r.get("trial_hash"), str)))
+
+
 MARGIN = 0.05  # at_least_as_good: how much worse (relative) still counts as as good
 
 
@@ -146,16 +163,22 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
         detail = f"best {finding['a']} {fmt(ra[metric])} vs best {finding['b']} {fmt(rb[metric])}"
         detail += f"; {finding['a']} - {finding['b']} = {worse.text(fmt)}, {_relative(worse, rb[metric])}"
         detail += f" (margin {fmt(margin)})"
-        verdict = UNDETERMINED
         if worse.value + worse.half <= margin:
-            verdict = HOLDS
-        elif worse.value - worse.half > margin:
-            verdict = FAILS
-        return Check(text, verdict, detail + (f"; {MORE_SEEDS}" if verdict == UNDETERMINED else ""))
+            return Check(text, HOLDS, detail)
+        if worse.value - worse.half > margin:
+            return Check(text, FAILS, detail)
+        need = worse.seeds_to_reach(abs(margin - worse.value))
+        detail += f"; {MORE_SEEDS}" + (
+            f" (about {need} paired seeds at the measured spread: a - b lies "
+            f"{fmt(abs(margin - worse.value))} from the margin)"
+            if need
+            else ""
+        )
+        return Check(text, UNDETERMINED, detail, _hashes(ra, rb))
     if kind == "interior_optimum":
         axis = finding["axis"]
         rows, _ = with_methods(rows)
-        parts, verdicts = [], []
+        parts, verdicts, wanting = [], [], []
         for method, group in rows.groupby("method"):
             curve = _along(group, axis, metric, mode)
             if len(curve) < 3:
@@ -174,9 +197,12 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
             else:
                 verdicts.append(UNDETERMINED)
                 parts.append(f"{where}, an edge within its CI ({MORE_SEEDS})")
+                wanting += _hashes(best, *ends)
         if not verdicts:
             return Check(text, UNDETERMINED, f"needs 3 or more values of {axis}")
-        return Check(text, HOLDS if all(v == HOLDS for v in verdicts) else UNDETERMINED, "; ".join(parts))
+        if all(v == HOLDS for v in verdicts):
+            return Check(text, HOLDS, "; ".join(parts))
+        return Check(text, UNDETERMINED, "; ".join(parts), tuple(dict.fromkeys(wanting)))
     if kind == "gap_shrinks":
         axis, key, better = finding["axis"], finding["key"], finding["better"]
         good = _along(_select(rows, {key: better}), axis, metric, mode).set_index(axis)
@@ -193,7 +219,8 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
             return Check(text, FAILS, detail)
         if low.decided() == 1 and shrink.decided() == 1:
             return Check(text, HOLDS, detail)
-        return Check(text, UNDETERMINED, f"{detail}; {MORE_SEEDS}")
+        ends = [t.loc[v] for t in (good, other) for v in (shared[0], shared[-1])]
+        return Check(text, UNDETERMINED, f"{detail}; {MORE_SEEDS}", _hashes(*ends))
     if kind in ("improves_along", "worsens_along"):
         axis = finding["axis"]
         curve = _along(rows, axis, metric, mode)
@@ -212,7 +239,10 @@ def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
                 return Check(text, FAILS, detail)
         detail += f"; change {change.text(fmt)}"
         verdict = {1: HOLDS, -1: FAILS, 0: UNDETERMINED}[change.decided()]
-        return Check(text, verdict, detail + (f"; {MORE_SEEDS}" if verdict == UNDETERMINED else ""))
+        if verdict != UNDETERMINED:
+            return Check(text, verdict, detail)
+        compared = (first, last) if kind == "improves_along" else (last, best)
+        return Check(text, verdict, f"{detail}; {MORE_SEEDS}", _hashes(*compared))
     raise ValueError(
         f"finding kind {kind!r}: expected at_least_as_good, interior_optimum, gap_shrinks, "
         "improves_along or worsens_along"

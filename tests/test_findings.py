@@ -253,3 +253,36 @@ def test_at_least_as_good_is_a_non_inferiority_test_with_a_stated_margin() -> No
     assert check(_table(rows), "fid", finding).verdict == "does not hold"
     rows[0].update(fid=10.4, fid_ci_low=10.3, fid_ci_high=10.5)  # 0.4 +- 0.22: straddles the margin
     assert check(_table(rows), "fid", finding).verdict == "undetermined"
+
+
+def test_an_undetermined_comparison_names_the_trials_more_seeds_would_decide() -> None:
+    """Only a comparison undecided for its CIs asks for seeds, and it names the two trials it
+    compared (not the other cells of the study) and how many paired seeds would reach the margin."""
+    finding = {"kind": "at_least_as_good", "key": "model.timestep", "a": "implicit", "b": "explicit"}
+    rows = [
+        {**_seeded("implicit", [51.0, 49.0, 53.5, 50.0], (0, 1, 2, 3)), "trial_hash": "a1"},
+        {**_seeded("explicit", [50.0, 50.5, 49.0, 50.2], (0, 1, 2, 3)), "trial_hash": "b1"},
+        {**_seeded("explicit", [70.0, 71.0, 72.0, 69.0], (0, 1, 2, 3)), "trial_hash": "b2"},
+    ]
+    table = pd.DataFrame([{"status": "finished", "nfe": 8.0, **r} for r in rows])
+    result = check(table, "fid", finding)
+    assert result.verdict == "undetermined" and set(result.wants_seeds) == {"a1", "b1"}
+    need = int(result.detail.split("about ")[1].split()[0])
+    d = difference(table.iloc[0], table.iloc[1], "fid")
+    margin = 0.05 * table.iloc[1]["fid"]
+    # At the measured spread, `need` seeds bring the half-width to the distance from the margin.
+    assert d.half * math.sqrt(4 / need) <= abs(margin - d.value) < d.half * math.sqrt(4 / (need - 1))
+    rows[0] = {**_seeded("implicit", [31.0, 29.0, 33.5, 30.0], (0, 1, 2, 3)), "trial_hash": "a1"}
+    decided = check(pd.DataFrame([{"status": "finished", **r} for r in rows]), "fid", finding)
+    assert decided.verdict == "holds" and decided.wants_seeds == ()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 50), st.floats(0.01, 100), st.floats(0.01, 100))
+def test_seeds_to_reach_a_distance_shrink_the_interval_as_one_over_root_n(n, half, distance) -> None:
+    from reports.findings import Difference
+
+    need = Difference(0.0, half, True, n).seeds_to_reach(distance)
+    assert need is not None and need > n
+    assert half * math.sqrt(n / need) <= distance * (1 + 1e-9) or need == n + 1
+    assert Difference(0.0, half, False, n).seeds_to_reach(distance) is None
