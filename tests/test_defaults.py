@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config.study import expand_grid, load_study, read_base, sample_random
+from harness.config.files import read_base
+from harness.config.study import expand_grid, load_study, sample_random
 from harness.config.trial import SamplerSection, TrainSection, TrialConfig, build_trial
 from harness.generation.sampling import build_sampler
 from models.samplers import SAMPLERS, EulerSampler

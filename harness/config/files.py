@@ -1,4 +1,4 @@
-"""Study and base files read safely: a size bound, UTF-8 only, no tag that builds an object,
+"""Study, base and paper reference files read safely: a size bound, UTF-8 only, no tag that builds an object,
 no key twice, and a tree bounded with every alias expanded (an alias bomb is refused before
 anything walks it)."""
 
@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from harness.config.trial import ConfigError
+from harness.errors import short
 
 MAX_FILE_BYTES = 1 << 20  # a study or base file; anything larger is not a hand-written config
 MAX_NODES = 100_000  # YAML nodes per file, aliases expanded
@@ -67,3 +68,54 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+FINDING_KINDS = ("at_least_as_good", "interior_optimum", "gap_shrinks", "improves_along", "worsens_along")
+
+
+def read_reference(folder: Path, ref: str) -> dict[str, Any]:
+    """The entry ``<file>#<entry>`` of a paper reference file, its findings' kinds checked."""
+    file, _, entry = ref.partition("#")
+    data = read_yaml(folder / file)
+    if entry not in data:
+        raise ConfigError(
+            f"paper_reference {ref!r}: no entry {entry!r} in {file}; expected one of {sorted(map(str, data))}"
+        )
+    reference = data[entry]
+    if not isinstance(reference, dict):
+        raise ConfigError(f"paper_reference {ref!r}: expected a mapping; got {short(reference)}")
+    findings = reference.get("findings", [])
+    if not isinstance(findings, list):
+        raise ConfigError(f"paper_reference {ref!r}: findings: expected a list; got {short(findings)}")
+    for finding in findings:
+        if not isinstance(finding, dict):
+            raise ConfigError(f"paper_reference {ref!r}: a finding: expected a mapping; got {short(finding)}")
+        if finding.get("kind") not in FINDING_KINDS:
+            raise ConfigError(
+                f"paper_reference {ref!r}: finding kind {finding.get('kind')!r};"
+                f" expected one of {FINDING_KINDS}"
+            )
+    return reference
+
+
+def read_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A base config; one that names its own ``base`` (relative to itself) is deep-merged over it,
+    so a family of studies can share a partial base (``search_spaces/paper/mini/base.yaml``)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"base files form a cycle: {' -> '.join(map(str, (*seen, path)))}")
+    data = read_yaml(path)
+    parent = data.pop("base", None)
+    if parent is None:
+        return data
+    return _deep_merge(read_base(path.parent / parent, (*seen, path)), data)
+
+
+def _deep_merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -12,6 +12,9 @@ space:
 metric: fid                           # direction from the evaluator's registry unless mode is given
 search: {algorithm: grid}             # grid | random | optuna (with num_trials)
 seeds: [0]                            # training seeds, an axis of its own
+refine:                               # per-cell overrides, after the space and the variants' pins
+  - where: {model.timestep: implicit, sampler.temperature: 1.0}
+    overrides: {eval.sample_seeds: [0, 1, 2, 3]}
 resources: {cpu: 1, gpu: 0}
 concurrency: 2
 """
@@ -28,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.config.files import read_yaml
+from harness.config.files import read_base, read_reference, read_yaml
 from harness.config.recipes import RECIPES
 from harness.config.search import ExtendRule, check_extend, check_objectives, direction_of
 from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, set_dotted
@@ -71,6 +74,24 @@ class Resources(BaseModel):
     workers: int = Field(default=1, ge=1, le=4096)
 
 
+class Refinement(BaseModel):
+    """Overrides for the cells whose resolved config matches ``where`` (e.g. more sample seeds for
+    the two trials a finding compares; ``run_study.py extend --seeds`` writes these)."""
+
+    model_config = STRICT
+    where: dict[str, Any] = Field(min_length=1)
+    overrides: dict[str, Any] = Field(min_length=1)
+
+    def matches(self, config: dict[str, Any]) -> bool:
+        for key, value in self.where.items():
+            node: Any = config
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node != value:
+                return False
+        return True
+
+
 class StudySpec(BaseModel):
     """A validated study file."""
 
@@ -91,6 +112,7 @@ class StudySpec(BaseModel):
     max_failures: int = Field(default=1, ge=0)
     paper_reference: str | None = None  # "<file relative to the study>#<entry>": the paper's numbers
     extend: dict[str, ExtendRule] = Field(default_factory=dict)  # run_study.py extend: axis -> rule
+    refine: list[Refinement] = Field(default_factory=list)
     compare_front: str | None = Field(default=None, pattern=NAME_PATTERN)  # its front in the report
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
     reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
@@ -125,57 +147,6 @@ def load_study(path: str | Path) -> StudySpec:
         spec = spec.model_copy(update={"reference_data": read_reference(path.parent, spec.paper_reference)})
     validate_study(spec)
     return spec
-
-
-FINDING_KINDS = ("at_least_as_good", "interior_optimum", "gap_shrinks", "improves_along", "worsens_along")
-
-
-def read_reference(folder: Path, ref: str) -> dict[str, Any]:
-    """The entry ``<file>#<entry>`` of a paper reference file, its findings' kinds checked."""
-    file, _, entry = ref.partition("#")
-    data = read_yaml(folder / file)
-    if entry not in data:
-        raise ConfigError(
-            f"paper_reference {ref!r}: no entry {entry!r} in {file}; expected one of {sorted(map(str, data))}"
-        )
-    reference = data[entry]
-    if not isinstance(reference, dict):
-        raise ConfigError(f"paper_reference {ref!r}: expected a mapping; got {short(reference)}")
-    findings = reference.get("findings", [])
-    if not isinstance(findings, list):
-        raise ConfigError(f"paper_reference {ref!r}: findings: expected a list; got {short(findings)}")
-    for finding in findings:
-        if not isinstance(finding, dict):
-            raise ConfigError(f"paper_reference {ref!r}: a finding: expected a mapping; got {short(finding)}")
-        if finding.get("kind") not in FINDING_KINDS:
-            raise ConfigError(
-                f"paper_reference {ref!r}: finding kind {finding.get('kind')!r};"
-                f" expected one of {FINDING_KINDS}"
-            )
-    return reference
-
-
-def read_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A base config; one that names its own ``base`` (relative to itself) is deep-merged over it,
-    so a family of studies can share a partial base (``search_spaces/paper/mini/base.yaml``)."""
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"base files form a cycle: {' -> '.join(map(str, (*seen, path)))}")
-    data = read_yaml(path)
-    parent = data.pop("base", None)
-    if parent is None:
-        return data
-    return _deep_merge(read_base(path.parent / parent, (*seen, path)), data)
-
-
-def _deep_merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(under)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
@@ -260,7 +231,8 @@ def axes(spec: StudySpec) -> list[Axis]:
 
 
 def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, seed: int) -> TrialConfig:
-    """base <- the variant's recipe <- overrides <- space assignment <- variant pins <- seed, validated.
+    """base <- the variant's recipe <- overrides <- space assignment <- variant pins <- the
+    refinements whose ``where`` matches the config so far <- seed, validated.
 
     A variant's pins win over the space, so axes that do not apply to a variant (the kappa
     scheduler of the MaskGIT recipe, say) collapse into one trial instead of multiplying.
@@ -279,6 +251,9 @@ def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, se
         d["recipe"] = recipe
     for layer in (spec.overrides, assignment, pins):
         for key, value in layer.items():
+            set_dotted(d, key, value)
+    for refinement in [r for r in spec.refine if r.matches(d)]:  # matched before any applies
+        for key, value in refinement.overrides.items():
             set_dotted(d, key, value)
     d["seed"] = seed
     where = ", ".join(
@@ -313,6 +288,7 @@ def validate_study(spec: StudySpec) -> None:
         *spec.overrides,
         *spec.space,
         *(k for v in spec.variants.values() for k in v if k != "recipe"),
+        *(k for r in spec.refine for k in [*r.where, *r.overrides]),
     ]:
         check_key(key)
     if spec.search.algorithm == "grid":
@@ -333,6 +309,8 @@ def validate_study(spec: StudySpec) -> None:
             for value in values:
                 resolve(spec, {**corner, key: value}, variant, spec.seeds[0])
     check_extend(spec.extend, spec.space, spec.search.algorithm)
+    if spec.refine and spec.search.algorithm == "grid":
+        _check_refinements(spec)
     if not spec.space and not spec.variants and len(spec.seeds) == 1 and spec.search.algorithm != "grid":
         raise ConfigError("space is empty: nothing to search")
     extra = [e.key(m) for e in first.eval.extra_protocols for m in e.metrics]
@@ -352,6 +330,25 @@ def validate_study(spec: StudySpec) -> None:
             raise ConfigError(
                 f"search.objectives: {name!r} is not in eval.metrics {first.eval.metrics}: add it there"
             )
+
+
+def _check_refinements(spec: StudySpec) -> None:
+    """Each refinement must reach a cell of the grid (a typo in ``where`` refines nothing)."""
+    keys = list(spec.space)
+    grid = [_axis_values(k, spec.space[k])[1] for k in keys]
+    reached = [False] * len(spec.refine)
+    for variant in list(spec.variants) or [None]:
+        for values in itertools.product(*grid):
+            config = resolve(spec, dict(zip(keys, values, strict=True)), variant, spec.seeds[0])
+            dumped = config.model_dump(mode="json")
+            reached = [hit or r.matches(dumped) for hit, r in zip(reached, spec.refine, strict=True)]
+    missing = [i for i, hit in enumerate(reached) if not hit]
+    if missing:
+        i = missing[0]
+        raise ConfigError(
+            f"refine[{i}].where = {short(spec.refine[i].where, 200)} matches no cell of the grid;"
+            " expected the values of a cell (space axes, variant pins)"
+        )
 
 
 def metric_mode(spec: StudySpec) -> str:

@@ -7,6 +7,10 @@ trial; where that trial sits at an edge of an extended axis, the next value past
 ``step`` or ``factor``, within ``min`` / ``max``) joins the grid. The grown study is written to
 the study folder's ``study.yaml`` and run again: finished cells are in the ledger, so only the
 new ones run. It stops when no best trial sits at an edge it may pass.
+
+``--seeds N`` instead gives more sample seeds (up to N) to the cells behind the study's findings
+that are undetermined for overlapping CIs: each such cell gets a ``refine`` entry (its settings ->
+``eval.sample_seeds``), and only its new seeds are drawn (the others' samples are on disk).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import yaml
 
 from harness.cache import atomic_write_text
 from harness.config.search import numeric_grid
-from harness.config.study import StudySpec, metric_mode
+from harness.config.study import Refinement, StudySpec, metric_mode
 from harness.run.ledger import TrialRecord
 
 
@@ -109,3 +113,40 @@ def write_study(spec: StudySpec, path) -> None:
     if data.get("paper_reference"):
         data["paper_reference"] = f"reference.yaml#{data['paper_reference'].partition('#')[2]}"
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+SEEDS_KEY = "eval.sample_seeds"
+
+
+def cell_keys(spec: StudySpec) -> list[str]:
+    """The settings that name a cell of the grid: the space's axes and what the variants pin."""
+    keys = dict.fromkeys(spec.space)
+    for pins in spec.variants.values():
+        keys.update(dict.fromkeys(pins))
+    return list(keys)
+
+
+def more_seeds(
+    spec: StudySpec, records: list[TrialRecord], wanted: list[str], seeds: int
+) -> tuple[StudySpec, list[str]]:
+    """The study with each wanted trial's cell raised to ``seeds`` sample seeds (its own seeds
+    kept, the next unused integers added), and a line per cell raised; cells that have them
+    already are left alone (no lines: nothing to run)."""
+    by_hash = {r.trial_hash: r for r in records}
+    refine = list(spec.refine)
+    lines = []
+    for trial_hash in wanted:
+        record = by_hash.get(trial_hash)
+        if record is None:
+            continue
+        where = {k: _get(record.config, k) for k in cell_keys(spec)}
+        given = [r.overrides.get(SEEDS_KEY) or [] for r in refine if r.where == where]
+        have = max([list(_get(record.config, SEEDS_KEY) or []), *given], key=len)  # a stale record: its
+        if len(have) >= seeds:  # cell's refinement already gives more
+            continue
+        extra = [s for s in range(seeds + len(have)) if s not in have][: seeds - len(have)]
+        refine = [r for r in refine if r.where != where]
+        refine.append(Refinement(where=where, overrides={SEEDS_KEY: have + extra}))
+        cell = ", ".join(f"{k}={v}" for k, v in where.items())
+        lines.append(f"{cell}: {len(have)} -> {seeds} sample seeds")
+    return spec.model_copy(update={"refine": refine}), lines
