@@ -20,7 +20,7 @@ def extend(args, run_study: Callable) -> int:
     from harness.errors import UserError
     from harness.run.extend import edge_extensions, extended, more_seeds, write_study
     from harness.run.ledger import Ledger
-    from harness.runner import STUDY_FILE, prepare
+    from harness.runner import prepare
 
     if args.rounds < 0:
         raise UserError(f"--rounds {args.rounds}: expected 0 or more")
@@ -61,7 +61,7 @@ def extend(args, run_study: Callable) -> int:
             return code
         for line in lines:
             print(f"extend: {line}")
-        write_study(grown, run.study_dir / STUDY_FILE)
+        write_study(grown, run.study_dir)
         args.study = run.study_dir  # the grown study, from its folder, from now on
     return code
 

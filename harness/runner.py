@@ -8,20 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
 from harness.cache import atomic_write_text, cache_dir, probe_writable
 from harness.config.study import StudySpec, load_study
 from harness.config.trial import ConfigError
 from harness.data.registry import load_dataset, real_images
 from harness.evaluation import FID, Evaluator
 from harness.ray.dispatch import RayDispatcher, TrialContext
+from harness.run.extend import STUDY_FILE, write_study
 from harness.run.ledger import Ledger, TrialRecord
 from harness.run.plan import Plan, make_plan
 from harness.run.store import CheckpointStore
 from harness.run.trial import damaged_samples, trial_evaluators
-
-STUDY_FILE = "study.yaml"  # the resolved study (its base embedded), written at the first run
 
 
 @dataclass(frozen=True)
@@ -74,20 +71,8 @@ def local_resources() -> dict[str, float]:
 
 
 def save_study_file(run: StudyRun) -> None:
-    path = run.study_dir / STUDY_FILE
-    if not path.is_file():
-        data = run.spec.model_dump(mode="json")
-        base = data.pop("base_config")
-        atomic_write_text(run.study_dir / "base.yaml", yaml.safe_dump(base, sort_keys=False))
-        data["base"] = "base.yaml"
-        reference = data.pop("reference_data")
-        if data.get("paper_reference"):
-            entry = data["paper_reference"].partition("#")[2]
-            atomic_write_text(
-                run.study_dir / "reference.yaml", yaml.safe_dump({entry: reference}, sort_keys=False)
-            )
-            data["paper_reference"] = f"reference.yaml#{entry}"
-        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    """The study as run, into its folder (``write_study``): a later ``resume NAME`` runs it."""
+    write_study(run.spec, run.study_dir)
 
 
 def warm_evaluators(trials: list, cache_dir: Path) -> None:

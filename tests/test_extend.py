@@ -119,3 +119,35 @@ def test_extend_runs_only_the_new_cells_until_the_bound(write_study, runs_root, 
     before = {p.name: p.stat().st_mtime_ns for p in ledger}
     assert run_study.main(args) == 0  # nothing left to grow or run
     assert {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("ledger/*.json"))} == before
+
+
+def test_the_folder_copy_is_the_study_as_last_run_with_its_base_and_reference(write_study, tmp_path) -> None:
+    """A study folder written by an older version of the study (another base, no reference) is
+    rewritten whole: the copy resolves to the same trials and the same findings as the file."""
+    from harness.config.study import expand_grid
+    from harness.run.extend import STUDY_FILE
+    from harness.run.extend import write_study as write_folder
+
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    old = _spec(write_study, space={"sampler.num_steps": [2, 4]}, overrides={"train.steps": 30})
+    write_folder(old, folder)
+    assert not (folder / "reference.yaml").exists()
+    studies = write_study("holder").parent
+    finding = {"kind": "improves_along", "axis": "sampler.num_steps"}
+    (studies / "ref.yaml").write_text(yaml.safe_dump({"e": {"findings": [finding]}}))
+    from conftest import BASE_YAML
+
+    (studies / "other_base.yaml").write_text(yaml.safe_dump({"base": str(BASE_YAML), "train": {"lr": 5e-4}}))
+    new = _spec(
+        write_study,
+        base="other_base.yaml",
+        space={"sampler.num_steps": [2, 4]},
+        overrides={"train.steps": 40},
+        paper_reference="ref.yaml#e",
+    )
+    write_folder(new, folder)
+    assert new.base_config["train"]["lr"] == 5e-4 != old.base_config["train"]["lr"]
+    copy = load_study(folder / STUDY_FILE)
+    assert [t.trial_hash() for t in expand_grid(copy)] == [t.trial_hash() for t in expand_grid(new)]
+    assert copy.reference_data == new.reference_data == {"findings": [finding]}

@@ -16,6 +16,7 @@ that are undetermined for overlapping CIs: each such cell gets a ``refine`` entr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -24,6 +25,8 @@ from harness.cache import atomic_write_text
 from harness.config.search import numeric_grid
 from harness.config.study import Refinement, StudySpec, metric_mode
 from harness.run.ledger import TrialRecord
+
+STUDY_FILE = "study.yaml"  # a study folder's copy of its study (its base and reference beside it)
 
 
 @dataclass(frozen=True)
@@ -106,13 +109,19 @@ def extended(spec: StudySpec, extensions: list[Extension]) -> StudySpec:
     return spec.model_copy(update={"space": space})
 
 
-def write_study(spec: StudySpec, path) -> None:
-    """The study as a file beside its ``base.yaml`` (the folder's copy), for the next round."""
+def write_study(spec: StudySpec, study_dir: Path) -> None:
+    """The study as its folder's copy: ``study.yaml`` beside the ``base.yaml`` and ``reference.yaml``
+    it was resolved with (all three rewritten, so the copy never names a base or a reference the
+    folder holds from an older version of the study)."""
     data = spec.model_dump(mode="json", exclude={"base_config", "reference_data"})
+    atomic_write_text(study_dir / "base.yaml", yaml.safe_dump(spec.base_config, sort_keys=False))
     data["base"] = "base.yaml"
     if data.get("paper_reference"):
-        data["paper_reference"] = f"reference.yaml#{data['paper_reference'].partition('#')[2]}"
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+        entry = data["paper_reference"].partition("#")[2]
+        reference = yaml.safe_dump({entry: spec.reference_data}, sort_keys=False)
+        atomic_write_text(study_dir / "reference.yaml", reference)
+        data["paper_reference"] = f"reference.yaml#{entry}"
+    atomic_write_text(study_dir / STUDY_FILE, yaml.safe_dump(data, sort_keys=False))
 
 
 SEEDS_KEY = "eval.sample_seeds"
