@@ -70,18 +70,20 @@ SEEDS_KEY = "eval.sample_seeds"
 
 
 def one_per_cell(rows: list[dict], flat_config: Callable[[dict], dict[str, Any]]) -> list[dict]:
-    """Trials that differ only in their sample seeds measure one cell: the finished one with the
-    most seeds stands for it (later ones win ties), so a cell given more seeds supersedes its
-    earlier trial instead of being counted twice. Order is kept."""
-    kept: dict[str, tuple[tuple, int]] = {}
-    for i, row in enumerate(rows):
+    """Trials that differ only in their sample seeds measure one cell: a trial is dropped when a
+    finished trial of its cell has more seeds, so a cell given more seeds supersedes its earlier
+    measurement instead of being counted twice (a failed attempt with more seeds leaves the
+    finished one standing, and is kept to be reported). Order is kept."""
+    cells, seeds = [], []
+    most: dict[str, int] = {}  # cell -> the most seeds a finished trial of it has
+    for row in rows:
         config = flat_config(row)
         cell = json.dumps({k: v for k, v in config.items() if k != SEEDS_KEY}, sort_keys=True, default=str)
-        rank = (row.get("status") == "finished", len(config.get(SEEDS_KEY) or ()), i)
-        if cell not in kept or rank > kept[cell][0]:
-            kept[cell] = (rank, i)
-    chosen = {i for _, i in kept.values()}
-    return [row for i, row in enumerate(rows) if i in chosen]
+        cells.append(cell)
+        seeds.append(len(config.get(SEEDS_KEY) or ()))
+        if row.get("status") == "finished":
+            most[cell] = max(most.get(cell, 0), seeds[-1])
+    return [row for row, cell, n in zip(rows, cells, seeds, strict=True) if n >= most.get(cell, 0)]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
