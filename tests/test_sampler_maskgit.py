@@ -259,3 +259,26 @@ def test_invert_kappa(name, y):
     t = invert_kappa(scheduler, torch.tensor([y], dtype=torch.float64))
     assert 0.0 <= t.item() <= 1.0
     assert scheduler.kappa(t).item() == pytest.approx(y, abs=1e-6)
+
+
+@pytest.mark.parametrize("randomization", ["linear", "none", "random"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_drawing_in_blocks_of_rows_changes_no_bit(monkeypatch, randomization, cfg_scale):
+    """The draw gathers, guides and samples DRAW_ROWS rows at a time (for the cache); each row's
+    draw is its own, so blocks of 3 rows (uneven, many per step) give the very tokens of one block."""
+    from sampler_stubs import NUM_CLASSES
+
+    import models.samplers.maskgit as maskgit_module
+    from models.samplers import Denoiser
+
+    net = RandomNet()
+    y = torch.tensor([0, 1, 2, 0])
+    sampler = MaskGITSampler(num_steps=5, randomization=randomization, temperature=0.9)
+
+    def tokens() -> Tensor:
+        denoiser = Denoiser(net, cfg_scale=cfg_scale, null_class=NUM_CLASSES, cfg_batched=True)
+        return run(sampler, net, seed=3, denoiser=denoiser, y=y).tokens
+
+    whole = tokens()
+    monkeypatch.setattr(maskgit_module, "DRAW_ROWS", 3)
+    assert torch.equal(tokens(), whole)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from models.registry import Registry
-from models.samplers.base import Denoiser, Sampler, SampleResult, flat_positions
+from models.samplers.base import DRAW_ROWS, Denoiser, Sampler, SampleResult, flat_positions
 from models.samplers.counts import COUNT_RULES, UNMASK_SCHEDULES, counts_for
 from models.samplers.denoiser import StepLogits
 from models.samplers.draw import categorical, uniforms
@@ -163,10 +163,15 @@ class MaskGITSampler(Sampler):
     def _draw(
         self, step: StepLogits, u_token: Tensor, mask_id: int | Tensor, seq_len: int, rows: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """At rows (N,) of the flattened grid: (log p of the drawn token, the drawn token), (N,) each."""
-        logits = self.sampling_logits(step.rows(rows), rows, mask_id, seq_len)  # (N, V), a copy
-        drawn, log_p = categorical(logits, u_token[rows])
-        return log_p, drawn
+        """At rows (N,) of the flattened grid: (log p of the drawn token, the drawn token), (N,) each,
+        ``DRAW_ROWS`` rows at a time (each row's draw is its own: the blocks change no bit)."""
+        drawn, log_p = [], []
+        for block in rows.split(DRAW_ROWS):
+            logits = self.sampling_logits(step.rows(block), block, mask_id, seq_len)  # (n, V), a copy
+            token, log_p_token = categorical(logits, u_token[block])
+            drawn.append(token)
+            log_p.append(log_p_token)
+        return torch.cat(log_p), torch.cat(drawn)
 
     def _commit_most_confident(
         self,
