@@ -27,6 +27,11 @@ def extend(args, run_study: Callable) -> int:
     if args.seeds is not None and not 2 <= args.seeds <= 1000:
         raise UserError(f"--seeds {args.seeds}: expected 2 to 1000 sample seeds (a paired CI needs 2)")
     run = prepare(args.study, args.runs_root)
+    if args.seeds is not None and run.spec.search.algorithm != "grid":
+        raise UserError(
+            f"--seeds: study {run.spec.name!r} is a {run.spec.search.algorithm} search; more seeds"
+            " go to cells of a grid (search.algorithm: grid)"
+        )
     if args.seeds is not None and not run.spec.reference_data.get("findings"):
         raise UserError(
             f"--seeds: study {run.spec.name!r} names no paper_reference with findings: nothing says"

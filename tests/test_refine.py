@@ -136,3 +136,39 @@ def test_extend_seeds_draws_only_the_new_seeds_of_the_undecided_cells(
     ]
     samples = sorted((runs_root / "checkpoints").glob("*/samples/*/seed_*/samples.npz"))
     assert len(samples) == 5  # 2 + 2 seeds, then the one new seed of the raised cell
+
+
+def test_more_seeds_names_a_recipe_variants_cell_by_its_pins(tmp_path) -> None:
+    """A study whose variants are recipes (maskgit_vs_di): the refinement names the cell by the
+    variant's pins (the recipe among them), validates, and reaches that cell only."""
+    from pathlib import Path
+
+    from harness.run.extend import write_study
+
+    study = Path(__file__).resolve().parents[1] / "search_spaces" / "paper" / "mini" / "maskgit_vs_di.yaml"
+    spec = load_study(study)
+    trials = expand_grid(spec)
+    target = trials[-1]
+    record = TrialRecord(target.trial_hash(), "h", "finished", target.model_dump(mode="json"))
+    grown, lines = more_seeds(spec, [record], [target.trial_hash()], 12)
+    assert len(lines) == 1
+    write_study(grown, tmp_path)
+    refined = {t.trial_hash(): t for t in expand_grid(load_study(tmp_path / "study.yaml"))}
+    changed = [t for t in refined.values() if len(t.eval.sample_seeds) == 12]
+    assert len(changed) == 1 and changed[0].training_hash() == target.training_hash()
+    assert {t.trial_hash() for t in trials} - {target.trial_hash()} <= set(refined)
+
+
+def test_extend_seeds_refuses_what_it_cannot_refine(write_study, tmp_path, capsys) -> None:
+    import run_study
+
+    searched = write_study(
+        "searched", space={"sampler.temperature": {"uniform": [0.5, 1.5]}}, search={"algorithm": "random"}
+    )
+    no_reference = write_study("plain_grid", space=SPACE)
+    for study, named in ((searched, "random search"), (no_reference, "paper_reference")):
+        args = ["extend", str(study), "--runs-root", str(tmp_path), "--seeds", "8"]
+        assert run_study.main(args) == 2
+        assert named in capsys.readouterr().err
+    args = ["extend", str(no_reference), "--runs-root", str(tmp_path), "--seeds", "1"]
+    assert run_study.main(args) == 2 and "--seeds 1" in capsys.readouterr().err

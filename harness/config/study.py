@@ -288,7 +288,7 @@ def validate_study(spec: StudySpec) -> None:
         *spec.overrides,
         *spec.space,
         *(k for v in spec.variants.values() for k in v if k != "recipe"),
-        *(k for r in spec.refine for k in [*r.where, *r.overrides]),
+        *(k for r in spec.refine for k in [*r.where, *r.overrides] if k != "recipe"),
     ]:
         check_key(key)
     if spec.search.algorithm == "grid":
