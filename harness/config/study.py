@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness.config.files import read_base, read_reference, read_yaml
 from harness.config.recipes import RECIPES
 from harness.config.search import ExtendRule, check_extend, check_objectives, direction_of
-from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, set_dotted
+from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, get_dotted, set_dotted
 from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
 
@@ -83,13 +83,7 @@ class Refinement(BaseModel):
     overrides: dict[str, Any] = Field(min_length=1)
 
     def matches(self, config: dict[str, Any]) -> bool:
-        for key, value in self.where.items():
-            node: Any = config
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            if node != value:
-                return False
-        return True
+        return all(get_dotted(config, key) == value for key, value in self.where.items())
 
 
 class StudySpec(BaseModel):
@@ -334,21 +328,13 @@ def validate_study(spec: StudySpec) -> None:
 
 def _check_refinements(spec: StudySpec) -> None:
     """Each refinement must reach a cell of the grid (a typo in ``where`` refines nothing)."""
-    keys = list(spec.space)
-    grid = [_axis_values(k, spec.space[k])[1] for k in keys]
-    reached = [False] * len(spec.refine)
-    for variant in list(spec.variants) or [None]:
-        for values in itertools.product(*grid):
-            config = resolve(spec, dict(zip(keys, values, strict=True)), variant, spec.seeds[0])
-            dumped = config.model_dump(mode="json")
-            reached = [hit or r.matches(dumped) for hit, r in zip(reached, spec.refine, strict=True)]
-    missing = [i for i, hit in enumerate(reached) if not hit]
-    if missing:
-        i = missing[0]
-        raise ConfigError(
-            f"refine[{i}].where = {short(spec.refine[i].where, 200)} matches no cell of the grid;"
-            " expected the values of a cell (space axes, variant pins)"
-        )
+    cells = [t.model_dump(mode="json") for t in expand_grid(spec)]
+    for i, refinement in enumerate(spec.refine):
+        if not any(refinement.matches(cell) for cell in cells):
+            raise ConfigError(
+                f"refine[{i}].where = {short(refinement.where, 200)} matches no cell of the grid;"
+                " expected the values of a cell (space axes, variant pins)"
+            )
 
 
 def metric_mode(spec: StudySpec) -> str:

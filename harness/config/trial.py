@@ -319,6 +319,14 @@ def check_key(key: str) -> None:
     raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys, cutoff=0.5)}")
 
 
+def get_dotted(d: dict[str, Any], key: str) -> Any:
+    """d["a"]["b"] for key "a.b"; None where a section or the leaf is missing."""
+    node: Any = d
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     """d["a"]["b"] = value for key "a.b", creating sections as needed (also where the section is
     None, e.g. ``model.text.prefix`` over the base's ``model.text: null``)."""

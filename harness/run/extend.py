@@ -24,6 +24,7 @@ import yaml
 from harness.cache import atomic_write_text
 from harness.config.search import numeric_grid
 from harness.config.study import Refinement, StudySpec, metric_mode
+from harness.config.trial import get_dotted
 from harness.run.ledger import TrialRecord
 
 STUDY_FILE = "study.yaml"  # a study folder's copy of its study (its base and reference beside it)
@@ -34,13 +35,6 @@ class Extension:
     axis: str
     added: list[float]
     why: list[str]  # per value: which method's best sat at which edge
-
-
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _numeric(values: Any) -> bool:
@@ -71,7 +65,7 @@ def edge_extensions(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[E
     keys = method_keys(spec)
     best: dict[tuple, TrialRecord] = {}
     for r in finished:
-        group = tuple(repr(_get(r.config, k)) for k in keys)
+        group = tuple(repr(get_dotted(r.config, k)) for k in keys)
         held = best.get(group)
         value = r.metrics[spec.metric]
         if held is None or (
@@ -84,7 +78,7 @@ def edge_extensions(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[E
         added: dict[float | int, list[str]] = {}
         for group, r in best.items():
             method = ", ".join(f"{k}={v}" for k, v in zip(keys, group, strict=True)) or "every trial"
-            at = _get(r.config, axis)
+            at = get_dotted(r.config, axis)
             for up, edge in ((True, grid[-1]), (False, grid[0])):
                 if at != edge:
                     continue
@@ -148,9 +142,9 @@ def more_seeds(
         record = by_hash.get(trial_hash)
         if record is None:
             continue
-        where = {k: _get(record.config, k) for k in cell_keys(spec)}
+        where = {k: get_dotted(record.config, k) for k in cell_keys(spec)}
         given = [r.overrides.get(SEEDS_KEY) or [] for r in refine if r.where == where]
-        have = max([list(_get(record.config, SEEDS_KEY) or []), *given], key=len)  # a stale record: its
+        have = max([list(get_dotted(record.config, SEEDS_KEY) or []), *given], key=len)  # a stale record: its
         if len(have) >= seeds:  # cell's refinement already gives more
             continue
         extra = [s for s in range(seeds + len(have)) if s not in have][: seeds - len(have)]

@@ -167,8 +167,9 @@ class StepLogits:
         new tensor the caller may overwrite."""
         if self.uncond is None:
             return gather_rows(self.cond, rows)
-        every = torch.arange(self.cond.shape[0] * self.cond.shape[1], device=rows.device)
-        if torch.equal(rows, every):  # the combine makes the copy: no gather
+        positions = self.cond.shape[0] * self.cond.shape[1]
+        if rows.numel() == positions and torch.equal(rows, torch.arange(positions, device=rows.device)):
+            # every row, in order: the combine makes the copy, no gather
             return cfg_combine(self.cond, self.uncond, self.cfg_scale).reshape(rows.numel(), -1)
         return cfg_combine_(gather_rows(self.cond, rows), gather_rows(self.uncond, rows), self.cfg_scale)
 
