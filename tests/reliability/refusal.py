@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from corpus import REPO, Case
+from corpus_kit import REPO, Case
 
 RUN_STUDY = REPO / "run_study.py"
 SUBPROCESS_TIME_LIMIT = 120.0  # seconds: starting the CLI (torch, Ray, MLflow) takes 10-25 s on 2 busy cores

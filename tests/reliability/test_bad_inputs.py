@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from corpus import CASES, DIGITS_SAMPLES, IMAGES, STUDY, TOKENIZE, Case, study
+from corpus import CASES, DIGITS_SAMPLES, IMAGES, TOKENIZE
+from corpus_kit import STUDY, Case, study
 from refusal import prepare_case, run_case, run_in_process, snapshot, warm_up
 
 

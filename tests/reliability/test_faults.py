@@ -15,28 +15,10 @@ import os
 from pathlib import Path
 
 import pytest
-from faults import (
-    SCENARIOS,
-    STEPS,
-    KnownBug,
-    KnownBugError,
-    Result,
-    Scenario,
-    SkipScenario,
-    Study,
-    Tally,
-    audit_ledger,
-    audit_mlflow,
-    audit_trainings,
-    compare,
-    fill,
-    fingerprints,
-    mount_tmpfs,
-    run_scenario,
-    unmount,
-    uri,
-    verdict,
-)
+from fault_checks import Tally, audit_ledger, audit_mlflow, audit_trainings, compare
+from fault_damage import fill, mount_tmpfs, unmount
+from fault_rig import STEPS, SkipScenario, Study, fingerprints, uri
+from faults import SCENARIOS, KnownBug, KnownBugError, Result, Scenario, run_scenario, verdict
 
 from harness.run.ledger import TrialRecord
 from harness.tracking.schema import TAG_ROLE, TAG_TRIAL_HASH
