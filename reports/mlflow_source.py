@@ -8,7 +8,6 @@ The layout is in ``harness.tracking.schema``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,12 @@ from harness.tracking.schema import (
     STUDY_CONFIG_ARTIFACT,
     TAG_ATTEMPTS,
     TAG_ERROR,
-    TAG_PROTOCOL_PREFIX,
     TAG_ROLE,
     TAG_SECONDS,
     TAG_STATUS,
     TAG_TRIAL_HASH,
     experiment_name,
+    read_protocols,
     trial_runs,
 )
 from reports.markdown import one_per_cell
@@ -122,11 +121,7 @@ def study_table(tracking_uri: str, study_name: str) -> StudyTable:
         metric_keys.update(k for k in metrics if not k.endswith((CI_LOW, CI_HIGH)))
         row.update(params)
         row.update(metrics)
-        row["protocol"] = {
-            key[len(TAG_PROTOCOL_PREFIX) :]: json.loads(value)
-            for key, value in tags.items()
-            if key.startswith(TAG_PROTOCOL_PREFIX)
-        }
+        row["protocol"] = read_protocols(tags)
         rows.append(row)
     rows = one_per_cell(rows, lambda row: {k: row.get(k) for k in config_keys})
     return StudyTable(pd.DataFrame(rows), sorted(config_keys), sorted(metric_keys))

@@ -7,13 +7,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-from harness.run.ledger import TrialRecord
-from harness.tracking.schema import TAG_ATTEMPTS, TAG_ERROR, TAG_TRIAL_HASH, experiment_name
+from harness.run.ledger import PER_SEED, TrialRecord
+from harness.tracking.schema import (
+    TAG_ATTEMPTS,
+    TAG_ERROR,
+    TAG_TRIAL_HASH,
+    experiment_name,
+    protocol_tags,
+    read_protocols,
+)
 from harness.tracking.tracker import Tracker, resolve_tracking_uri
-from reports.mlflow_source import study_runs
+from reports.mlflow_source import study_runs, study_table
 
 CONFIG = {
     "seed": 0,
@@ -267,3 +277,61 @@ def test_an_unwritable_cache_leaves_mlflow_to_create_the_store(tmp_path, monkeyp
     tracker.start_invocation({"name": "uncached"}, {})
     tracker.end_invocation("FINISHED")
     assert db.is_file() and not list(tmp_path.glob("runs/.*partial"))
+
+
+# A metric's protocol in tags, however long: a value per sample seed over hundreds of seeds passes
+# MLflow's 8,000 characters per tag, and was dropped whole (reports then compared methods unpaired,
+# without their per-seed values, and showed no protocol).
+
+values = st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=30))
+protocols = st.dictionaries(
+    st.sampled_from(["fid", "precision", "is_mean", "fvd"]),
+    st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(values, st.lists(values, max_size=60))),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(protocols, st.integers(1, 300))
+def test_protocol_tags_fit_the_limit_and_read_back_whole(given_protocols, limit):
+    tags = protocol_tags(given_protocols, limit)
+    assert all(len(v) <= limit for v in tags.values())
+    assert read_protocols({**tags, "unmask.status": "finished"}) == json.loads(json.dumps(given_protocols))
+
+
+def test_a_protocol_missing_a_part_is_left_out():
+    tags = protocol_tags({"fid": {"seeds": list(range(100))}, "nfe": {"n": 1}}, 50)
+    del tags["unmask.protocol-part.2.fid"]
+    assert read_protocols(tags) == {"nfe": {"n": 1}}
+
+
+def _long_protocol(seeds: int, offset: float) -> dict:
+    per_seed = [40.0 + offset + 0.123456789 * (s % 7) for s in range(seeds)]
+    return {"key": "fid/animals-cnn", "sample_seeds": list(range(seeds)), PER_SEED: per_seed}
+
+
+def test_460_seed_protocols_reach_the_report_table_whole(store):
+    tracker = Tracker(store, "long-protocol")
+    tracker.start_invocation({}, {})
+    protocol = _long_protocol(460, 0.0)
+    assert len(json.dumps(protocol)) > MAX_TAG_VAL_LENGTH
+    assert tracker.sync([_record("lp1", protocols={"fid": protocol})]) == 1
+    (row,) = study_table(store, "long-protocol").table.to_dict("records")
+    assert row["protocol"]["fid"] == protocol
+
+
+def test_a_run_whose_long_protocol_was_dropped_is_filled_in(store):
+    """Runs logged before the protocol was split into parts lack it: the next sync logs it."""
+    tracker = Tracker(store, "dropped-protocol")
+    tracker.start_invocation({}, {})
+    record = _record("dp1", protocols={"fid": _long_protocol(460, 1.0)})
+    assert tracker.sync([record]) == 1
+    (run,) = _trial_runs(store, "dropped-protocol")
+    client = MlflowClient(tracking_uri=store)
+    for key in [k for k in run.data.tags if k.startswith("unmask.protocol")]:
+        client.delete_tag(run.info.run_id, key)  # what an older version left
+    assert tracker.sync([record]) == 1
+    assert tracker.sync([record]) == 0
+    (again,) = _trial_runs(store, "dropped-protocol")
+    assert again.info.run_id == run.info.run_id and again.data.tags[TAG_TRIAL_HASH] == "dp1"
+    assert read_protocols(again.data.tags) == record.protocols

@@ -10,11 +10,15 @@ harness (and no torch), so that reports can import it.
   confidence interval, and the training curve under ``train/`` as step metrics.
 - child tags: trial and training hashes, status, attempts, seconds, host, and per metric
   ``unmask.protocol.<metric>`` = the protocol as JSON (with its ``key`` and ``direction``, and
-  over several sample seeds ``per_seed``: the value of each; ``harness.run.ledger.PER_SEED``).
+  over several sample seeds ``per_seed``: the value of each; ``harness.run.ledger.PER_SEED``);
+  a protocol longer than a tag's value (hundreds of seeds) goes on under
+  ``unmask.protocol-part.<i>.<metric>``, i = 1, 2, ... (``protocol_tags`` / ``read_protocols``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +34,7 @@ TAG_SECONDS = "unmask.seconds"
 TAG_HOST = "unmask.host"
 TAG_RECORD = "unmask.record"  # a digest of the ledger record the run holds (a re-run trial differs)
 TAG_PROTOCOL_PREFIX = "unmask.protocol."
+TAG_PROTOCOL_PART = "unmask.protocol-part."  # a long protocol's further parts: <i>.<metric>
 PER_SEED = "per_seed"  # harness.run.ledger.PER_SEED, for readers that must not import torch
 TAG_GIT_COMMIT = "git_commit"
 CURVE_PREFIX = "train/"
@@ -37,6 +42,38 @@ CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
 ROLE_TRIAL, ROLE_INVOCATION = "trial", "invocation"
 STUDY_CONFIG_ARTIFACT = "study_config.yaml"
 SAMPLES_PNG = "samples_png"
+
+
+def protocol_tags(protocols: dict[str, dict[str, Any]], limit: int) -> dict[str, str]:
+    """Each metric's protocol as JSON in tags of at most ``limit`` characters: the whole of it under
+    ``unmask.protocol.<metric>`` when it fits, else its first part there and the rest in order
+    under ``unmask.protocol-part.<i>.<metric>`` (a protocol over hundreds of sample seeds holds a
+    value per seed: 460 seeds take ~12,000 characters, beyond MLflow's 8,000 per tag)."""
+    tags = {}
+    for name, protocol in protocols.items():
+        text = json.dumps(protocol, sort_keys=True)
+        parts = [text[i : i + limit] for i in range(0, len(text), limit)] or [text]
+        tags[f"{TAG_PROTOCOL_PREFIX}{name}"] = parts[0]
+        for i, part in enumerate(parts[1:], start=1):
+            tags[f"{TAG_PROTOCOL_PART}{i}.{name}"] = part
+    return tags
+
+
+def read_protocols(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The protocols ``protocol_tags`` wrote, each joined from its parts; one whose parts do not
+    all parse (a run being logged) is left out."""
+    protocols = {}
+    for key, first in tags.items():
+        if not key.startswith(TAG_PROTOCOL_PREFIX):
+            continue
+        name = key[len(TAG_PROTOCOL_PREFIX) :]
+        parts, i = [first], 1
+        while (part := tags.get(f"{TAG_PROTOCOL_PART}{i}.{name}")) is not None:
+            parts.append(part)
+            i += 1
+        with contextlib.suppress(json.JSONDecodeError):
+            protocols[name] = json.loads("".join(parts))
+    return protocols
 
 
 def experiment_name(study_name: str) -> str:

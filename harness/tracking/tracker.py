@@ -32,7 +32,12 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
 
 from harness.run.ledger import TrialRecord
 from harness.tracking.schema import (
@@ -45,7 +50,6 @@ from harness.tracking.schema import (
     TAG_ATTEMPTS,
     TAG_ERROR,
     TAG_HOST,
-    TAG_PROTOCOL_PREFIX,
     TAG_RECORD,
     TAG_ROLE,
     TAG_SECONDS,
@@ -54,6 +58,8 @@ from harness.tracking.schema import (
     TAG_TRAINING_HASH,
     TAG_TRIAL_HASH,
     experiment_name,
+    protocol_tags,
+    read_protocols,
     trial_runs,
 )
 from harness.tracking.sqlite_store import artifact_location, connect, store_faults
@@ -114,7 +120,10 @@ def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
     for run in runs:
         if run.info.status == "FINISHED":  # a finished result is final, unless the ledger's was
             held = run.data.tags.get(TAG_RECORD)  # superseded (damaged samples: the trial re-ran)
-            return held is None or held == record.digest()
+            if held is not None and held != record.digest():
+                return False
+            # or its protocols are missing: versions before protocol_tags dropped a long one
+            return set(record.protocols) <= set(read_protocols(run.data.tags))
         same_attempt = run.data.tags.get(TAG_ATTEMPTS) == str(record.attempts)
         if run.info.status == "FAILED" and record.status == "failed" and same_attempt:
             return True
@@ -180,10 +189,7 @@ def _trial_tags(record: TrialRecord, parent_run_id: str) -> dict[str, str]:
         tags[TAG_ERROR] = record.error[:ERROR_TAG_CHARS]
     if record.host:
         tags[TAG_HOST] = record.host
-    for name, protocol in record.protocols.items():
-        text = json.dumps(protocol, sort_keys=True)
-        if len(text) <= MAX_TAG_VAL_LENGTH:  # always, for our protocols (a few hundred chars)
-            tags[f"{TAG_PROTOCOL_PREFIX}{name}"] = text
+    tags.update(protocol_tags(record.protocols, MAX_TAG_VAL_LENGTH))
     return tags
 
 
@@ -325,6 +331,12 @@ class Tracker:
             if TAG_ERROR in earlier.data.tags and TAG_ERROR not in tags:
                 self.client.delete_tag(run_id, TAG_ERROR)
         try:
+            # MLflow takes 100 params and tags a batch: the tags beyond that (a long protocol's
+            # parts) go first; the run counts as logged only once terminated FINISHED
+            room = max(0, MAX_PARAMS_TAGS_PER_BATCH - len(params))
+            while len(run_tags) > room:
+                extra, run_tags = run_tags[:MAX_PARAMS_TAGS_PER_BATCH], run_tags[MAX_PARAMS_TAGS_PER_BATCH:]
+                self.client.log_batch(run_id, tags=extra, synchronous=True)
             self.client.log_batch(run_id, metrics=metrics, params=params, tags=run_tags, synchronous=True)
             self._log_trial_artifacts(run_id, record, base_dir)
         except BaseException:
