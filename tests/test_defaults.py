@@ -96,7 +96,7 @@ STUDY_HASHES = {
     "paper/full/maskgit_vs_di.yaml": (9, "dfb98687b231cede"),
     "paper/mini/ablation_scheduler.yaml": (12, "2a4c03fcd918acee"),
     "paper/mini/ablation_weighting.yaml": (6, "b96407714abfb407"),
-    "paper/mini/fig3_euler_cfg.yaml": (10, "b7ca5c0f7bc5334e"),
+    "paper/mini/fig3_euler_cfg.yaml": (10, "291f2588397f7047"),
     "paper/mini/fig3_euler_nfe.yaml": (20, "c9a94251f9b39326"),
     "paper/mini/fig3_euler_temperature.yaml": (12, "5e3904fed142a49b"),
     "paper/mini/fig3_mgm_cfg.yaml": (5, "7a9e461c74e80403"),
