@@ -81,13 +81,16 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def recorded_compute(study: Path, root: Path, plain_loop: bool = False) -> float:
-    """Training seconds (done.json) + trial seconds (ledger), over the study's concurrency (the
-    plain loop runs one at a time)."""
+    """Training seconds (done.json) + trial seconds (ledger), over the study's concurrency. The
+    plain loop runs one at a time, and its first trial trains the checkpoint inside its own
+    seconds (the study trains in a job of its own): its trials' seconds alone."""
     spec = yaml.safe_load(study.read_text())
     name = spec["name"]
     trials = [json.loads(p.read_text())["seconds"] for p in (root / name / "ledger").glob("*.json")]
+    if plain_loop:
+        return sum(trials)
     trainings = [json.loads(p.read_text())["seconds"] for p in (root / "checkpoints").glob("*/done.json")]
-    return (sum(trials) + sum(trainings)) / (1 if plain_loop else spec.get("concurrency", 1))
+    return (sum(trials) + sum(trainings)) / spec.get("concurrency", 1)
 
 
 def run_cli(study: Path, root: Path, env: dict[str, str]) -> float:
