@@ -52,7 +52,7 @@ def protocol_tags(protocols: dict[str, dict[str, Any]], limit: int) -> dict[str,
     tags = {}
     for name, protocol in protocols.items():
         text = json.dumps(protocol, sort_keys=True)
-        parts = [text[i : i + limit] for i in range(0, len(text), limit)] or [text]
+        parts = [text[i : i + limit] for i in range(0, len(text), limit)]  # JSON is never empty
         tags[f"{TAG_PROTOCOL_PREFIX}{name}"] = parts[0]
         for i, part in enumerate(parts[1:], start=1):
             tags[f"{TAG_PROTOCOL_PART}{i}.{name}"] = part

@@ -50,6 +50,7 @@ from harness.tracking.schema import (
     TAG_ATTEMPTS,
     TAG_ERROR,
     TAG_HOST,
+    TAG_PROTOCOL_PREFIX,
     TAG_RECORD,
     TAG_ROLE,
     TAG_SECONDS,
@@ -59,7 +60,6 @@ from harness.tracking.schema import (
     TAG_TRIAL_HASH,
     experiment_name,
     protocol_tags,
-    read_protocols,
     trial_runs,
 )
 from harness.tracking.sqlite_store import artifact_location, connect, store_faults
@@ -122,8 +122,9 @@ def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
             held = run.data.tags.get(TAG_RECORD)  # superseded (damaged samples: the trial re-ran)
             if held is not None and held != record.digest():
                 return False
-            # or its protocols are missing: versions before protocol_tags dropped a long one
-            return set(record.protocols) <= set(read_protocols(run.data.tags))
+            # or a protocol is missing: versions before protocol_tags dropped a long one (a
+            # finished run's parts are all there: they are written before it is terminated)
+            return all(f"{TAG_PROTOCOL_PREFIX}{name}" in run.data.tags for name in record.protocols)
         same_attempt = run.data.tags.get(TAG_ATTEMPTS) == str(record.attempts)
         if run.info.status == "FAILED" and record.status == "failed" and same_attempt:
             return True
