@@ -34,7 +34,7 @@ import os
 import sys
 from pathlib import Path
 
-from cli import EXIT_LOCKED, EXIT_TRIALS_FAILED, EXIT_UNWRITABLE
+from cli import EXIT_LOCKED, EXIT_TRIALS_FAILED, EXIT_UNWRITABLE  # noqa: F401 (the exit codes, by name)
 
 DEFAULT_RUNS = Path("runs")
 QUICKSTART = Path(__file__).resolve().parent / "search_spaces" / "quickstart.yaml"
@@ -133,64 +133,6 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _git_commit() -> str:
-    head = Path(__file__).resolve().parent / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            return (head.parent / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("torch", "ray", "mlflow", "torch-fidelity", "clean-fid", "unmask"):
-        try:
-            out[f"version.{package}"] = version(package)
-        except PackageNotFoundError:
-            out[f"version.{package}"] = "missing"
-    return out
-
-
-def _report(run, uri: str):
-    """report.md / report.html from the study's MLflow runs."""
-    from harness.config.study import metric_mode
-    from reports.study_report import write_report
-
-    spec = run.spec
-    title = spec.description or spec.name
-    reference = spec.reference_data or None
-    mode = metric_mode(spec)
-    return write_report(
-        uri, spec.name, run.study_dir, title, spec.metric, mode, reference, spec.compare_front
-    )
-
-
-def _log_report(tracker, report) -> None:
-    """The report, its page and its figures as artifacts of the tracker's parent run."""
-    tracker.log_parent_artifact(report.markdown)
-    tracker.log_parent_artifact(report.html)
-    files = report.markdown.parent / "report_files"
-    if files.is_dir():
-        tracker.log_parent_artifact(files, "report_files")
-
-
-def _sync_or_hold(tracker, ledger, held: list[OSError]) -> None:
-    """MLflow sync after each trial; an OSError (disk full, read-only store) is held for the
-    driver to raise once Tune returns, so it ends as exit 5 naming the path instead of a TuneError
-    traceback. No later sync is tried: the store cannot be written."""
-    if held:
-        return
-    try:
-        tracker.sync(ledger.records())
-    except OSError as err:
-        held.append(err)
-
-
 def _run(args) -> int:
     import logging
 
@@ -215,95 +157,9 @@ def _run(args) -> int:
 
         check_resources(run.spec, local_resources())
     with StudyLock(run.study_dir, run.spec.name):  # validated; nothing of the study written yet
-        return _drive(args, run)
+        from cli.drive import drive
 
-
-def _drive(args, run) -> int:
-    """Runs a validated study under its lock; the exit code. Ray starts first, in the background,
-    so that it comes up while MLflow opens and the caches warm."""
-    from harness.runner import dispatcher_for
-
-    dispatcher = dispatcher_for(run, address=args.address, verbose=args.verbose)
-    try:
-        return _track(args, run, dispatcher)
-    finally:
-        dispatcher.close()  # Ray stopped: in the background while the report was written
-
-
-def _track(args, run, dispatcher) -> int:
-    """The study's MLflow invocation around its trials, their sync and the report; the exit code."""
-    from harness.run.ledger import Ledger
-    from harness.runner import execute
-    from harness.tracking.tracker import Tracker, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
-    tracker = Tracker(uri, run.spec.name)
-    if killed := tracker.end_stale_invocations():  # we hold the lock: their drivers are gone
-        print(f"marked {killed} invocation(s) left RUNNING by a stopped driver as KILLED in MLflow")
-    ledger = Ledger(run.study_dir)
-    tracker.start_invocation(run.spec.model_dump(mode="json"), {"git_commit": _git_commit(), **_versions()})
-    held: list[OSError] = []
-    try:
-        records = execute(
-            run,
-            address=args.address,
-            dispatcher=dispatcher,
-            on_complete=lambda: _sync_or_hold(tracker, ledger, held),
-            on_dispatch=_import_report_meanwhile,
-        )
-        if held:  # an unwritable store inside Tune's callback: raised here, not wrapped by Tune
-            raise held[0]
-        tracker.sync(ledger.records())
-        report = _report(run, uri)
-        _log_report(tracker, report)
-    except BaseException as err:
-        _end_quietly(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    tracker.end_invocation("FINISHED")
-    total = max(len(records), len(run.plan.trials))
-    print(f"{sum(r.status == 'finished' for r in records)}/{total} trials finished")
-    print(f"report: {report.markdown} and {report.html}")
-    print(f"MLflow store: {uri}  (view: mlflow ui --backend-store-uri {uri})")
-    return _trial_failures(run, records)
-
-
-def _import_report_meanwhile() -> None:
-    """Imports the report's modules (matplotlib, seaborn: 1-2 s) in the background while the
-    trials' worker starts, on the core it leaves idle, rather than after the last trial. An import
-    that fails here is left for the report to raise."""
-    import contextlib
-    import threading
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            import reports.study_report  # noqa: F401
-
-    threading.Thread(target=load, name="report-import", daemon=True).start()
-
-
-def _end_quietly(tracker, status: str) -> None:
-    """Ends the parent run while an error propagates: a store that fails here must not hide it."""
-    try:
-        tracker.end_invocation(status)
-    except Exception as err:
-        print(f"note: the parent run stays RUNNING ({err}); the next run marks it KILLED", file=sys.stderr)
-
-
-def _trial_failures(run, records: list) -> int:
-    """0 when every planned trial finished; else says how many did not, and where their errors are."""
-    failed = [r for r in records if r.status != "finished"]
-    missing = max(len(run.plan.trials) - len(records), 0)  # a worker that died before its record
-    if not failed and not missing:
-        return 0
-    lines = [f"error: {len(failed) + missing} of {max(len(records), len(run.plan.trials))} trials failed"]
-    if failed:
-        lines.append(f"  {len(failed)} with a ledger record (its 'error' field; MLflow tag unmask.error):")
-        lines += [f"    {run.study_dir / 'ledger' / f'{r.trial_hash}.json'}" for r in failed[:10]]
-        lines += [f"    ... and {len(failed) - 10} more"] if len(failed) > 10 else []
-    if missing:
-        lines.append(f"  {missing} without one (its worker died): see error.txt in {run.study_dir / 'ray'}")
-    print("\n".join(lines), file=sys.stderr)
-    return EXIT_TRIALS_FAILED
+        return drive(args, run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return report_folder(args)
         if args.command == "report":
+            from cli.drive import log_report, write_study_report
             from harness.runner import prepare
             from harness.tracking.tracker import Tracker, resolve_tracking_uri
 
@@ -353,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"report: {path}")
                 return 0
             uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
-            report = _report(run, uri)
+            report = write_study_report(run, uri)
             tracker = Tracker(uri, run.spec.name)
             if tracker.reopen_latest_invocation():
-                _log_report(tracker, report)
+                log_report(tracker, report)
             print(f"report: {report.markdown} and {report.html}")
             return 0
         if args.command == "extend":

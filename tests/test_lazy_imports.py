@@ -80,3 +80,25 @@ def test_parameter_counts_match_a_network_built_on_the_meta_device() -> None:
         with torch.device("meta"):
             expected = sum(p.numel() for p in DiscreteDiT(config).parameters())
         assert _parameter_count(config) == expected, config
+
+
+def test_digits_are_scikit_learns_without_importing_it() -> None:
+    """The digits every quick study trains on are read from the file scikit-learn ships, equal to
+    ``load_digits`` pixel for pixel and label for label, and loading them imports no scikit-learn
+    (~0.7 s in the driver and again in every trial worker)."""
+    code = (
+        "import json, sys\n"
+        "from harness.data.sources.digits import _uci_digits\n"
+        "pixels, labels = _uci_digits()\n"
+        "heavy = 'sklearn' in sys.modules\n"
+        "from sklearn.datasets import load_digits\n"
+        "ref = load_digits()\n"
+        "print(json.dumps([heavy, (pixels == ref.data).all().item(), (labels == ref.target).all().item(),"
+        " list(pixels.shape), str(pixels.dtype)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    heavy, same_pixels, same_labels, shape, dtype = json.loads(done.stdout.splitlines()[-1])
+    assert not heavy
+    assert same_pixels and same_labels
+    assert shape == [1797, 64] and dtype == "int64"

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -101,4 +102,47 @@ def test_a_closed_dispatcher_leaves_no_ray_process_entered_or_not(process_tag: s
     )
     assert result.returncode == 0 and "closed" in result.stdout, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "SIGTERM" not in result.stderr, result.stderr
+    assert wait_untagged(process_tag, timeout=30) == []
+
+
+MONITOR_FIRST = """
+import json
+import ray
+from harness.ray.dispatch import RayDispatcher
+
+seen = {}
+real_shutdown = ray.shutdown
+
+def shutdown(*args, **kwargs):  # what ray.shutdown finds when the dispatcher's stop calls it
+    node = ray._private.worker._global_node
+    seen["monitor"] = [info.process.poll() for info in node.all_processes["monitor"]]
+    seen["gcs"] = [info.process.poll() for info in node.all_processes["gcs_server"]]
+    return real_shutdown(*args, **kwargs)
+
+ray.shutdown = shutdown
+dispatcher = RayDispatcher(num_cpus=1).start()
+with dispatcher:
+    pass
+dispatcher.close()
+assert not ray.is_initialized()
+print(json.dumps(seen))
+"""
+
+
+def test_the_stop_ends_the_autoscaler_monitor_before_ray_ends_the_gcs(process_tag: str) -> None:
+    """Ray stops the GCS before the monitor, whose SIGTERM handler then waits on the gone GCS until
+    Ray kills it a second later: the dispatcher's stop kills it first, the rest as Ray does."""
+    result = subprocess.run(
+        [PYTHON, "-c", MONITOR_FIRST],
+        cwd=REPO,
+        env=subprocess_env(process_tag),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["monitor"] == [-signal.SIGKILL]  # ended, by the dispatcher
+    assert seen["gcs"] == [None]  # the GCS still up: ray.shutdown ends it
+    assert "Traceback" not in result.stderr, result.stderr
     assert wait_untagged(process_tag, timeout=30) == []

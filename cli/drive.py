@@ -1,0 +1,204 @@
+"""``run_study.py run`` / ``resume``'s driver: Ray, MLflow and the report around a validated study.
+
+Set-up runs side by side, each in the background where it mostly waits: Ray starts (its own
+processes) while the MLflow store opens (MLflow's imports and store, ~2 s) and the driver imports
+Ray Tune; the trials' worker starts once both are ready, so an MLflow store that cannot be opened
+is reported before any training or trial begins. Ray stops while the report is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from cli import EXIT_TRIALS_FAILED
+
+
+def drive(args, run) -> int:
+    """Runs a validated study under its lock; the exit code."""
+    from harness.runner import dispatcher_for
+
+    dispatcher = dispatcher_for(run, address=args.address, verbose=args.verbose)
+    try:
+        return _track(args, run, dispatcher)
+    finally:
+        dispatcher.close()  # Ray stopped: in the background while the report was written
+
+
+class _OpeningTracker:
+    """The study's MLflow invocation, opened in a background thread; :meth:`get` waits for it and
+    raises what opening it raised, in the thread that needs it."""
+
+    def __init__(self, args, run) -> None:
+        self.uri: str | None = None
+        self._tracker = None
+        pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
+        self._future: Future = pool.submit(_open, args, run)
+        pool.shutdown(wait=False)  # the thread ends with the opening
+
+    def get(self):
+        if self._tracker is None:
+            self.uri, self._tracker, killed = self._future.result()
+            if killed:  # we hold the lock: their drivers are gone
+                print(f"marked {killed} invocation(s) left RUNNING by a stopped driver as KILLED in MLflow")
+        return self._tracker
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks (ours reach this) into the experiment's state: the state
+        holds no thread, and a restored copy opens nothing (the driver that restores opens its own)."""
+        return {"uri": self.uri, "_tracker": None, "_future": None}
+
+    def get_quietly(self):
+        """The tracker, or None when opening it failed (its error is not the one to report)."""
+        try:
+            return self.get()
+        except Exception:
+            return None
+
+
+def _open(args, run) -> tuple:
+    from harness.tracking.tracker import Tracker, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
+    tracker = Tracker(uri, run.spec.name)
+    killed = tracker.end_stale_invocations()
+    tracker.start_invocation(run.spec.model_dump(mode="json"), {"git_commit": git_commit(), **versions()})
+    return uri, tracker, killed
+
+
+def _track(args, run, dispatcher) -> int:
+    """The study's MLflow invocation around its trials, their sync and the report; the exit code."""
+    from harness.run.ledger import Ledger
+    from harness.runner import execute
+
+    opening = _OpeningTracker(args, run)
+    ledger = Ledger(run.study_dir)
+    held: list[OSError] = []
+
+    def dispatching() -> None:  # MLflow open before any training or trial starts
+        opening.get()
+        _import_report_meanwhile()
+
+    try:
+        records = execute(
+            run,
+            address=args.address,
+            dispatcher=dispatcher,
+            on_complete=lambda: _sync_or_hold(opening.get(), ledger, held),
+            on_dispatch=dispatching,
+        )
+        tracker = opening.get()  # also when nothing was dispatched (every trial finished)
+        if held:  # an unwritable store inside Tune's callback: raised here, not wrapped by Tune
+            raise held[0]
+        tracker.sync(ledger.records())
+        report = write_study_report(run, opening.uri)
+        log_report(tracker, report)
+    except BaseException as err:
+        tracker = opening.get_quietly()
+        if tracker is not None:
+            _end_quietly(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end_invocation("FINISHED")
+    total = max(len(records), len(run.plan.trials))
+    print(f"{sum(r.status == 'finished' for r in records)}/{total} trials finished")
+    print(f"report: {report.markdown} and {report.html}")
+    print(f"MLflow store: {opening.uri}  (view: mlflow ui --backend-store-uri {opening.uri})")
+    return _trial_failures(run, records)
+
+
+def git_commit() -> str:
+    head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (head.parent / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "ray", "mlflow", "torch-fidelity", "clean-fid", "unmask"):
+        try:
+            out[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            out[f"version.{package}"] = "missing"
+    return out
+
+
+def write_study_report(run, uri: str):
+    """report.md / report.html from the study's MLflow runs."""
+    from harness.config.study import metric_mode
+    from reports.study_report import write_report
+
+    spec = run.spec
+    title = spec.description or spec.name
+    reference = spec.reference_data or None
+    mode = metric_mode(spec)
+    return write_report(
+        uri, spec.name, run.study_dir, title, spec.metric, mode, reference, spec.compare_front
+    )
+
+
+def log_report(tracker, report) -> None:
+    """The report, its page and its figures as artifacts of the tracker's parent run."""
+    tracker.log_parent_artifact(report.markdown)
+    tracker.log_parent_artifact(report.html)
+    files = report.markdown.parent / "report_files"
+    if files.is_dir():
+        tracker.log_parent_artifact(files, "report_files")
+
+
+def _sync_or_hold(tracker, ledger, held: list[OSError]) -> None:
+    """MLflow sync after each trial; an OSError (disk full, read-only store) is held for the
+    driver to raise once Tune returns, so it ends as exit 5 naming the path instead of a TuneError
+    traceback. No later sync is tried: the store cannot be written."""
+    if held:
+        return
+    try:
+        tracker.sync(ledger.records())
+    except OSError as err:
+        held.append(err)
+
+
+def _import_report_meanwhile() -> None:
+    """Imports the report's modules (matplotlib, seaborn: 1-2 s) in the background while the
+    trials' worker starts, on the core it leaves idle, rather than after the last trial. An import
+    that fails here is left for the report to raise."""
+    import contextlib
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import reports.study_report  # noqa: F401
+
+    threading.Thread(target=load, name="report-import", daemon=True).start()
+
+
+def _end_quietly(tracker, status: str) -> None:
+    """Ends the parent run while an error propagates: a store that fails here must not hide it."""
+    try:
+        tracker.end_invocation(status)
+    except Exception as err:
+        print(f"note: the parent run stays RUNNING ({err}); the next run marks it KILLED", file=sys.stderr)
+
+
+def _trial_failures(run, records: list) -> int:
+    """0 when every planned trial finished; else says how many did not, and where their errors are."""
+    failed = [r for r in records if r.status != "finished"]
+    missing = max(len(run.plan.trials) - len(records), 0)  # a worker that died before its record
+    if not failed and not missing:
+        return 0
+    lines = [f"error: {len(failed) + missing} of {max(len(records), len(run.plan.trials))} trials failed"]
+    if failed:
+        lines.append(f"  {len(failed)} with a ledger record (its 'error' field; MLflow tag unmask.error):")
+        lines += [f"    {run.study_dir / 'ledger' / f'{r.trial_hash}.json'}" for r in failed[:10]]
+        lines += [f"    ... and {len(failed) - 10} more"] if len(failed) > 10 else []
+    if missing:
+        lines.append(f"  {missing} without one (its worker died): see error.txt in {run.study_dir / 'ray'}")
+    print("\n".join(lines), file=sys.stderr)
+    return EXIT_TRIALS_FAILED
