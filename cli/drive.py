@@ -9,6 +9,7 @@ is reported before any training or trial begins. Ray stops while the report is w
 from __future__ import annotations
 
 import sys
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,8 +74,7 @@ def _track(args, run, dispatcher) -> int:
     from harness.runner import execute
 
     opening = _OpeningTracker(args, run)
-    ledger = Ledger(run.study_dir)
-    held: list[OSError] = []
+    syncing = _Syncing(opening, Ledger(run.study_dir))
 
     def dispatching() -> None:  # MLflow open before any training or trial starts
         opening.get()
@@ -85,16 +85,16 @@ def _track(args, run, dispatcher) -> int:
             run,
             address=args.address,
             dispatcher=dispatcher,
-            on_complete=lambda: _sync_or_hold(opening.get(), ledger, held),
+            on_complete=syncing.request,
             on_dispatch=dispatching,
         )
         tracker = opening.get()  # also when nothing was dispatched (every trial finished)
-        if held:  # an unwritable store inside Tune's callback: raised here, not wrapped by Tune
-            raise held[0]
-        tracker.sync(ledger.records())
+        syncing.finish()  # an unwritable store met by a sync: raised here, not wrapped by Tune
+        tracker.sync(syncing.ledger.records())
         report = write_study_report(run, opening.uri)
         log_report(tracker, report)
     except BaseException as err:
+        syncing.stop()
         tracker = opening.get_quietly()
         if tracker is not None:
             _end_quietly(tracker, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -105,6 +105,49 @@ def _track(args, run, dispatcher) -> int:
     print(f"report: {report.markdown} and {report.html}")
     print(f"MLflow store: {opening.uri}  (view: mlflow ui --backend-store-uri {opening.uri})")
     return _trial_failures(run, records)
+
+
+class _Syncing:
+    """The ledger synced into MLflow after each finished trial, in a thread of its own: Tune starts
+    the next trial without waiting for it (~40 ms a trial, more as the ledger grows). A request
+    made while a sync waits to start is served by that sync (each reads the whole ledger). The
+    first error is held and raised by :meth:`finish`; after it no sync is tried (an OSError: the
+    store cannot be written, exit 5 naming the path)."""
+
+    def __init__(self, opening: _OpeningTracker, ledger) -> None:
+        self.opening, self.ledger = opening, ledger
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-sync")
+        self._queued: Future | None = None
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks (``request`` among them): no thread or lock in the state."""
+        return {"opening": self.opening, "ledger": self.ledger}
+
+    def request(self) -> None:
+        with self._lock:
+            if self._queued is not None and not (self._queued.running() or self._queued.done()):
+                return  # not started yet: it will read this trial's record too
+            self._queued = self._pool.submit(self._sync)
+
+    def _sync(self) -> None:
+        if self._error is not None:
+            return
+        try:
+            self.opening.get().sync(self.ledger.records())
+        except BaseException as err:
+            self._error = err
+
+    def finish(self) -> None:
+        """Waits for the requested syncs; raises the first error one met."""
+        self._pool.shutdown(wait=True)
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """On an error: the sync under way finishes, queued ones are dropped, nothing is raised."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def git_commit() -> str:
@@ -151,18 +194,6 @@ def log_report(tracker, report) -> None:
     files = report.markdown.parent / "report_files"
     if files.is_dir():
         tracker.log_parent_artifact(files, "report_files")
-
-
-def _sync_or_hold(tracker, ledger, held: list[OSError]) -> None:
-    """MLflow sync after each trial; an OSError (disk full, read-only store) is held for the
-    driver to raise once Tune returns, so it ends as exit 5 naming the path instead of a TuneError
-    traceback. No later sync is tried: the store cannot be written."""
-    if held:
-        return
-    try:
-        tracker.sync(ledger.records())
-    except OSError as err:
-        held.append(err)
 
 
 def _import_report_meanwhile() -> None:
