@@ -127,8 +127,9 @@ def test_maskgit_reads_only_rows_it_may_commit(randomization):
     levels=st.sampled_from([3, 8, 1000]),  # few levels: ties everywhere; many: almost none
 )
 def test_pruned_scoring_commits_what_scoring_everything_commits(seed, count, levels):
-    """Scoring only the positions whose noise bound can still reach the top ``count`` (and all of
-    them on a tie at that rank) commits the very positions and tokens full scoring commits."""
+    """Scoring only the positions whose noise bound can still reach the top ``count``, drawing only
+    those whose log p ceiling can (and all of them on a tie at that rank), commits the very
+    positions and tokens full scoring commits."""
     B, L, num_masked = 3, 40, 30
     g = torch.Generator().manual_seed(seed)
     masked = torch.zeros(B, L, dtype=torch.bool)
@@ -137,9 +138,12 @@ def test_pruned_scoring_commits_what_scoring_everything_commits(seed, count, lev
     x = torch.where(masked, MASK, torch.randint(0, K, (B, L), generator=g))
     log_p = -torch.randint(0, levels, (B * L,), generator=g).float() / levels * 6  # <= 0, tied levels
     noise = torch.randint(-levels, levels, (B, L), generator=g).float() / levels * 4
+    # what a row's logits tell of its log p before the draw: an upper bound, often exact
+    ceiling = log_p + torch.randint(0, 3, (B * L,), generator=g).float() * torch.rand(B * L, generator=g)
 
-    def draw(rows):
-        return log_p[rows], rows % K
+    def draw(rows, need=None):
+        rows = rows if need is None else rows[ceiling[rows] >= need]
+        return rows, log_p[rows], rows % K
 
     sampler = MaskGITSampler()
     count = min(count, num_masked)

@@ -24,10 +24,12 @@ def uniforms(n: int, generator: torch.Generator | None, device: torch.device | s
     return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
 
-def categorical(logits: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+def categorical(logits: Tensor, u: Tensor, row_max: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """logits (N, V) float32, the caller's own (overwritten by their unnormalised probabilities),
-    u (N,) uniforms -> (drawn class (N,), its log-probability log softmax(logits)[drawn] (N,))."""
-    weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # (N, V): max 1, so sum >= 1
+    u (N,) uniforms -> (drawn class (N,), its log-probability log softmax(logits)[drawn] (N,)).
+    ``row_max`` (N, 1): the rows' maxima, when the caller has them already."""
+    row_max = logits.amax(dim=-1, keepdim=True) if row_max is None else row_max
+    weights = logits.sub_(row_max).exp_()  # (N, V): max 1, so sum >= 1
     drawn, total = _draw(weights, u[:, None])  # (N, 1) each
     log_p = weights.gather(1, drawn).double().log_() - total.log()  # (N, 1)
     return drawn.squeeze(1), log_p.squeeze(1).to(logits.dtype)

@@ -145,7 +145,7 @@ class MaskGITSampler(Sampler):
             draw = partial(self._draw, step, u_token, mask_id, seq_len)
             if math.isinf(strength):  # random order: the commits are known, only they need a token
                 rows = flat_positions(self._commit(u, masked, count))  # (N,)
-                x = x.reshape(-1).index_put((rows,), draw(rows)[1]).view_as(x)
+                x = x.reshape(-1).index_put((rows,), draw(rows)[2]).view_as(x)
             else:
                 noise = self.gumbel_scale * strength * -torch.log(-torch.log(u))  # (B, L)
                 x = self._commit_most_confident(draw, x, masked, noise, count, prune=strength > 0)
@@ -161,17 +161,54 @@ class MaskGITSampler(Sampler):
         )
 
     def _draw(
-        self, step: StepLogits, u_token: Tensor, mask_id: int | Tensor, seq_len: int, rows: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """At rows (N,) of the flattened grid: (log p of the drawn token, the drawn token), (N,) each,
-        ``DRAW_ROWS`` rows at a time (each row's draw is its own: the blocks change no bit)."""
-        drawn, log_p = [], []
-        for block in rows.split(DRAW_ROWS):
-            logits = self.sampling_logits(step.rows(block), block, mask_id, seq_len)  # (n, V), a copy
-            token, log_p_token = categorical(logits, u_token[block])
+        self,
+        step: StepLogits,
+        u_token: Tensor,
+        mask_id: int | Tensor,
+        seq_len: int,
+        rows: Tensor,
+        need: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """At rows (N,) of the flattened grid: (the rows drawn, log p of each one's drawn token,
+        the drawn token), (M,) each, ``DRAW_ROWS`` rows at a time (each row's draw is its own: the
+        blocks change no bit). With ``need`` (N,): a row whose log p cannot reach its need
+        (``_can_reach``) is not drawn; every other row is drawn as without it."""
+        kept, drawn, log_p = [], [], []
+        needs = need.split(DRAW_ROWS) if need is not None else [None] * len(rows.split(DRAW_ROWS))
+        for block, floor in zip(rows.split(DRAW_ROWS), needs, strict=True):
+            logits = step.rows(block)  # (n, V), a copy
+            support = self._support_mean(logits, block, mask_id, seq_len) if floor is not None else None
+            logits = self.sampling_logits(logits, block, mask_id, seq_len)
+            top = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+            if support is not None:
+                reach = _can_reach(top.squeeze(1), support, floor)
+                if not bool(reach.all()):
+                    block, logits, top = block[reach], logits[reach], top[reach]
+            token, log_p_token = categorical(logits, u_token[block], top)
+            kept.append(block)
             drawn.append(token)
             log_p.append(log_p_token)
-        return torch.cat(log_p), torch.cat(drawn)
+        return torch.cat(kept), torch.cat(log_p), torch.cat(drawn)
+
+    def _support_mean(
+        self, logits: Tensor, rows: Tensor, mask_id: int | Tensor, seq_len: int
+    ) -> tuple[Tensor, Tensor] | None:
+        """Before ``sampling_logits``: (the mean of each row's logits over the classes it may draw,
+        float64 (n,), after / T; the number of those classes (n,)), or None when top-k or top-p
+        may leave out classes of its own choosing (the ceiling then does not hold)."""
+        if self.top_k is not None or self.top_p is not None:
+            return None
+        n, v = logits.shape
+        total = logits.sum(dim=-1, dtype=torch.float64)  # (n,)
+        count = torch.full((n,), float(v), dtype=torch.float64, device=logits.device)
+        if self.exclude_mask:
+            ids = mask_id[rows % seq_len] if isinstance(mask_id, Tensor) and mask_id.dim() == 1 else mask_id
+            ids = torch.as_tensor(ids, device=logits.device).expand(n)  # (n,)
+            inside = ids < v  # an id outside V is no class
+            excluded = logits.gather(1, ids.clamp_max(v - 1)[:, None]).squeeze(1).double()
+            total = total - torch.where(inside, excluded, 0.0)
+            count = count - inside.double()
+        return total / count / self.temperature, count
 
     def _commit_most_confident(
         self,
@@ -188,19 +225,23 @@ class MaskGITSampler(Sampler):
 
         log p <= 0, so a position's noise bounds its confidence. With ``prune``, only the
         ``count + 16`` highest bounds of a row are scored first, then the positions whose bound
-        reaches the count-th confidence found (no other can enter the top ``count``), and all
+        reaches the count-th confidence found, and of those only the ones whose logits allow a
+        log p that reaches it (``_can_reach``: no other can enter the top ``count``), and all
         the rest only on a tie at rank ``count``. Without a tie the top ``count`` is unique: the
         very set scoring every masked position would commit.
         """
         bound = noise.masked_fill(~masked, -math.inf)  # (B, L)
         confidence = torch.full_like(noise, -math.inf)  # (B, L): -inf until scored
+        scored = torch.zeros_like(masked)
         proposal = x.clone()
 
-        def score(select: Tensor) -> None:
+        def score(select: Tensor, kth: Tensor | None = None) -> None:
             rows = flat_positions(select)  # (N,)
-            log_p, drawn = draw(rows)
+            need = None if kth is None else (kth - noise).reshape(-1)[rows]  # log p that reaches kth
+            rows, log_p, drawn = draw(rows, need)
             confidence.view(-1)[rows] = log_p + noise.view(-1)[rows]
             proposal.view(-1)[rows] = drawn
+            scored.view(-1)[rows] = True
 
         rest = masked
         if prune and count + 16 < int(masked.sum(dim=1).min()):  # else the first scoring takes all
@@ -208,11 +249,10 @@ class MaskGITSampler(Sampler):
             first = torch.zeros_like(masked).scatter(1, first, True) & masked
             score(first)
             kth = confidence.topk(count, dim=1).values[:, -1:]  # (B, 1): only rises as more are scored
-            reach = masked & ~first & (bound >= kth)
-            score(reach)
+            score(masked & ~first & (bound >= kth), kth)  # drawn where log p can reach kth too
             top = confidence.topk(count + 1, dim=1).values  # (B, count + 1)
             tie = not bool((top[:, count] < top[:, count - 1]).all())  # NaN counts as a tie
-            rest = masked & ~first & ~reach if tie else None
+            rest = masked & ~scored if tie else None
         if rest is not None:
             score(rest)
         return torch.where(self._commit(confidence, masked, count), proposal, x)
@@ -222,3 +262,17 @@ class MaskGITSampler(Sampler):
         """(B, L) bool: the ``count`` most confident masked positions of each row."""
         chosen = torch.topk(confidence.masked_fill(~masked, -math.inf), count, dim=1).indices  # (B, count)
         return torch.zeros_like(masked).scatter(1, chosen, True) & masked
+
+
+def _can_reach(top: Tensor, support: tuple[Tensor, Tensor], need: Tensor) -> Tensor:
+    """(n,) bool: may a row whose logits have maximum ``top`` (n,) draw a class of log p >= need?
+    log p = l - logsumexp(l) <= max - (mean + log K) by Jensen's inequality (logsumexp over the K
+    classes a row may draw >= their mean + log K). The ceiling is loosened by a margin far above
+    float rounding, so a row ruled out could never have entered the committed set, and a row with
+    a non-finite ceiling is kept. A near-uniform row (a network early in training) gets a ceiling
+    near log(1/K), not 0: most of its positions need no draw."""
+    mean, count = support
+    top, need = top.double(), need.double()
+    ceiling = top - mean - count.log()
+    margin = 1e-5 * (1.0 + top.abs() + mean.abs() + need.abs())
+    return ~(ceiling + margin < need)  # NaN: kept
