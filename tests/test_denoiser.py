@@ -105,7 +105,7 @@ def test_default_cfg_mode_on_cpu_is_the_faster_timed_once(monkeypatch, cost, mod
     denoiser = Denoiser(net, cfg_scale=2.0, null_class=NUM_CLASSES)
     first = denoiser(x_t, t, y)
     per_step = 1 if mode == "batched" else 2
-    assert denoiser.cfg_mode == mode and net.calls == 3  # both ran: 1 + 2 forwards
+    assert denoiser.cfg_mode == mode and net.calls == 6  # both ran twice: 2 x (1 + 2) forwards
     assert denoiser.count.calls == per_step and denoiser.count.unbatched == 2
     assert denoiser.count.evaluations == 1
     assert torch.equal(
@@ -116,7 +116,7 @@ def test_default_cfg_mode_on_cpu_is_the_faster_timed_once(monkeypatch, cost, mod
     again(x_t, t, y)
     assert net.calls == calls + per_step and again.cfg_mode == mode
     again(x_t[:2], t[:2], y[:2])  # another shape: timed anew
-    assert net.calls == calls + per_step + 3
+    assert net.calls == calls + per_step + 6
     denoiser(x_t, t, None)  # nothing to guide
     assert denoiser.cfg_mode is None
 
@@ -137,13 +137,27 @@ def test_default_keeps_the_faster_mode_even_where_its_bits_differ(monkeypatch):
 
 
 def test_choose_batching_keeps_two_pass_only_when_clearly_faster():
-    def choose(ticks):  # the clock at: start, after two-pass, after batched
-        clock = iter(ticks).__next__
-        return choose_batching(lambda: (ONE, ONE), lambda: (TWO, TWO), clock=clock)
+    def choose(two_pass_seconds, batched_seconds):  # each run's seconds, in the order they run
+        now = [0.0]
+
+        def runs(seconds, out):
+            left = iter(seconds)
+
+            def run():
+                now[0] += next(left)
+                return out
+
+            return run
+
+        return choose_batching(
+            runs(batched_seconds, (ONE, ONE)), runs(two_pass_seconds, (TWO, TWO)), clock=lambda: now[0]
+        )
 
     ONE, TWO = torch.ones(2), torch.full((2,), 2.0)
-    batched, out = choose([0.0, 2.0, 7.0])  # two-pass took 2, batched 5
+    batched, out = choose([2.0, 2.0], [5.0, 5.0])
     assert not batched and out[0] is TWO  # the kept mode's output is the step's
-    batched, out = choose([0.0, 2.0, 4.0])  # a tie keeps one call
+    batched, out = choose([2.0, 2.0], [2.0, 2.0])  # a tie keeps one call
     assert batched and out[0] is ONE
-    assert choose([0.0, 1.95, 4.0])[0] is True  # and so does a noise-sized gain
+    assert choose([1.95, 1.95], [2.0, 2.0])[0] is True  # and so does a noise-sized gain
+    assert choose([9.0, 2.0], [5.0, 5.0])[0] is False  # a cold first run does not decide
+    assert choose([2.0, 2.0], [9.0, 1.5])[0] is True  # for either mode
