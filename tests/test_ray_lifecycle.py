@@ -91,15 +91,20 @@ print("closed")
 """
 
 
-def test_a_closed_dispatcher_leaves_no_ray_process_entered_or_not(process_tag: str) -> None:
-    result = subprocess.run(
-        [PYTHON, "-c", DISPATCHERS],
+def _python(code: str, process_tag: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter whose processes carry ``process_tag``."""
+    return subprocess.run(
+        [PYTHON, "-c", code],
         cwd=REPO,
         env=subprocess_env(process_tag),
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def test_a_closed_dispatcher_leaves_no_ray_process_entered_or_not(process_tag: str) -> None:
+    result = _python(DISPATCHERS, process_tag)
     assert result.returncode == 0 and "closed" in result.stdout, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "SIGTERM" not in result.stderr, result.stderr
     assert wait_untagged(process_tag, timeout=30) == []
@@ -132,14 +137,7 @@ print(json.dumps(seen))
 def test_the_stop_ends_the_autoscaler_monitor_before_ray_ends_the_gcs(process_tag: str) -> None:
     """Ray stops the GCS before the monitor, whose SIGTERM handler then waits on the gone GCS until
     Ray kills it a second later: the dispatcher's stop kills it first, the rest as Ray does."""
-    result = subprocess.run(
-        [PYTHON, "-c", MONITOR_FIRST],
-        cwd=REPO,
-        env=subprocess_env(process_tag),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = _python(MONITOR_FIRST, process_tag)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["monitor"] == [-signal.SIGKILL]  # ended, by the dispatcher
