@@ -34,21 +34,25 @@ class _OpeningTracker:
     def __init__(self, args, run) -> None:
         self.uri: str | None = None
         self._tracker = None
+        self._lock = threading.Lock()  # the driver and the sync thread may both ask
         pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
         self._future: Future = pool.submit(_open, args, run)
         pool.shutdown(wait=False)  # the thread ends with the opening
 
     def get(self):
-        if self._tracker is None:
-            self.uri, self._tracker, killed = self._future.result()
-            if killed:  # we hold the lock: their drivers are gone
-                print(f"marked {killed} invocation(s) left RUNNING by a stopped driver as KILLED in MLflow")
-        return self._tracker
+        with self._lock:
+            if self._tracker is None:
+                uri, tracker, killed = self._future.result()
+                if killed:  # we hold the study's lock: their drivers are gone
+                    stale = f"{killed} invocation(s) left RUNNING by a stopped driver"
+                    print(f"marked {stale} as KILLED in MLflow")
+                self.uri, self._tracker = uri, tracker
+            return self._tracker
 
     def __getstate__(self) -> dict:
         """Tune pickles its callbacks (ours reach this) into the experiment's state: the state
         holds no thread, and a restored copy opens nothing (the driver that restores opens its own)."""
-        return {"uri": self.uri, "_tracker": None, "_future": None}
+        return {"uri": self.uri, "_tracker": None, "_future": None, "_lock": None}
 
     def get_quietly(self):
         """The tracker, or None when opening it failed (its error is not the one to report)."""
