@@ -212,7 +212,7 @@ class MaskGITSampler(Sampler):
 
     def _commit_most_confident(
         self,
-        draw: Callable[[Tensor], tuple[Tensor, Tensor]],
+        draw: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor]],
         x: Tensor,
         masked: Tensor,
         noise: Tensor,
@@ -221,7 +221,8 @@ class MaskGITSampler(Sampler):
         prune: bool,
     ) -> Tensor:
         """x (B, L) with each row's ``count`` most confident draws committed, where confidence =
-        log p(drawn) + noise (B, L).
+        log p(drawn) + noise (B, L). ``draw(rows, need)``: (the rows drawn, their log p, their
+        tokens), leaving out rows whose log p cannot reach ``need`` (``_draw``).
 
         log p <= 0, so a position's noise bounds its confidence. With ``prune``, only the
         ``count + 16`` highest bounds of a row are scored first, then the positions whose bound
