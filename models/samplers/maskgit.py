@@ -174,8 +174,9 @@ class MaskGITSampler(Sampler):
         blocks change no bit). With ``need`` (N,): a row whose log p cannot reach its need
         (``_can_reach``) is not drawn; every other row is drawn as without it."""
         kept, drawn, log_p = [], [], []
-        needs = need.split(DRAW_ROWS) if need is not None else [None] * len(rows.split(DRAW_ROWS))
-        for block, floor in zip(rows.split(DRAW_ROWS), needs, strict=True):
+        blocks = rows.split(DRAW_ROWS)
+        needs = need.split(DRAW_ROWS) if need is not None else [None] * len(blocks)
+        for block, floor in zip(blocks, needs, strict=True):
             logits = step.rows(block)  # (n, V), a copy
             support = self._support_mean(logits, block, mask_id, seq_len) if floor is not None else None
             logits = self.sampling_logits(logits, block, mask_id, seq_len)
