@@ -5,7 +5,8 @@
   started them), also after a failed start;
 - the driver keeps ray.init's SIGTERM handling (exit, so that ``finally`` stops Ray);
 - a dispatcher whose Ray started but was never entered (an error before dispatch) leaves no Ray
-  process behind once closed, nor does one that ran its block.
+  process behind once closed, nor does one that ran its block;
+- a Ray of the dispatcher's own starts without the head processes a study does not use.
 """
 
 from __future__ import annotations
@@ -113,8 +114,9 @@ def test_a_closed_dispatcher_leaves_no_ray_process_entered_or_not(process_tag: s
 MONITOR_FIRST = """
 import json
 import ray
-from harness.ray.dispatch import RayDispatcher
+from harness.ray.dispatch import _shutdown
 
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # Ray's own start
 seen = {}
 real_shutdown = ray.shutdown
 
@@ -125,10 +127,7 @@ def shutdown(*args, **kwargs):  # what ray.shutdown finds when the dispatcher's 
     return real_shutdown(*args, **kwargs)
 
 ray.shutdown = shutdown
-dispatcher = RayDispatcher(num_cpus=1).start()
-with dispatcher:
-    pass
-dispatcher.close()
+_shutdown()
 assert not ray.is_initialized()
 print(json.dumps(seen))
 """
@@ -136,7 +135,8 @@ print(json.dumps(seen))
 
 def test_the_stop_ends_the_autoscaler_monitor_before_ray_ends_the_gcs(process_tag: str) -> None:
     """Ray stops the GCS before the monitor, whose SIGTERM handler then waits on the gone GCS until
-    Ray kills it a second later: the dispatcher's stop kills it first, the rest as Ray does."""
+    Ray kills it a second later: the dispatcher's stop kills it first, the rest as Ray does (for
+    a Ray started with its monitor: one whose internals the lean start does not know)."""
     result = _python(MONITOR_FIRST, process_tag)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
@@ -144,3 +144,50 @@ def test_the_stop_ends_the_autoscaler_monitor_before_ray_ends_the_gcs(process_ta
     assert seen["gcs"] == [None]  # the GCS still up: ray.shutdown ends it
     assert "Traceback" not in result.stderr, result.stderr
     assert wait_untagged(process_tag, timeout=30) == []
+
+
+LEAN_HEAD = """
+import json
+import ray
+from ray._private.node import Node
+from harness.ray.dispatch import RayDispatcher
+
+before = {name: vars(Node)[name] for name in ("start_monitor", "start_api_server", "start_log_monitor")}
+seen = {}
+for verbose in (False, True):
+    dispatcher = RayDispatcher(num_cpus=1, verbose=verbose).start()
+    with dispatcher:
+        node = ray._private.worker._global_node
+        seen[str(verbose)] = {
+            "processes": sorted(node.all_processes),
+            "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
+        }
+    dispatcher.close()
+seen["restored"] = all(vars(Node)[name] is method for name, method in before.items())
+print(json.dumps(seen))
+"""
+
+
+def test_a_ray_of_our_own_starts_without_the_head_processes_a_study_never_uses(process_tag: str) -> None:
+    """No autoscaler monitor, no dashboard API server, and no log monitor unless the worker logs
+    go to the driver (verbose); the node still runs tasks, and Ray's node class is left as it was."""
+    result = _python(LEAN_HEAD, process_tag)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["False"] == {"processes": ["gcs_server", "raylet"], "task": 42}
+    assert seen["True"] == {"processes": ["gcs_server", "log_monitor", "raylet"], "task": 42}
+    assert seen["restored"] is True
+    assert wait_untagged(process_tag, timeout=30) == []
+
+
+def test_a_ray_whose_node_class_differs_starts_as_it_is(monkeypatch) -> None:
+    from ray._private.node import Node
+
+    from harness.ray.background import lean_head
+
+    monkeypatch.delattr(Node, "start_monitor")  # a Ray without the method the lean start replaces
+    kept = vars(Node)["start_api_server"], vars(Node)["start_log_monitor"]
+    with lean_head(log_to_driver=False) as lean:
+        assert lean is False
+        assert (vars(Node)["start_api_server"], vars(Node)["start_log_monitor"]) == kept
+    assert "start_monitor" not in vars(Node)  # nothing put back that was not there

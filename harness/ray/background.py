@@ -6,11 +6,12 @@ starts Ray while it sets the study up, and stops it while it writes the report.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 _NOT_MAIN_THREAD = "SIGTERM handler is not set because current thread is not the main thread."
 
@@ -80,3 +81,39 @@ def start_ray(init: Callable[[], object], shutdown: Callable[[], object]) -> Ser
     if not any(isinstance(f, _DropNotMainThread) for f in logger.filters):
         logger.addFilter(_DropNotMainThread())
     return ServiceThread(init, shutdown, "ray")
+
+
+# What a Ray of the driver's own, on one machine, does not use of the head's processes: the
+# autoscaler's monitor (a fixed set of CPUs: nothing to scale), the dashboard's API server (with
+# include_dashboard=False it loads Ray's usage-stats module alone, and RAY_USAGE_STATS_ENABLED=0
+# turns that off) and, when worker logs are not sent to the driver, the log monitor that sends
+# them. Three Python interpreters that start beside the study's own set-up, and ray.init waits
+# until the API server has started: measured on 2 cores, ray.init 1.8-2.8 s -> 1.3 s and ~0.9 s
+# less CPU while the study sets up. The GCS, the raylet and the raylet's agents start as always.
+UNUSED_HEAD_PROCESSES = ("start_monitor", "start_api_server")
+LOG_MONITOR = "start_log_monitor"
+
+
+def _not_started(*args: object, **kwargs: object) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def lean_head(log_to_driver: bool) -> Iterator[bool]:
+    """Within the block, a Ray head started in this process (``ray.init`` without an address of
+    a running Ray) leaves out the processes above; yields whether it does. A Ray whose node class
+    lacks one of those methods (its internals differ) starts as it is."""
+    from ray._private.node import Node
+
+    names = UNUSED_HEAD_PROCESSES + (() if log_to_driver else (LOG_MONITOR,))
+    saved = {name: vars(Node).get(name) for name in names}
+    if not all(callable(method) for method in saved.values()):
+        yield False
+        return
+    try:
+        for name in names:
+            setattr(Node, name, _not_started)
+        yield True
+    finally:
+        for name, method in saved.items():
+            setattr(Node, name, method)

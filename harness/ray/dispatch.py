@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.config.study import StudySpec, axes, metric_mode, objective_modes
 from harness.config.trial import TrialConfig
-from harness.ray.background import ServiceThread, start_ray
+from harness.ray.background import ServiceThread, lean_head, start_ray
 from harness.ray.distributed import check_workers_fit
 from harness.ray.progress import SAMPLE, TRAIN, Progress, shorten_unwritable
 from harness.ray.trainables import TrialContext, grid_trainable, search_trainable
@@ -130,14 +130,15 @@ class RayDispatcher:
         else:
             # "local": a Ray of our own, even when another was started on this machine with
             # `ray start` (a bare ray.init() would attach to that one, and die with it).
-            ray.init(
-                address="local",
-                num_cpus=self.num_cpus,
-                include_dashboard=False,
-                log_to_driver=self.verbose,
-                _node_ip_address="127.0.0.1",
-                logging_level=self._level,
-            )
+            with lean_head(log_to_driver=self.verbose):
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=self.verbose,
+                    _node_ip_address="127.0.0.1",
+                    logging_level=self._level,
+                )
 
     def __enter__(self) -> RayDispatcher:
         self.start()
