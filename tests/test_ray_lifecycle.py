@@ -191,3 +191,50 @@ def test_a_ray_whose_node_class_differs_starts_as_it_is(monkeypatch) -> None:
         assert lean is False
         assert (vars(Node)["start_api_server"], vars(Node)["start_log_monitor"]) == kept
     assert "start_monitor" not in vars(Node)  # nothing put back that was not there
+
+
+TRIAL_ENV = """
+import json
+import os
+import ray
+from ray.tune import Trainable
+from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, _ActorClassCache
+from harness.ray.dispatch import RayDispatcher
+
+class Probe(Trainable):
+    def step(self):
+        return {"env": os.environ.get("PL_DISABLE_FORK"), "done": True}
+
+before = dict(DEFAULT_ENV_VARS)
+dispatcher = RayDispatcher(num_cpus=1).start()
+with dispatcher:
+    actor_class = _ActorClassCache().get(Probe)
+    runtime_env = actor_class._default_options.get("runtime_env") or {}
+    actor = actor_class.remote()
+    seen = {"runtime_env": runtime_env, "actor": ray.get(actor.train.remote())["env"]}
+    ray.kill(actor)
+dispatcher.close()
+seen["restored"] = DEFAULT_ENV_VARS == before
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("value", [None, "0"])
+def test_trial_actors_inherit_tunes_environment_from_a_ray_of_our_own(process_tag: str, value) -> None:
+    """Tune's PL_DISABLE_FORK=1 reaches each trial actor by inheritance, so no runtime
+    environment (whose set-up starts an interpreter and a shell before the worker); a value of
+    the user's that differs is left to Tune, which sets its own in the actor."""
+    env = subprocess_env(process_tag)
+    env.pop("PL_DISABLE_FORK", None)
+    if value is not None:
+        env["PL_DISABLE_FORK"] = value
+    result = subprocess.run(
+        [PYTHON, "-c", TRIAL_ENV], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    expected_env = {} if value is None else {"env_vars": {"PL_DISABLE_FORK": "1"}}
+    assert {k: v for k, v in seen["runtime_env"].items() if v} == expected_env
+    assert seen["actor"] == "1"
+    assert seen["restored"] is True
+    assert wait_untagged(process_tag, timeout=30) == []
