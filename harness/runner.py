@@ -193,7 +193,9 @@ def dispatcher_for(
 ) -> RayDispatcher:
     """The study's dispatcher, its Ray already starting (in the background) when the plan has
     work for it, so that Ray comes up while the driver sets the study up. Close it when done."""
-    dispatcher = RayDispatcher(address=address, num_cpus=num_cpus, verbose=verbose)
+    dispatcher = RayDispatcher(
+        address=address, num_cpus=num_cpus, verbose=verbose, ray_train=run.spec.resources.workers > 1
+    )
     if _needs_ray(run.spec, run.plan):
         dispatcher.start()
     return dispatcher

@@ -154,11 +154,11 @@ from harness.ray.dispatch import RayDispatcher
 
 before = {name: vars(Node)[name] for name in ("start_monitor", "start_api_server", "start_log_monitor")}
 seen = {}
-for verbose in (False, True):
-    dispatcher = RayDispatcher(num_cpus=1, verbose=verbose).start()
+for verbose, ray_train in ((False, False), (True, False), (False, True)):
+    dispatcher = RayDispatcher(num_cpus=1, verbose=verbose, ray_train=ray_train).start()
     with dispatcher:
         node = ray._private.worker._global_node
-        seen[str(verbose)] = {
+        seen[f"{verbose} {ray_train}"] = {
             "processes": sorted(node.all_processes),
             "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
         }
@@ -169,13 +169,15 @@ print(json.dumps(seen))
 
 
 def test_a_ray_of_our_own_starts_without_the_head_processes_a_study_never_uses(process_tag: str) -> None:
-    """No autoscaler monitor, no dashboard API server, and no log monitor unless the worker logs
-    go to the driver (verbose); the node still runs tasks, and Ray's node class is left as it was."""
+    """No autoscaler monitor; no log monitor unless the worker logs go to the driver (verbose); no
+    dashboard API server unless Ray Train may run (its placement-group cleaner polls the state
+    API). The node still runs tasks, and Ray's node class is left as it was."""
     result = _python(LEAN_HEAD, process_tag)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen["False"] == {"processes": ["gcs_server", "raylet"], "task": 42}
-    assert seen["True"] == {"processes": ["gcs_server", "log_monitor", "raylet"], "task": 42}
+    assert seen["False False"] == {"processes": ["gcs_server", "raylet"], "task": 42}
+    assert seen["True False"] == {"processes": ["gcs_server", "log_monitor", "raylet"], "task": 42}
+    assert seen["False True"] == {"processes": ["dashboard", "gcs_server", "raylet"], "task": 42}
     assert seen["restored"] is True
     assert wait_untagged(process_tag, timeout=30) == []
 
@@ -187,7 +189,7 @@ def test_a_ray_whose_node_class_differs_starts_as_it_is(monkeypatch) -> None:
 
     monkeypatch.delattr(Node, "start_monitor")  # a Ray without the method the lean start replaces
     kept = vars(Node)["start_api_server"], vars(Node)["start_log_monitor"]
-    with lean_head(log_to_driver=False) as lean:
+    with lean_head(log_to_driver=False, state_api=False) as lean:
         assert lean is False
         assert (vars(Node)["start_api_server"], vars(Node)["start_log_monitor"]) == kept
     assert "start_monitor" not in vars(Node)  # nothing put back that was not there
@@ -238,3 +240,16 @@ def test_trial_actors_inherit_tunes_environment_from_a_ray_of_our_own(process_ta
     assert seen["actor"] == "1"
     assert seen["restored"] is True
     assert wait_untagged(process_tag, timeout=30) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_study_that_runs_ray_train_gets_a_ray_with_the_state_api(tmp_path, monkeypatch, workers) -> None:
+    """Ray Train (resources.workers > 1) polls the state API: the study's dispatcher asks for it."""
+    from conftest import study_file
+
+    from harness.ray.dispatch import RayDispatcher
+    from harness.runner import dispatcher_for, prepare
+
+    monkeypatch.setattr(RayDispatcher, "start", lambda self: self)  # no Ray: the choice alone
+    run = prepare(study_file(tmp_path, "pick", resources={"cpu": 1, "workers": workers}), tmp_path / "runs")
+    assert dispatcher_for(run).ray_train is (workers > 1)

@@ -83,15 +83,16 @@ def start_ray(init: Callable[[], object], shutdown: Callable[[], object]) -> Ser
     return ServiceThread(init, shutdown, "ray")
 
 
-# What a Ray of the driver's own, on one machine, does not use of the head's processes: the
-# autoscaler's monitor (a fixed set of CPUs: nothing to scale), the dashboard's API server (with
-# include_dashboard=False it loads Ray's usage-stats module alone, and RAY_USAGE_STATS_ENABLED=0
-# turns that off) and, when worker logs are not sent to the driver, the log monitor that sends
-# them. Three Python interpreters that start beside the study's own set-up, and ray.init waits
-# until the API server has started: measured on 2 cores, ray.init 1.8-2.8 s -> 1.3 s and ~0.9 s
-# less CPU while the study sets up. The GCS, the raylet and the raylet's agents start as always.
-UNUSED_HEAD_PROCESSES = ("start_monitor", "start_api_server")
-LOG_MONITOR = "start_log_monitor"
+# What a Ray of the driver's own, on one machine, may leave out of the head's processes: the
+# autoscaler's monitor (a fixed set of CPUs: nothing to scale); the log monitor, when worker
+# logs are not sent to the driver; and the dashboard's API server when Ray Train does not run
+# (with include_dashboard=False it serves the state API, which Ray Train's placement-group
+# cleaner polls: without it a data-parallel training waits out its timeouts, ~10 s measured;
+# and it loads the usage-stats module, which RAY_USAGE_STATS_ENABLED=0 turns off). Each is a
+# Python interpreter that starts beside the study's own set-up, and ray.init waits until the
+# API server is up: measured on 2 cores, ray.init 1.8-2.8 s -> 1.3 s and ~0.9 s less CPU while
+# the study sets up. The GCS, the raylet and the raylet's agents start as always.
+MONITOR, LOG_MONITOR, API_SERVER = "start_monitor", "start_log_monitor", "start_api_server"
 
 
 def _not_started(*args: object, **kwargs: object) -> None:
@@ -99,13 +100,13 @@ def _not_started(*args: object, **kwargs: object) -> None:
 
 
 @contextlib.contextmanager
-def lean_head(log_to_driver: bool) -> Iterator[bool]:
+def lean_head(*, log_to_driver: bool, state_api: bool) -> Iterator[bool]:
     """Within the block, a Ray head started in this process (``ray.init`` without an address of
-    a running Ray) leaves out the processes above; yields whether it does. A Ray whose node class
-    lacks one of those methods (its internals differ) starts as it is."""
+    a running Ray) leaves out the processes above that are not needed; yields whether it does. A
+    Ray whose node class lacks one of those methods (its internals differ) starts as it is."""
     from ray._private.node import Node
 
-    names = UNUSED_HEAD_PROCESSES + (() if log_to_driver else (LOG_MONITOR,))
+    names = (MONITOR,) + (() if log_to_driver else (LOG_MONITOR,)) + (() if state_api else (API_SERVER,))
     saved = {name: vars(Node).get(name) for name in names}
     if not all(callable(method) for method in saved.values()):
         yield False

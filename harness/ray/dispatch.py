@@ -105,10 +105,17 @@ class RayDispatcher:
     and :meth:`close` waits for it. Whoever makes a dispatcher closes it, also on an error."""
 
     def __init__(
-        self, *, address: str | None = None, num_cpus: int | None = None, verbose: bool = False
+        self,
+        *,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        verbose: bool = False,
+        ray_train: bool = True,
     ) -> None:
+        """``ray_train``: whether trials may run Ray Train (``resources.workers`` > 1), which a Ray
+        of our own then starts with the state API it uses."""
         self.address = address or os.environ.get("RAY_ADDRESS")
-        self.num_cpus, self.verbose = num_cpus, verbose
+        self.num_cpus, self.verbose, self.ray_train = num_cpus, verbose, ray_train
         self.owned: bool | None = None  # known at start(): a Ray of the caller's is never stopped
         self._ray: ServiceThread | None = None  # an owned Ray's start and stop
         self._entered = False
@@ -141,7 +148,7 @@ class RayDispatcher:
         else:
             # "local": a Ray of our own, even when another was started on this machine with
             # `ray start` (a bare ray.init() would attach to that one, and die with it).
-            with lean_head(log_to_driver=self.verbose):
+            with lean_head(log_to_driver=self.verbose, state_api=self.ray_train):
                 ray.init(
                     address="local",
                     num_cpus=self.num_cpus,
