@@ -18,7 +18,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import PYTHON, REPO, subprocess_env, wait_untagged
+from conftest import PYTHON, REPO, study_file, subprocess_env, wait_untagged
 
 from harness.ray.background import ServiceThread, start_ray
 
@@ -92,12 +92,13 @@ print("closed")
 """
 
 
-def _python(code: str, process_tag: str) -> subprocess.CompletedProcess:
-    """``code`` run by a fresh interpreter whose processes carry ``process_tag``."""
+def _python(code: str, process_tag: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter whose processes carry ``process_tag`` (in ``env``, made by
+    ``subprocess_env(process_tag)``, when given)."""
     return subprocess.run(
         [PYTHON, "-c", code],
         cwd=REPO,
-        env=subprocess_env(process_tag),
+        env=env or subprocess_env(process_tag),
         capture_output=True,
         text=True,
         timeout=240,
@@ -230,9 +231,7 @@ def test_trial_actors_inherit_tunes_environment_from_a_ray_of_our_own(process_ta
     env.pop("PL_DISABLE_FORK", None)
     if value is not None:
         env["PL_DISABLE_FORK"] = value
-    result = subprocess.run(
-        [PYTHON, "-c", TRIAL_ENV], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
-    )
+    result = _python(TRIAL_ENV, process_tag, env)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     expected_env = {} if value is None else {"env_vars": {"PL_DISABLE_FORK": "1"}}
@@ -245,8 +244,6 @@ def test_trial_actors_inherit_tunes_environment_from_a_ray_of_our_own(process_ta
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_study_that_runs_ray_train_gets_a_ray_with_the_state_api(tmp_path, monkeypatch, workers) -> None:
     """Ray Train (resources.workers > 1) polls the state API: the study's dispatcher asks for it."""
-    from conftest import study_file
-
     from harness.ray.dispatch import RayDispatcher
     from harness.runner import dispatcher_for, prepare
 

@@ -176,9 +176,9 @@ class RayDispatcher:
     def _inherit_actor_env(self) -> None:
         """A runtime environment makes Ray start a trial's worker through its runtime-env set-up,
         an interpreter and a shell before the worker's own (~0.3 s a worker, measured). The
-        workers of a Ray of the driver's own inherit the driver's environment: the variables Tune
-        would set that it holds already are left out of Tune's, until the block ends. What Tune
-        adds on top (cloud credentials, Ray Train's variables) still goes through the set-up."""
+        workers of a Ray of the driver's own inherit the driver's environment: each variable Tune
+        would set to the value the driver already holds is left out of Tune's until the block
+        ends. What Tune adds on top (cloud credentials, Ray Train's) still goes through the set-up."""
         env = _tune_actor_env()
         self._inherited = {k: v for k, v in env.items() if os.environ.get(k) == v}
         for key in self._inherited:
