@@ -2,12 +2,16 @@
 
 Set-up runs side by side, each in the background where it mostly waits: Ray starts (its own
 processes) while the MLflow store opens (MLflow's imports and store, ~2 s) and the driver imports
-Ray Tune; the trials' worker starts once both are ready, so an MLflow store that cannot be opened
-is reported before any training or trial begins. Ray stops while the report is written.
+Ray Tune. The jobs are handed to Tune once Ray is up; the first job runs only once the store is
+open too (Tune's ``on_trial_start``, after its worker started and imported what it needs), so the
+store opens while that worker starts, and a store that cannot be opened is reported before any
+training or trial has run. The report's modules are imported next, on the same thread. Ray
+stops while the report is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +41,8 @@ class _OpeningTracker:
         self._lock = threading.Lock()  # the driver and the sync thread may both ask
         pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
         self._future: Future = pool.submit(_open, args, run)
-        pool.shutdown(wait=False)  # the thread ends with the opening
+        pool.submit(self._import_report)  # next, on the same thread
+        pool.shutdown(wait=False)  # the thread ends with them
 
     def get(self):
         with self._lock:
@@ -48,6 +53,14 @@ class _OpeningTracker:
                     print(f"marked {stale} as KILLED in MLflow")
                 self.uri, self._tracker = uri, tracker
             return self._tracker
+
+    def _import_report(self) -> None:
+        """The report's modules (matplotlib, pandas: 1-2 s), imported once the store is open,
+        while the first trial's worker starts or runs, rather than after the last trial. An import
+        that fails here is left for the report to raise; after a failed opening, nothing."""
+        if self._future.exception() is None:
+            with contextlib.suppress(Exception):
+                import reports.study_report  # noqa: F401
 
     def __getstate__(self) -> dict:
         """Tune pickles its callbacks (ours reach this) into the experiment's state: the state
@@ -80,17 +93,13 @@ def _track(args, run, dispatcher) -> int:
     opening = _OpeningTracker(args, run)
     syncing = _Syncing(opening, Ledger(run.study_dir))
 
-    def dispatching() -> None:  # MLflow open before any training or trial starts
-        opening.get()
-        _import_report_meanwhile()
-
     try:
         records = execute(
             run,
             address=args.address,
             dispatcher=dispatcher,
             on_complete=syncing.request,
-            on_dispatch=dispatching,
+            on_start=opening.get,  # the store open before any training or trial runs
         )
         tracker = opening.get()  # also when nothing was dispatched (every trial finished)
         syncing.finish()  # an unwritable store met by a sync: raised here, not wrapped by Tune
@@ -198,20 +207,6 @@ def log_report(tracker, report) -> None:
     files = report.markdown.parent / "report_files"
     if files.is_dir():
         tracker.log_parent_artifact(files, "report_files")
-
-
-def _import_report_meanwhile() -> None:
-    """Imports the report's modules (matplotlib, seaborn: 1-2 s) in the background while the
-    trials' worker starts, on the core it leaves idle, rather than after the last trial. An import
-    that fails here is left for the report to raise."""
-    import contextlib
-    import threading
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            import reports.study_report  # noqa: F401
-
-    threading.Thread(target=load, name="report-import", daemon=True).start()
 
 
 def _end_quietly(tracker, status: str) -> None:

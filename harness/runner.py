@@ -169,21 +169,22 @@ def execute(
     verbose: bool = False,
     num_cpus: int | None = None,
     dispatcher: RayDispatcher | None = None,
-    on_dispatch: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> list[TrialRecord]:
     """Runs every pending training and trial; returns all ledger records of the study's trials.
 
     ``dispatcher``: one made (and started) by :func:`dispatcher_for`, closed by the caller; by
-    default one is made here, and closed before this returns. ``on_dispatch``: called once Ray is
-    up, as the jobs are handed to it (while their workers start, the driver has little to do)."""
+    default one is made here, and closed before this returns. ``on_start``: called once, when the
+    first job's worker is up (its start and imports, ~2-3 s, run meanwhile) and before any job
+    runs; what it raises ends the run before any training or trial has run."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         check_resources(run.spec, local_resources())
     if dispatcher is not None:
-        return _execute(run, dispatcher, address, on_complete, on_dispatch)
+        return _execute(run, dispatcher, address, on_complete, on_start)
     dispatcher = dispatcher_for(run, address=address, num_cpus=num_cpus, verbose=verbose)
     try:
-        return _execute(run, dispatcher, address, on_complete, on_dispatch)
+        return _execute(run, dispatcher, address, on_complete, on_start)
     finally:
         dispatcher.close()
 
@@ -206,7 +207,7 @@ def _needs_ray(spec: StudySpec, plan: Plan) -> bool:
 
 
 def _execute(
-    run: StudyRun, dispatcher: RayDispatcher, address: str | None, on_complete, on_dispatch
+    run: StudyRun, dispatcher: RayDispatcher, address: str | None, on_complete, on_start
 ) -> list[TrialRecord]:
     run.study_dir.mkdir(parents=True, exist_ok=True)
     save_study_file(run)
@@ -225,12 +226,12 @@ def _execute(
             with dispatcher as ray:
                 if address:
                     check_resources(run.spec, ray.cluster_resources())
-                if on_dispatch is not None:
-                    on_dispatch()
                 if run.spec.search.algorithm == "grid":
-                    ray.run_grid(run.spec, plan.pending_trainings, plan.pending_trials, ctx, on_complete)
+                    ray.run_grid(
+                        run.spec, plan.pending_trainings, plan.pending_trials, ctx, on_complete, on_start
+                    )
                 else:
-                    ray.run_search(run.spec, ctx, on_complete)
+                    ray.run_search(run.spec, ctx, on_complete, on_start)
         except Exception:
             check_writable(run)  # a full disk under Ray's own error: the disk is what to report
             raise

@@ -256,6 +256,7 @@ class RayDispatcher:
         trials: list[TrialConfig],
         ctx: TrialContext,
         on_complete: Callable[[], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         """Every pending training first, then every pending sampling trial; one Tuner, so that a
         worker that trained serves sampling trials after it with everything loaded. A trial whose
@@ -263,7 +264,8 @@ class RayDispatcher:
         holding its share. With Ray Train workers (``resources.workers`` > 1) the trainings run
         on those workers, not on Tune's, so there is nothing to carry over, and a sampling trial
         waiting on its share could starve the workers its training waits for: trainings and
-        trials then run as two Tuners, one after the other."""
+        trials then run as two Tuners, one after the other. ``on_start``: called in the driver
+        once the first job's worker is up, before any job runs (:class:`Progress`)."""
         from ray import tune
 
         ctx = self._with_workers(spec, ctx, trial_share=False)
@@ -285,7 +287,7 @@ class RayDispatcher:
             def resources(config: dict[str, Any]):
                 return waiting if config["job"]["kind"] == TRAIN else working
 
-        progress = Progress({"train": len(chains), "trial": len(trials)}, on_complete)
+        progress = Progress({"train": len(chains), "trial": len(trials)}, on_complete, on_start=on_start)
         for phase in (p for p in phases if p):
             self._tune(
                 tune.with_parameters(grid_trainable, ctx=ctx),
@@ -299,7 +301,11 @@ class RayDispatcher:
             )
 
     def run_search(
-        self, spec: StudySpec, ctx: TrialContext, on_complete: Callable[[], None] | None = None
+        self,
+        spec: StudySpec,
+        ctx: TrialContext,
+        on_complete: Callable[[], None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -325,7 +331,7 @@ class RayDispatcher:
                 grace_period=spec.scheduler.grace_period,
                 reduction_factor=spec.scheduler.reduction_factor,
             )
-        progress = Progress({"trial": spec.search.num_trials}, on_complete)
+        progress = Progress({"trial": spec.search.num_trials}, on_complete, on_start=on_start)
         trainable = tune.with_parameters(search_trainable, ctx=ctx, spec=spec)
         self._tune(
             trainable,

@@ -16,16 +16,27 @@ class Progress:
     """Driver-side hook: prints progress and hands each finished sampling trial to ``on_complete``.
 
     ``totals`` counts the jobs of each kind (``train``, ``trial``); a job's kind is its config's
-    ``kind`` (a grid study's one Tuner runs both), else ``default``."""
+    ``kind`` (a grid study's one Tuner runs both), else ``default``. ``on_start`` is called once,
+    when the first job's worker is up (started, its imports done) and before that job runs: Tune
+    calls a job's function only after its callbacks' ``on_trial_start`` returned, so what the
+    driver still has to set up runs while the worker starts, and what it raises ends the run, as
+    it is, before any job has run."""
 
     def __init__(
-        self, totals: dict[str, int], on_complete: Callable[[], None] | None, default: str = "trial"
+        self,
+        totals: dict[str, int],
+        on_complete: Callable[[], None] | None,
+        default: str = "trial",
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         from ray.tune import Callback
 
         outer = self
 
         class Hook(Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                outer.start()
+
             def on_trial_complete(self, iteration, trials, trial, **info):
                 outer.tick(trial, "done")
 
@@ -36,9 +47,15 @@ class Progress:
                 outer.training_progress(trial, result)
 
         self.totals, self.default, self.on_complete = totals, default, on_complete
+        self.on_start = on_start
         self.done = dict.fromkeys(totals, 0)
         self.quarters: dict[tuple[str, int], int] = {}
         self.callback = Hook()
+
+    def start(self) -> None:
+        on_start, self.on_start = self.on_start, None  # once, and not again after it raised
+        if on_start is not None:
+            on_start()
 
     def label(self, trial) -> str:
         kind = ((trial.config or {}).get("job") or {}).get("kind")
