@@ -199,6 +199,7 @@ def test_a_ray_whose_node_class_differs_starts_as_it_is(monkeypatch) -> None:
 TRIAL_ENV = """
 import json
 import os
+import time
 import ray
 from ray.tune import Trainable
 from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, _ActorClassCache
@@ -206,15 +207,36 @@ from harness.ray.dispatch import RayDispatcher
 
 class Probe(Trainable):
     def step(self):
-        return {"env": os.environ.get("PL_DISABLE_FORK"), "done": True}
+        return {"env": os.environ.get("PL_DISABLE_FORK"), "pid": os.getpid(), "done": True}
+
+def idle_workers(raylet):  # the raylet's Python workers that wait for work
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == raylet and title.startswith("ray::IDLE"):
+            found.add(int(entry))
+    return found
 
 before = dict(DEFAULT_ENV_VARS)
 dispatcher = RayDispatcher(num_cpus=1).start()
 with dispatcher:
+    node = ray._private.worker._global_node
+    raylet = node.all_processes[ray._private.ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    deadline = time.monotonic() + 60
+    while not idle_workers(raylet) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    prestarted = idle_workers(raylet)  # idle: started and registered
     actor_class = _ActorClassCache().get(Probe)
     runtime_env = actor_class._default_options.get("runtime_env") or {}
     actor = actor_class.remote()
-    seen = {"runtime_env": runtime_env, "actor": ray.get(actor.train.remote())["env"]}
+    result = ray.get(actor.train.remote())
+    seen = {"runtime_env": runtime_env, "actor": result["env"], "prestarted": result["pid"] in prestarted}
     ray.kill(actor)
 dispatcher.close()
 seen["restored"] = DEFAULT_ENV_VARS == before
@@ -225,8 +247,9 @@ print(json.dumps(seen))
 @pytest.mark.parametrize("value", [None, "0"])
 def test_trial_actors_inherit_tunes_environment_from_a_ray_of_our_own(process_tag: str, value) -> None:
     """Tune's PL_DISABLE_FORK=1 reaches each trial actor by inheritance, so no runtime
-    environment (whose set-up starts an interpreter and a shell before the worker); a value of
-    the user's that differs is left to Tune, which sets its own in the actor."""
+    environment (whose set-up starts an interpreter and a shell before the worker), and the actor
+    runs in a worker Ray started ahead for the driver; a value of the user's that differs is left
+    to Tune, which sets its own in the actor (a worker of its own)."""
     env = subprocess_env(process_tag)
     env.pop("PL_DISABLE_FORK", None)
     if value is not None:
@@ -237,6 +260,7 @@ def test_trial_actors_inherit_tunes_environment_from_a_ray_of_our_own(process_ta
     expected_env = {} if value is None else {"env_vars": {"PL_DISABLE_FORK": "1"}}
     assert {k: v for k, v in seen["runtime_env"].items() if v} == expected_env
     assert seen["actor"] == "1"
+    assert seen["prestarted"] is (value is None)
     assert seen["restored"] is True
     assert wait_untagged(process_tag, timeout=30) == []
 

@@ -33,9 +33,6 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
-    # Ray starts a worker per CPU for the first driver, but a Tune trial (its runtime_env sets
-    # env_vars) never runs in one: they only slowed the driver's set-up, and were then ended.
-    "RAY_prestart_worker_first_driver": "0",
     # Tune's own per-trial CSV and TensorBoard logs: the ledger and MLflow hold the results, and
     # the TensorBoard logger alone costs the driver a tensorboardX import (~1.5 s). The JSON
     # logger is added back by hand (Tune reads result.json back when a fit ends).
@@ -178,7 +175,10 @@ class RayDispatcher:
         an interpreter and a shell before the worker's own (~0.3 s a worker, measured). The
         workers of a Ray of the driver's own inherit the driver's environment: each variable Tune
         would set to the value the driver already holds is left out of Tune's until the block
-        ends. What Tune adds on top (cloud credentials, Ray Train's) still goes through the set-up."""
+        ends. What Tune adds on top (cloud credentials, Ray Train's) still goes through the set-up.
+        Without a runtime environment a trial also runs in one of the workers Ray starts for the
+        first driver (a worker per CPU, started while the driver imports Ray Tune), its own start
+        and Ray's import (~0.5 s) done before Tune asks for it."""
         env = _tune_actor_env()
         self._inherited = {k: v for k, v in env.items() if os.environ.get(k) == v}
         for key in self._inherited:
