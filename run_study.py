@@ -28,11 +28,15 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import errno
 import gc
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 from cli import EXIT_LOCKED, EXIT_TRIALS_FAILED, EXIT_UNWRITABLE  # noqa: F401 (the exit codes, by name)
 
@@ -237,9 +241,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNWRITABLE
 
 
+def exit_now(code: int) -> NoReturn:
+    """Exits as the interpreter does (non-daemon threads joined, then the atexit handlers: Ray's,
+    MLflow's, logging's flush, finalizers), then leaves what the run built to the OS instead of
+    tearing down every module of torch, Ray and MLflow one object at a time (0.2-0.3 s of a
+    study's wall, measured). A Python without the hooks used here exits the usual way."""
+    join_threads = getattr(threading, "_shutdown", None)
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if join_threads is None or run_exit_handlers is None:
+        gc.freeze()  # the last collections would walk every object of torch, MLflow and the report
+        sys.exit(code)
+    join_threads()
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone (a closed pipe)
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    code = main()
-    # What the run built is left to the OS at exit: without this the interpreter's last garbage
-    # collections walk every object of torch, MLflow and the report (2 s of a study's wall).
-    gc.freeze()
-    sys.exit(code)
+    exit_now(main())

@@ -122,3 +122,37 @@ def test_a_user_error_inside_a_command_is_one_line_and_exit_2(monkeypatch, capsy
     monkeypatch.setattr(run_study, "_evaluate", refuse)
     assert run_study.main(["evaluate", "samples", "--dataset", "digits"]) == 2
     assert capsys.readouterr().err == "error: samples: not what was expected\n"
+
+
+EXIT_NOW = """
+import atexit, sys, threading, time
+sys.path.insert(0, {repo!r})
+import run_study
+
+def late():  # a thread still working when main returns, not a daemon: its work is waited for
+    time.sleep(0.3)
+    open({thread!r}, "w").write("done")
+
+def main():
+    threading.Thread(target=late).start()
+    atexit.register(lambda: open({handler!r}, "w").write(str(os.path.exists({thread!r}))))
+    print("said", end="")  # no newline into a pipe: still in the buffer at exit
+    sys.stderr.write("noted")
+    return 3
+
+import os
+run_study.exit_now(main())
+"""
+
+
+def test_the_cli_exits_with_the_code_once_threads_and_exit_handlers_are_done(tmp_path: Path) -> None:
+    """run_study.py leaves the interpreter's teardown to the OS: the exit code, the buffered output,
+    the non-daemon threads' work and the atexit handlers (after those threads) are as a normal
+    exit has them."""
+    thread, handler = tmp_path / "thread", tmp_path / "handler"
+    script = EXIT_NOW.format(repo=str(REPO), thread=str(thread), handler=str(handler))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert (done.stdout, done.stderr) == ("said", "noted")
+    assert thread.read_text() == "done"
+    assert handler.read_text() == "True"  # the handler ran after the thread had finished

@@ -6,7 +6,8 @@
 - the driver keeps ray.init's SIGTERM handling (exit, so that ``finally`` stops Ray);
 - a dispatcher whose Ray started but was never entered (an error before dispatch) leaves no Ray
   process behind once closed, nor does one that ran its block;
-- a Ray of the dispatcher's own starts without the head processes a study does not use.
+- a Ray of the dispatcher's own starts without the head processes a study does not use, and
+  ray.init asks for its node once the GCS lists it.
 """
 
 from __future__ import annotations
@@ -150,21 +151,43 @@ def test_the_stop_ends_the_autoscaler_monitor_before_ray_ends_the_gcs(process_ta
 LEAN_HEAD = """
 import json
 import ray
+import ray._private.services as services
 from ray._private.node import Node
+from ray._raylet import GcsClient, NodeID
+from ray.core.generated.gcs_service_pb2 import GetAllNodeInfoRequest
+from harness.ray.background import wait_registered
 from harness.ray.dispatch import RayDispatcher
+
+def listed(gcs_address, node_id):  # whether the GCS lists the node now, asked directly
+    selector = GetAllNodeInfoRequest.NodeSelector(node_id=NodeID.from_hex(node_id).binary())
+    return bool(GcsClient(address=gcs_address).get_all_node_info(timeout=5, node_selectors=[selector]))
+
+get_node = services.get_node
+def recording_get_node(gcs_address, node_id):  # what ray.init asks once it started the raylet
+    asked.append(listed(gcs_address, node_id))
+    return get_node(gcs_address, node_id)
+services.get_node = recording_get_node
 
 before = {name: vars(Node)[name] for name in ("start_monitor", "start_api_server", "start_log_monitor")}
 seen = {}
 for verbose, ray_train in ((False, False), (True, False), (False, True)):
+    asked = []
     dispatcher = RayDispatcher(num_cpus=1, verbose=verbose, ray_train=ray_train).start()
     with dispatcher:
         node = ray._private.worker._global_node
         seen[f"{verbose} {ray_train}"] = {
             "processes": sorted(node.all_processes),
             "task": ray.get(ray.remote(lambda: 41 + 1).remote()),
+            "listed when asked": asked,
         }
+        if not ray_train:
+            seen["wait"] = [
+                wait_registered(node.gcs_address, ray.get_runtime_context().get_node_id(), timeout=0),
+                wait_registered(node.gcs_address, NodeID.from_random().hex(), timeout=0.3),
+            ]
     dispatcher.close()
 seen["restored"] = all(vars(Node)[name] is method for name, method in before.items())
+seen["get_node restored"] = services.get_node is recording_get_node
 print(json.dumps(seen))
 """
 
@@ -172,14 +195,19 @@ print(json.dumps(seen))
 def test_a_ray_of_our_own_starts_without_the_head_processes_a_study_never_uses(process_tag: str) -> None:
     """No autoscaler monitor; no log monitor unless the worker logs go to the driver (verbose); no
     dashboard API server unless Ray Train may run (its placement-group cleaner polls the state
-    API). The node still runs tasks, and Ray's node class is left as it was."""
+    API). ``ray.init`` asks the GCS for the node only once it lists it (asked before, Ray's call
+    waits out a 1-second retry). The node still runs tasks, and Ray's node class and services
+    are left as they were."""
     result = _python(LEAN_HEAD, process_tag)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen["False False"] == {"processes": ["gcs_server", "raylet"], "task": 42}
-    assert seen["True False"] == {"processes": ["gcs_server", "log_monitor", "raylet"], "task": 42}
-    assert seen["False True"] == {"processes": ["dashboard", "gcs_server", "raylet"], "task": 42}
+    listed = {"listed when asked": [True]}
+    assert seen["False False"] == {"processes": ["gcs_server", "raylet"], "task": 42, **listed}
+    assert seen["True False"] == {"processes": ["gcs_server", "log_monitor", "raylet"], "task": 42, **listed}
+    assert seen["False True"] == {"processes": ["dashboard", "gcs_server", "raylet"], "task": 42, **listed}
+    assert seen["wait"] == [True, False]  # our node at once; a node never started, not after 0.3 s
     assert seen["restored"] is True
+    assert seen["get_node restored"] is True
     assert wait_untagged(process_tag, timeout=30) == []
 
 

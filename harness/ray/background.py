@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 _NOT_MAIN_THREAD = "SIGTERM handler is not set because current thread is not the main thread."
@@ -108,13 +109,65 @@ def lean_head(*, log_to_driver: bool, state_api: bool) -> Iterator[bool]:
 
     names = (MONITOR,) + (() if log_to_driver else (LOG_MONITOR,)) + (() if state_api else (API_SERVER,))
     saved = {name: vars(Node).get(name) for name in names}
-    if not all(callable(method) for method in saved.values()):
-        yield False
+    with _registration_awaited():
+        if not all(callable(method) for method in saved.values()):
+            yield False
+            return
+        try:
+            for name in names:
+                setattr(Node, name, _not_started)
+            yield True
+        finally:
+            for name, method in saved.items():
+                setattr(Node, name, method)
+
+
+@contextlib.contextmanager
+def _registration_awaited() -> Iterator[None]:
+    """Within the block, Ray's ``services.get_node`` (which ``ray.init`` calls once it has
+    started the raylet) is called only once the GCS lists the node. Asked before the raylet has
+    registered, Ray's call waits out a 1-second retry (measured: the raylet registers ~0.5 s after
+    its start, the call returns ~1.0 s after it was made): ``ray.init`` took 0.5 s longer on
+    average, 1 s at worst. Polled every 20 ms here, the call finds the node at once."""
+    import ray._private.services as services
+
+    get_node = vars(services).get("get_node")
+    if not callable(get_node):  # a Ray whose internals differ: left as it is
+        yield
         return
+
+    def get_registered_node(gcs_address: str, node_id: str) -> object:
+        wait_registered(gcs_address, node_id)
+        return get_node(gcs_address, node_id)
+
+    services.get_node = get_registered_node
     try:
-        for name in names:
-            setattr(Node, name, _not_started)
-        yield True
+        yield
     finally:
-        for name, method in saved.items():
-            setattr(Node, name, method)
+        services.get_node = get_node
+
+
+def wait_registered(gcs_address: str, node_id: str, timeout: float = 30.0, poll: float = 0.02) -> bool:
+    """Waits until the GCS at ``gcs_address`` lists the node ``node_id`` (hex) as alive, at most
+    ``timeout`` seconds; returns whether it does. Any error of the query ends the wait early
+    (False): Ray's own call that follows reports what is wrong."""
+    try:
+        from ray._raylet import GcsClient, NodeID
+        from ray.core.generated.gcs_pb2 import GcsNodeInfo
+        from ray.core.generated.gcs_service_pb2 import GetAllNodeInfoRequest
+
+        client = GcsClient(address=gcs_address)
+        selector = GetAllNodeInfoRequest.NodeSelector(node_id=NodeID.from_hex(node_id).binary())
+        alive = GcsNodeInfo.GcsNodeState.ALIVE
+    except Exception:
+        return False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if client.get_all_node_info(timeout=5, node_selectors=[selector], state_filter=alive):
+                return True
+        except Exception:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
