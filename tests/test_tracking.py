@@ -335,3 +335,44 @@ def test_a_run_whose_long_protocol_was_dropped_is_filled_in(store):
     (again,) = _trial_runs(store, "dropped-protocol")
     assert again.info.run_id == run.info.run_id and again.data.tags[TAG_TRIAL_HASH] == "dp1"
     assert read_protocols(again.data.tags) == record.protocols
+
+
+TELEMETRY = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import {first}
+from harness.tracking.tracker import Tracker
+import mlflow.telemetry.client as telemetry
+
+at_import = telemetry.get_telemetry_client() is not None  # MLflow sets its client up at import
+tracker = Tracker({uri!r}, "telemetry")
+tracker.start_invocation({{"name": "telemetry"}}, {{}})
+tracker.end_invocation()
+print(json.dumps({{"client at import": at_import, "client": telemetry.get_telemetry_client() is not None}}))
+"""
+
+
+@pytest.mark.parametrize("first", ["harness.tracking.tracker", "reports.mlflow_source"])
+def test_mlflow_sends_no_telemetry_and_writes_nothing_outside_the_runs_root(tmp_path, first) -> None:
+    """Outside CI and pytest (whose variables MLflow reads as "no telemetry") MLflow would start a
+    telemetry client at import: a config fetched from its servers, usage posted there, an id
+    written under ~/.config. Whichever of our modules imports MLflow first, it starts none."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    home = tmp_path / "home"
+    home.mkdir()
+    ci = {"CI", "GITHUB_ACTIONS", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
+    env = {k: v for k, v in os.environ.items() if k not in ci and not k.startswith("PYTEST")}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = TELEMETRY.format(repo=str(REPO), first=first, uri=uri)
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"client at import": False, "client": False}
+    assert not list(home.rglob("*")), sorted(str(p) for p in home.rglob("*"))  # no id under ~/.config
