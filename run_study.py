@@ -168,7 +168,6 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports download many
     from harness.errors import UserError, unwritable
     from harness.run.lock import StudyLockedError
 

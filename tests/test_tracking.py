@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
@@ -357,12 +361,6 @@ def test_mlflow_sends_no_telemetry_and_writes_nothing_outside_the_runs_root(tmp_
     """Outside CI and pytest (whose variables MLflow reads as "no telemetry") MLflow would start a
     telemetry client at import: a config fetched from its servers, usage posted there, an id
     written under ~/.config. Whichever of our modules imports MLflow first, it starts none."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     home = tmp_path / "home"
     home.mkdir()
     ci = {"CI", "GITHUB_ACTIONS", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
