@@ -5,8 +5,9 @@ processes) while the MLflow store opens (MLflow's imports and store, ~2 s) and t
 Ray Tune. The jobs are handed to Tune once Ray is up; the first job runs only once the store is
 open too (Tune's ``on_trial_start``, after its worker started and imported what it needs), so the
 store opens while that worker starts, and a store that cannot be opened is reported before any
-training or trial has run. The report's modules are imported next, on the same thread. Ray
-stops while the report is written.
+training or trial has run. The report's modules are imported once that first job runs (its own
+set-up, data and network, is single-threaded: the driver's imports take the core it leaves).
+Ray stops while the report is written.
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ class _OpeningTracker:
         self.uri: str | None = None
         self._tracker = None
         self._lock = threading.Lock()  # the driver and the sync thread may both ask
-        pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
-        self._future: Future = pool.submit(_open, args, run)
-        pool.submit(self._import_report)  # next, on the same thread
-        pool.shutdown(wait=False)  # the thread ends with them
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-open")
+        self._future: Future = self._pool.submit(_open, args, run)
 
     def get(self):
         with self._lock:
             if self._tracker is None:
+                if self._future.exception() is None:  # after a failed opening, no report
+                    self._pool.submit(_import_report)  # next, on the same thread
+                self._pool.shutdown(wait=False)  # the thread ends with it
                 uri, tracker, killed = self._future.result()
                 if killed:  # we hold the study's lock: their drivers are gone
                     stale = f"{killed} invocation(s) left RUNNING by a stopped driver"
@@ -54,18 +56,10 @@ class _OpeningTracker:
                 self.uri, self._tracker = uri, tracker
             return self._tracker
 
-    def _import_report(self) -> None:
-        """The report's modules (matplotlib, pandas: 1-2 s), imported once the store is open,
-        while the first trial's worker starts or runs, rather than after the last trial. An import
-        that fails here is left for the report to raise; after a failed opening, nothing."""
-        if self._future.exception() is None:
-            with contextlib.suppress(Exception):
-                import reports.study_report  # noqa: F401
-
     def __getstate__(self) -> dict:
         """Tune pickles its callbacks (ours reach this) into the experiment's state: the state
         holds no thread, and a restored copy opens nothing (the driver that restores opens its own)."""
-        return {"uri": self.uri, "_tracker": None, "_future": None, "_lock": None}
+        return {"uri": self.uri, "_tracker": None, "_future": None, "_lock": None, "_pool": None}
 
     def get_quietly(self):
         """The tracker, or None when opening it failed (its error is not the one to report)."""
@@ -73,6 +67,16 @@ class _OpeningTracker:
             return self.get()
         except Exception:
             return None
+
+
+def _import_report() -> None:
+    """The report's modules (matplotlib, pandas: ~1 s of CPU), imported once the store is open and
+    the first job has been let run, rather than after the last trial: while that job sets itself
+    up on one core, not while its worker imports torch beside Ray's start and the driver's own
+    imports (measured on 2 cores: those ~4 s are bound by CPU). An import that fails here is left
+    for the report to raise."""
+    with contextlib.suppress(Exception):
+        import reports.study_report  # noqa: F401
 
 
 def _open(args, run) -> tuple:
