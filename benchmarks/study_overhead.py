@@ -15,6 +15,10 @@ and prints the medians over ``--reps`` repetitions of:
   study wall / trial compute     (A / the compute its ledger and done.json record: training
                                   seconds + each trial's seconds, over the concurrency)
 
+with a 95 % bootstrap interval of each median (the pairs resampled): on a noisy machine a goal
+is decided only when the whole interval lies on one side of it. Each pair's ratio is printed
+too, so that several runs can be pooled.
+
 ``--study FILE`` times A alone on any study file instead (e.g. ``search_spaces/quickstart.yaml``,
 ``make study``) and prints trial compute / wall, its caches (tokenizer, extractor, reference
 statistics: built once per machine) warmed untimed first. The evaluator cache is warmed before
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -137,6 +142,26 @@ def warm_caches(study: Path, folder: Path) -> None:
 LONG_STUDY_S = 180  # trial compute from which the tighter goals apply
 
 
+def median_interval(values: list[float], draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval of the median of ``values`` (resampled with
+    replacement, ``draws`` times, a seeded generator: the same values give the same interval)."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def verdict(values: list[float], goal: float, at_most: bool = True) -> str:
+    """The median of ``values`` against a goal, with its interval: met, not met, or undecided."""
+    low, high = median_interval(values)
+    if at_most:
+        decided = "met" if high <= goal else "not met" if low > goal else "undecided"
+    else:
+        decided = "met" if low >= goal else "not met" if high < goal else "undecided"
+    sign = "<=" if at_most else ">="
+    interval = f"95 % interval {low:.2f}-{high:.2f}"
+    return f"{statistics.median(values):.2f}  ({interval}; goal {sign} {goal}: {decided})"
+
+
 def time_study(study: Path, folder: Path, env: dict[str, str], reps: int) -> int:
     ratios = []
     for rep in range(reps):
@@ -145,10 +170,7 @@ def time_study(study: Path, folder: Path, env: dict[str, str], reps: int) -> int
         compute = recorded_compute(study, root)
         ratios.append(compute / wall)
         print(f"  rep {rep}: wall {wall:.1f} s, trial compute {compute:.1f} s", flush=True)
-    print(
-        f"{study.name}: trial compute / wall = {statistics.median(ratios):.2f}  "
-        f"(goal >= 0.9; median of {reps})"
-    )
+    print(f"{study.name}: trial compute / wall = {verdict(ratios, 0.9, at_most=False)}  [median of {reps}]")
     return 0
 
 
@@ -173,12 +195,18 @@ def compare(study: Path, folder: Path, env: dict[str, str], reps: int) -> int:
             shutil.rmtree(root, ignore_errors=True)
     compute = statistics.median(c for _, _, c in walls)
     long = compute >= LONG_STUDY_S  # the goals of a study of >= 3 min of compute, else the small one's
+    print(f"pair ratios (study / plain loop): {' '.join(f'{r:.3f}' for r in loop)}")
     print(
-        f"study wall / plain loop wall = {statistics.median(loop):.2f}  "
-        f"(goal <= {1.15 if long else 1.4}; median of {reps} pairs, {compute:.0f} s of trial compute)"
+        f"study wall / plain loop wall = {verdict(loop, 1.15 if long else 1.4)}"
+        f"  [median of {reps} pairs, {compute:.0f} s of trial compute]"
     )
-    goal = "goal <= 1.15" if long else f"goal <= 1.15 applies from {LONG_STUDY_S} s of compute"
-    print(f"study wall / trial compute   = {statistics.median(over_compute):.2f}  ({goal})")
+    if long:
+        print(f"study wall / trial compute   = {verdict(over_compute, 1.15)}")
+    else:
+        print(
+            f"study wall / trial compute   = {statistics.median(over_compute):.2f}"
+            f"  (goal <= 1.15 applies from {LONG_STUDY_S} s of compute)"
+        )
     return 0
 
 
