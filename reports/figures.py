@@ -1,4 +1,4 @@
-"""The report's plots, chosen from the axes a study varies (seaborn on matplotlib's Agg backend).
+"""The report's plots, chosen from the axes a study varies (matplotlib, its Agg backend).
 
 Input: the tidy table of ``reports.mlflow_source.study_table`` (one row per finished trial).
 - a *method* is the combination of the categorical settings that vary (sampler family, timestep
@@ -23,8 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 
 from harness.tracking.schema import CI_HIGH, CI_LOW  # noqa: E402
 
@@ -163,8 +163,9 @@ def _applies(key: str, row: pd.Series) -> bool:
 
 
 def palette(methods: list[str]) -> dict[str, Any]:
-    colours = sns.color_palette("tab10", n_colors=max(10, len(methods)))
-    return {m: colours[i] for i, m in enumerate(sorted(methods))}
+    """One colour per method (sorted by name), matplotlib's ten categorical colours in turn."""
+    colours = plt.get_cmap("tab10").colors
+    return {m: colours[i % len(colours)] for i, m in enumerate(sorted(methods))}
 
 
 def best_rows(frame: pd.DataFrame, by: list[str], metric: str, mode: str) -> pd.DataFrame:
@@ -255,7 +256,7 @@ def heatmap(table: pd.DataFrame, metric: str, axes: tuple[str, str], out: Path) 
     if grid.shape[0] < 2 or grid.shape[1] < 2:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    sns.heatmap(grid, annot=True, fmt=".3g", cmap="viridis_r" if mode == "min" else "viridis", ax=ax)
+    _annotated_grid(fig, ax, grid, "viridis_r" if mode == "min" else "viridis")
     ax.set_ylabel(NUMERIC_AXES.get(axes[0], axes[0]))
     ax.set_xlabel(NUMERIC_AXES.get(axes[1], axes[1]))
     ax.set_title(method, fontsize=9)
@@ -265,6 +266,25 @@ def heatmap(table: pd.DataFrame, metric: str, axes: tuple[str, str], out: Path) 
     )
     name = f"{metric}_heatmap_{axes[0]}_{axes[1]}".replace("/", "-").replace(".", "-")
     return Figure(f"{metric_words(metric)} heatmap", caption, _save(fig, out / f"{name}.png"))
+
+
+def _annotated_grid(fig: Any, ax: Any, grid: pd.DataFrame, cmap: str) -> None:
+    """The grid's cells coloured by value (first row on top, a missing value left blank), each
+    written in it to 3 significant digits, dark on light cells and light on dark ones."""
+    values = grid.to_numpy(dtype=float)
+    rows, cols = values.shape
+    mesh = ax.pcolormesh(np.ma.masked_invalid(values), cmap=cmap)
+    ax.set_xlim(0, cols)
+    ax.set_ylim(rows, 0)
+    ax.set_xticks(np.arange(cols) + 0.5, [str(c) for c in grid.columns])
+    ax.set_yticks(np.arange(rows) + 0.5, [str(r) for r in grid.index])
+    fig.colorbar(mesh, ax=ax)
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            red, green, blue, _ = mesh.cmap(mesh.norm(value))
+            light = 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.408  # relative luminance
+            colour = "black" if light else "white"
+            ax.text(j + 0.5, i + 0.5, f"{value:.3g}", ha="center", va="center", color=colour)
 
 
 def tradeoff(
@@ -285,7 +305,8 @@ def tradeoff(
         return None
     x_mode, y_mode = direction(table, x), direction(table, y)
     fig, ax = plt.subplots(figsize=(10, 4.2))
-    sns.scatterplot(data=rows, x=x, y=y, hue="method", palette=colours, ax=ax, s=40)
+    for method, group in rows.groupby("method", sort=True):
+        ax.scatter(group[x], group[y], color=colours[method], s=40, label=method, edgecolors="white", lw=0.5)
     front = rows.iloc[pareto_front(rows[x], rows[y], x_mode, y_mode)]
     ax.plot(front[x], front[y], color="black", lw=1, ls=":", label="Pareto front")
     caption = f"{metric_words(y)} vs {metric_words(x)}, one point per trial; dotted: the Pareto front."

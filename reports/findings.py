@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import scipy.stats
+from scipy.special import stdtrit  # Student's t quantile (scipy.stats.t.ppf's own; 0.5 s less to import)
 
 from harness.tracking.schema import CI_HIGH, CI_LOW, PER_SEED
 from reports.figures import best_rows, direction, with_methods
@@ -103,7 +103,7 @@ def difference(ra: pd.Series, rb: pd.Series, metric: str) -> Difference:
         diffs = [a[s] - b[s] for s in shared]
         mean = statistics.fmean(diffs)
         sd = statistics.stdev(diffs)
-        half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+        half = stdtrit(len(diffs) - 1, 0.975) * sd / math.sqrt(len(diffs))
         return Difference(mean, half, True, len(diffs))
     return Difference(
         float(ra[metric] - rb[metric]), math.hypot(_half_width(ra, metric), _half_width(rb, metric)), False

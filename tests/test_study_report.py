@@ -15,7 +15,7 @@ from PIL import Image
 
 from harness.run.ledger import TrialRecord
 from harness.tracking.tracker import Tracker
-from reports.figures import pareto_front
+from reports.figures import _annotated_grid, palette, pareto_front
 from reports.mlflow_source import records, study_table
 from reports.study_report import write_report
 
@@ -263,3 +263,39 @@ def test_a_relative_study_folder_gets_the_same_report(study, tmp_path, monkeypat
     assert (
         report.markdown.is_file() and "## Samples of the best configurations" in report.markdown.read_text()
     )
+
+
+NAMES = st.lists(st.text("abcdefgh", min_size=1, max_size=6), min_size=1, max_size=25, unique=True)
+
+
+@given(NAMES, st.randoms())
+@settings(max_examples=50, deadline=None)
+def test_each_method_keeps_its_colour_and_ten_in_a_row_differ(methods, rng) -> None:
+    colours = palette(methods)
+    shuffled = list(methods)
+    rng.shuffle(shuffled)
+    assert palette(shuffled) == colours  # by name, not by the order the table lists them
+    ordered = [colours[m] for m in sorted(methods)]
+    for i, colour in enumerate(ordered):
+        assert len(set(ordered[i : i + 10])) == len(ordered[i : i + 10])  # any ten in a row differ
+        if i >= 10:
+            assert colour == ordered[i - 10]  # then the ten colours again
+
+
+def test_heatmap_writes_each_value_in_its_cell_and_leaves_a_missing_one_blank() -> None:
+    import matplotlib.pyplot as plt
+
+    values = [[10.0, 20.0, float("nan")], [30.0, 40.0, 50.0]]
+    grid = pd.DataFrame(values, index=[4, 8], columns=[0.8, 0.9, 1.0])
+    fig, ax = plt.subplots()
+    _annotated_grid(fig, ax, grid, "viridis")
+    texts = {(t.get_position(), t.get_text()): t.get_color() for t in ax.texts}
+    finite = [(i, j, v) for i, row in enumerate(values) for j, v in enumerate(row) if v == v]
+    cells = {((j + 0.5, i + 0.5), f"{v:.3g}") for i, j, v in finite}
+    assert set(texts) == cells  # row 0 at y 0.5 (drawn on top: the y axis runs downwards)
+    assert ax.get_ylim() == (2.0, 0.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["4", "8"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.8", "0.9", "1.0"]
+    assert texts[((0.5, 0.5), "10")] == "white"  # viridis' dark end
+    assert texts[((2.5, 1.5), "50")] == "black"  # its light end
+    plt.close(fig)
