@@ -325,15 +325,18 @@ def test_460_seed_protocols_reach_the_report_table_whole(store):
 
 
 def test_a_run_whose_long_protocol_was_dropped_is_filled_in(store):
-    """Runs logged before the protocol was split into parts lack it: the next sync logs it."""
+    """Runs logged before the protocol was split into parts lack it: the next invocation's
+    sync logs it."""
     tracker = Tracker(store, "dropped-protocol")
     tracker.start_invocation({}, {})
     record = _record("dp1", protocols={"fid": _long_protocol(460, 1.0)})
     assert tracker.sync([record]) == 1
+    tracker.end_invocation()
     (run,) = _trial_runs(store, "dropped-protocol")
     client = MlflowClient(tracking_uri=store)
     for key in [k for k in run.data.tags if k.startswith("unmask.protocol")]:
         client.delete_tag(run.info.run_id, key)  # what an older version left
+    tracker.start_invocation({}, {})  # a resume
     assert tracker.sync([record]) == 1
     assert tracker.sync([record]) == 0
     (again,) = _trial_runs(store, "dropped-protocol")
@@ -374,3 +377,52 @@ def test_mlflow_sends_no_telemetry_and_writes_nothing_outside_the_runs_root(tmp_
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"client at import": False, "client": False}
     assert not list(home.rglob("*")), sorted(str(p) for p in home.rglob("*"))  # no id under ~/.config
+
+
+def test_sync_reads_the_runs_once_per_invocation_and_logs_what_a_fresh_read_would(store, monkeypatch):
+    """After the first sync of an invocation, a sync does not search the experiment's runs again
+    (the driver holds the study's lock: no one else logs them), and what it logs is what a sync
+    that searched each time logs: each new record once, a replaced record into its own run."""
+    import harness.tracking.tracker as tracker_module
+
+    searches = []
+    real = tracker_module.trial_runs
+    monkeypatch.setattr(tracker_module, "trial_runs", lambda *a, **k: searches.append(1) or real(*a, **k))
+    tracker = Tracker(store, "read-once")
+    tracker.start_invocation({}, {})
+    ledger = []
+    for i in range(4):
+        ledger.append(_record(f"r{i}", status="failed" if i == 2 else "finished"))
+        assert tracker.sync(ledger) == 1
+    ledger[2] = _record("r2", attempts=2)  # Tune retried the failed trial: its record replaced
+    assert tracker.sync(ledger) == 1
+    assert tracker.sync(ledger) == 0
+    assert len(searches) == 1
+    runs = {r.data.tags[TAG_TRIAL_HASH]: r for r in _trial_runs(store, "read-once")}
+    assert sorted(runs) == ["r0", "r1", "r2", "r3"]  # one run per trial
+    assert runs["r2"].info.status == "FINISHED" and runs["r2"].data.tags[TAG_ATTEMPTS] == "2"
+    tracker.end_invocation()
+    monkeypatch.setattr(tracker_module, "trial_runs", real)
+    fresh = Tracker(store, "read-once")  # a resume reads what the first invocation left
+    fresh.start_invocation({}, {})
+    assert fresh.sync(ledger) == 0
+
+
+def test_a_sync_that_fails_midway_reads_the_runs_again(store, monkeypatch):
+    """A run left half-logged by a failed sync is found (and filled in) by the next one."""
+    tracker = Tracker(store, "fails-midway")
+    tracker.start_invocation({}, {})
+    assert tracker.sync([_record("m0")]) == 1
+    real = Tracker._log_trial_artifacts
+
+    def broken(self, run_id, record, base_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Tracker, "_log_trial_artifacts", broken)
+    with pytest.raises(OSError):
+        tracker.sync([_record("m0"), _record("m1")])
+    monkeypatch.setattr(Tracker, "_log_trial_artifacts", real)
+    assert tracker.sync([_record("m0"), _record("m1")]) == 1
+    runs = _trial_runs(store, "fails-midway")
+    assert sorted(r.data.tags[TAG_TRIAL_HASH] for r in runs) == ["m0", "m1"]  # the half-logged one reused
+    assert all(r.info.status == "FINISHED" for r in runs)
