@@ -115,12 +115,13 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, name: str, create: b
     return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
 
 
-def _is_logged(record: TrialRecord, runs: list[Run]) -> bool:
-    """Whether one of the runs of this trial already holds the record's result."""
+def _is_logged(record: TrialRecord, runs: list[Run], digest: str) -> bool:
+    """Whether one of the runs of this trial already holds the record's result (``digest``: the
+    record's, computed once by the caller)."""
     for run in runs:
         if run.info.status == "FINISHED":  # a finished result is final, unless the ledger's was
             held = run.data.tags.get(TAG_RECORD)  # superseded (damaged samples: the trial re-ran)
-            if held is not None and held != record.digest():
+            if held is not None and held != digest:
                 return False
             # or a protocol is missing: versions before protocol_tags dropped a long one (a
             # finished run's parts are all there: they are written before it is terminated)
@@ -310,7 +311,7 @@ class Tracker:
                     runs = [self.client.get_run(held[0])]
                 else:
                     runs = sorted(self._runs.get(trial_hash, []), key=lambda r: r.info.start_time)
-                if _is_logged(record, runs):
+                if _is_logged(record, runs, digest):
                     self._held[trial_hash] = (runs[-1].info.run_id, digest)
                     continue
                 for stale in (r for r in runs[:-1] if r.info.status == "RUNNING"):  # older versions
