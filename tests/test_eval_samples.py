@@ -102,6 +102,21 @@ def test_t_interval_contains_the_mean(values: list[float]) -> None:
     assert low <= mean + 1e-9 and mean - 1e-9 <= high
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-100, 100), min_size=2, max_size=40), st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+def test_t_interval_is_the_student_t_interval(values: list[float], level: float) -> None:
+    import statistics
+
+    import scipy.stats
+
+    mean, low, high = t_interval(values, level)
+    half = (
+        scipy.stats.t.ppf(0.5 + level / 2, df=len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    )
+    assert mean == pytest.approx(statistics.fmean(values), abs=1e-9)
+    assert (low, high) == pytest.approx((mean - half, mean + half), rel=1e-9, abs=1e-9)
+
+
 def test_t_interval_of_one_value_has_no_interval_and_bootstrap_is_seeded() -> None:
     assert t_interval([2.5]) == (2.5, None, None)
     data = torch.arange(50.0)

@@ -31,9 +31,10 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     mean = float(v.mean())
     if v.size == 1:
         return mean, None, None
-    import scipy.stats  # here, not at import: about a second that checking a study does not need
+    # Student's t quantile: scipy.stats.t.ppf's own function, without scipy.stats' import (~0.6 s)
+    from scipy.special import stdtrit
 
-    half = scipy.stats.t.ppf(0.5 + level / 2, df=v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    half = stdtrit(v.size - 1, 0.5 + level / 2) * v.std(ddof=1) / np.sqrt(v.size)
     return mean, float(mean - half), float(mean + half)
 
 
