@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,10 +85,16 @@ def load_torch(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_cached(path: Path, root: Path, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+def load_cached(
+    path: Path,
+    root: Path,
+    required: tuple[str, ...] = (),
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any] | None:
     """A cache entry written by :func:`save_torch`, or None when it is absent or damaged.
 
-    A file that does not load, or lacks a ``required`` key, is quarantined under
+    A file that does not load, lacks a ``required`` key, or fails ``check`` (which raises when the
+    entry is not what the caller asked for: another key's, a wrong shape) is quarantined under
     ``<root>/quarantine/`` (see :func:`quarantine_cache_entry`) and the caller recomputes it.
     """
     if not path.is_file():
@@ -99,10 +105,12 @@ def load_cached(path: Path, root: Path, required: tuple[str, ...] = ()) -> dict[
             raise TypeError(f"holds a {type(entry).__name__}, not a dict")
         if missing := [key for key in required if key not in entry]:
             raise KeyError(f"lacks {missing}")
+        if check is not None:
+            check(entry)
     except FileNotFoundError:  # another process moved it aside first
         return None
     except Exception as err:  # torch raises several types for truncated or foreign files
-        quarantine_cache_entry(path, root, f"unreadable cache entry ({type(err).__name__}: {err})")
+        quarantine_cache_entry(path, root, f"damaged cache entry ({type(err).__name__}: {err})")
         return None
     return entry
 

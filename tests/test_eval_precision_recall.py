@@ -257,3 +257,45 @@ def test_a_cache_that_cannot_take_the_radii_still_serves(
     monkeypatch.setattr("harness.evaluation.reference.save_torch", full_disk)
     assert _evaluate(reference_set, samples, tmp_path) == expected
     assert entry.read_bytes() == before and "the k-NN radii were not cached" in capsys.readouterr().err
+
+
+def test_an_entry_of_another_reference_at_this_path_is_quarantined_and_recomputed(
+    filled, reference_set, samples, tmp_path
+) -> None:
+    """A file copied over the entry (another reference's statistics) must not be scored against."""
+    expected, entry, _ = filled
+    other = ReferenceSet("random/other", "digits", reference_set.data[: N_REF - 40])
+    _evaluate(other, samples, tmp_path / "other")
+    entry.write_bytes(_entry(tmp_path / "other").read_bytes())
+    assert _evaluate(reference_set, samples, tmp_path) == expected
+    assert len(list((tmp_path / "quarantine" / "reference").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: {**e, "features": e["features"][:-10]},  # rows lost
+        lambda e: {**e, "features": e["features"].double()},
+        lambda e: {**e, "features": e["features"].tolist()},
+        lambda e: {**e, "stats": {k: v for k, v in e["stats"].items() if k != "mu"}},
+        lambda e: {**e, "stats": {**e["stats"], "mu": torch.zeros(5, dtype=torch.float64)}},
+        lambda e: {**e, "key": "0" * 24},
+    ],
+    ids=["short", "float64", "list", "no-mu", "narrow-mu", "other-key"],
+)
+def test_an_entry_that_loads_but_does_not_fit_is_quarantined_and_recomputed(
+    filled, reference_set, samples, tmp_path, damage
+) -> None:
+    expected, entry, stored = filled
+    save_torch(damage(stored), entry)
+    assert _evaluate(reference_set, samples, tmp_path) == expected
+    assert len(list((tmp_path / "quarantine" / "reference").iterdir())) == 1
+    assert load_cached(entry, tmp_path)["features"].shape == (N_REF, 12)
+
+
+def test_radii_of_a_k_not_cached_are_computed_once_per_reference(cdist_shapes) -> None:
+    reference = _reference(_features(0, 40, 4))
+    generated = Features(_features(1, 30, 4))
+    for _ in range(3):
+        METRICS[PRECISION](generated, reference, {"neighborhood": 5}, passes={})
+    assert cdist_shapes.count((40, 40)) == 1

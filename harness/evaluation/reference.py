@@ -79,9 +79,14 @@ class ReferenceStats:
         return self.features.shape[0]
 
     def knn_radii(self, k: int) -> Tensor:
-        """r_k (N,): the stored radii, else computed from the features (and not stored)."""
+        """r_k (N,): the stored radii, else computed from the features once (kept in memory for
+        the next metric or bootstrap draw asking for this k, not written to the cache)."""
         stored = self.radii.get(k)
-        return knn_radii(self.features, k) if stored is None else stored
+        if stored is None:
+            stored = knn_radii(self.features, k)
+            if isinstance(self.radii, dict):
+                self.radii[k] = stored
+        return stored
 
 
 def reference_key(reference: ReferenceSet, extractor: FeatureExtractor) -> str:
@@ -113,7 +118,9 @@ def reference_stats(
     key = reference_key(reference, extractor)
     root = resolve_cache_dir(cache_dir)
     path = root / "reference" / f"{extractor.name}-{key}.pt"
-    entry = load_cached(path, root, required=("features", "stats"))
+    entry = load_cached(
+        path, root, required=("features", "stats"), check=lambda e: _check_entry(e, key, reference, extractor)
+    )
     if entry is None:
         features = extract_features(extractor, reference.data, batch_size).features  # (N, D)
         stats = gaussian_stats(features)
@@ -123,6 +130,7 @@ def reference_stats(
             "stats": stats_to_tensors(stats),
             "reference": reference.name,
             "extractor": extractor.name,
+            "key": key,
         }
         stale = True
     else:
@@ -135,6 +143,29 @@ def reference_stats(
     elif missing:
         _write_back({**entry, RADII: radii}, path)
     return ReferenceStats(features, stats, key, radii)
+
+
+def _check_entry(entry: dict, key: str, reference: ReferenceSet, extractor: FeatureExtractor) -> None:
+    """Raises unless the entry holds this reference's statistics: its key (entries written before
+    the key was stored: the same reference and extractor names), one float32 feature row per
+    reference image, and a Gaussian fitted to N features of that width. A file copied over from
+    another reference, or one that still loads but lost rows or statistics, would otherwise give
+    numbers silently wrong or an error in the middle of a trial."""
+    if entry.get("key", key) != key:
+        raise ValueError(f"holds the statistics of key {entry['key']!r}, not {key!r}")
+    for field_name, expected in (("reference", reference.name), ("extractor", extractor.name)):
+        if entry.get(field_name, expected) != expected:
+            raise ValueError(f"{field_name} is {entry[field_name]!r}, not {expected!r}")
+    features, stats = entry["features"], entry["stats"]
+    n = len(reference)
+    if not (isinstance(features, Tensor) and features.dtype == torch.float32 and features.ndim == 2):
+        raise ValueError("its features are not a float32 (N, D) tensor")
+    if features.shape[0] != n or not torch.isfinite(features).all():
+        raise ValueError(f"its features are {tuple(features.shape)}, not {n} finite rows")
+    d = features.shape[1]
+    mu, sigma, count = stats["mu"], stats["sigma"], stats["n"]  # a KeyError: damaged as well
+    if tuple(mu.shape) != (d,) or tuple(sigma.shape) != (d, d) or int(count) != n:
+        raise ValueError(f"its Gaussian is not one of {n} features of width {d}")
 
 
 def _write_back(entry: dict, path: Path) -> None:
