@@ -202,11 +202,16 @@ def evaluate_trial(
         nfe_unbatched=float(meta["nfe_unbatched"]),
         seconds_per_sample=sum(float(s.meta["seconds_per_sample"]) for s in sets) / len(sets),
     )
-    # How guided steps ran (one batch of 2B or two forwards of B): the speed's protocol; the
-    # NFE counts a guided step once either way. Samples written before it was recorded lack it.
+    # How guided steps ran (one batch of 2B or two forwards of B): the speed's protocol, and
+    # beside every metric how its samples were drawn (not in its comparability key: the two modes
+    # draw from the same distribution, as two seeds do). The NFE counts a guided step once either
+    # way. Samples written before it was recorded lack it.
     modes = {s.meta.get("cfg_mode") for s in sets if s.meta.get("cfg_mode")}
     if modes:
-        protocols["nfe"] = {"cfg_mode": "+".join(sorted(modes)), "direction": "min"}
+        mode = "+".join(sorted(modes))
+        for protocol in protocols.values():
+            protocol["cfg_mode"] = mode
+        protocols["nfe"] = {"cfg_mode": mode, "direction": "min"}
     return metrics, intervals, protocols
 
 

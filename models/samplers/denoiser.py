@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from models.guidance import cfg_combine, cfg_combine_
 
 BATCHED, TWO_PASS = CFG_MODES = ("batched", "two-pass")
+Pair = tuple[Tensor, Tensor]  # the conditional and unconditional logits
 
 TWO_PASS_MARGIN = 0.05  # how much faster two-pass must be, at its fastest, to be kept on CPU
 TIMING_ROUNDS = 2  # timings of each mode: one alone let a cold first run pick the slower mode
@@ -41,21 +42,22 @@ class NFECount:
 class Denoiser:
     """Wraps a network ``net(x_t, t, y) -> logits (B, L, V)`` with CFG and NFE counting.
 
-    With ``cfg_scale != 1`` and a condition, the conditional and unconditional halves run as
-    one forward of a (2B, L) batch ("batched": one call) or as two forwards of B ("two-pass",
-    the reference code's way: two calls). ``cfg_batched`` True / False forces one; None (the
+    With ``cfg_scale != 1`` and a condition, the conditional and unconditional halves run as one
+    forward of a (2B, L) batch ("batched": one call) or as two forwards of B ("two-pass", the
+    reference code's way: two calls). ``cfg_batched`` True / False forces one; None (the
     default) takes the cheaper: batched on an accelerator; on CPU, where either can win (two
     passes use the cache better, one batch of 2B pays fewer per-op costs, which dominate on a
     busy machine), the first guided call of each input shape and thread count runs both and
     times them, and the faster is kept for the process (two-pass only when clearly faster; the
-    timing's extra forwards are not counted). The two modes compute the same function, but BLAS
-    may round a batch of B and one of 2B differently, so a token drawn at a class boundary can
-    differ between them: the mode is part of the protocol (``SampleResult.cfg_mode``, recorded
-    with every metric). NFE is unchanged by the mode (``count.evaluations``: one per guided
-    step, ``count.unbatched``: two); ``count.calls`` and ``cfg_mode`` say how the last call
-    ran. Returns guided raw logits, before temperature. The null condition is
-    ``full_like(y, null_class)``: the null class for class ids (B,), the empty caption (all
-    PAD, ``null_class`` = 0) for caption ids (B, S).
+    timing's extra forwards are not counted, and their seconds are in ``choice_seconds``). The
+    two modes compute the same function, but BLAS may round a batch of B and one of 2B
+    differently, so a token drawn at a class boundary can differ between them: the mode is part
+    of the protocol (``SampleResult.cfg_mode``, recorded beside every metric's protocol, not in
+    its comparability key). NFE is unchanged by the mode (``count.evaluations``: one per guided
+    step, ``count.unbatched``: two); ``count.calls`` and ``cfg_mode`` say how the last call ran.
+    Returns guided raw logits, before temperature. The null condition is ``full_like(y,
+    null_class)``: the null class for class ids (B,), the empty caption (all PAD, ``null_class``
+    = 0) for caption ids (B, S).
     """
 
     def __init__(
@@ -74,6 +76,9 @@ class Denoiser:
         self.cfg_batched = cfg_batched
         self.count = NFECount()
         self.cfg_mode: str | None = None  # the last call's: "batched", "two-pass", None (unguided)
+        # Seconds the CPU choice took beyond the run whose output the step used (the kept
+        # mode's last): not sampling work, so whoever times a sampler subtracts them.
+        self.choice_seconds = 0.0
         self._choices: dict = {}  # the CPU choices, where the network cannot be weakly referenced
 
     @property
@@ -118,7 +123,12 @@ class Denoiser:
             key = (tuple(x_t.shape), tuple(y.shape), torch.get_num_threads())
             choices = self._cpu_choices()
             if key not in choices:
-                choices[key], done = choose_batching(batched, two_pass)
+                runs: dict[bool, list[float]] = {True: [], False: []}
+                began = time.perf_counter()
+                timed = _timed(batched, runs[True]), _timed(two_pass, runs[False])
+                choices[key], done = choose_batching(*timed)
+                kept = runs[choices[key]][-1:]  # the run whose output is this step's
+                self.choice_seconds += time.perf_counter() - began - sum(kept)
             use_batched = choices[key]
         self.cfg_mode = BATCHED if use_batched else TWO_PASS
         cond, uncond = done if done is not None else (batched if use_batched else two_pass)()
@@ -132,6 +142,18 @@ class Denoiser:
             return _CPU_CHOICES.setdefault(self.net, {})
         except TypeError:  # not weakly referenceable: remember for this Denoiser only
             return self._choices
+
+
+def _timed(run: Callable[[], Pair], seconds: list[float]) -> Callable[[], Pair]:
+    """``run``, appending the seconds of each call to ``seconds``."""
+
+    def timed() -> Pair:
+        began = time.perf_counter()
+        out = run()
+        seconds.append(time.perf_counter() - began)
+        return out
+
+    return timed
 
 
 def choose_batching(
