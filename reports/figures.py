@@ -205,8 +205,7 @@ def _legend_outside(ax: Any) -> None:
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # cropped to what is drawn, the legend too
     plt.close(fig)
     return path
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -112,6 +113,15 @@ def test_figures_follow_the_axes_and_exist(study) -> None:
     assert not any("cfg" in n for n in names)  # not varied: no CFG curve
     for figure in study["report"].figures:
         assert figure.path.is_file() and Image.open(figure.path).size[0] > 300
+
+
+def test_nothing_drawn_runs_off_a_figure(study) -> None:
+    """Each figure is cropped to what it draws, its legend outside the axes included (long method
+    names here): a clipped label or legend would reach the image's edge, which stays blank."""
+    for figure in study["report"].figures:
+        grey = np.asarray(Image.open(figure.path).convert("L"))
+        edges = [grey[:3], grey[-3:], grey[:, :3], grey[:, -3:]]
+        assert min(edge.min() for edge in edges) == 255, figure.path.name
 
 
 def test_markdown_names_protocol_failed_trial_and_context(study) -> None:
