@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.cache import atomic_write_text, cache_dir, probe_writable
 from harness.config.study import StudySpec, load_study
 from harness.config.trial import ConfigError
-from harness.data.registry import load_dataset, real_images
+from harness.data.registry import load_dataset, open_split, real_images
 from harness.evaluation import FID, Evaluator
 from harness.ray.dispatch import RayDispatcher, TrialContext
 from harness.run.extend import STUDY_FILE, write_study
@@ -106,7 +106,7 @@ def warm_datasets(trials: list, study_dir: Path, cache_dir: Path) -> list[dict]:
         key = json.dumps(trial.data.model_dump(mode="json"), sort_keys=True)
         if key in summaries:
             continue
-        train = load_dataset(trial.data.name, "train", **trial.data.options)  # trains a tokenizer once
+        train = open_split(trial.data.name, "train", **trial.data.options)  # trains a tokenizer once
         if key in known:  # a resumed study: its floors are measured already
             summaries[key] = known[key]
             continue

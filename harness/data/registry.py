@@ -46,6 +46,15 @@ def load_dataset(name: str, split: str = "train", **options: Any) -> TokenDatase
     return get_dataset(name).load(split, **options)
 
 
+def open_split(name: str, split: str = "train", **options: Any) -> TokenDataset:
+    """The split as whoever reads only its size, shape, labels or tokenizer (or its rows a batch at
+    a time) needs it: streamed where the dataset can (its tokens left on disk: a shard folder of
+    ImageNet as VQ ids is ~10 GB as int64 tensors), else loaded."""
+    check_known(split, SPLITS, "data split")
+    dataset = get_dataset(name)
+    return (dataset.stream or dataset.load)(split, **options)
+
+
 def dataset_shape(name: str, **options: Any) -> DatasetShape:
     """Grid, vocabulary and classes of ``name`` under ``options``, without loading anything; bad
     options raise UserError naming ``data.options.<option>``."""

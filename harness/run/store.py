@@ -44,7 +44,7 @@ from harness.cache import (
     warn_quarantined,
 )
 from harness.config.trial import TrialConfig, trajectory_of
-from harness.data.registry import get_dataset
+from harness.data.registry import open_split
 from harness.data.shard_loader import RowStream
 from models.backbone import ModelConfig
 from models.checkpoint import CheckpointError, load_checkpoint
@@ -311,8 +311,7 @@ def train_into(
     of ``parallel``, appends each logged step to ``curve.jsonl``. Every rank loads the data, or,
     for a dataset that streams (shard folders), its conditions, and reads its rows of each
     micro-batch from disk (``harness.data.shard_loader``)."""
-    dataset = get_dataset(trial.data.name)
-    data = (dataset.stream or dataset.load)("train", **trial.data.options)
+    data = open_split(trial.data.name, "train", **trial.data.options)
     tokens = data.tokens if data.rows is None else RowStream(data.rows)
     model_config = model_config_for(trial)
     writes = parallel is None or parallel.rank == 0

@@ -19,7 +19,7 @@ import torch
 from harness.cache import atomic_write_text
 from harness.cache import cache_dir as default_cache_dir
 from harness.config.trial import TrialConfig
-from harness.data.registry import load_dataset
+from harness.data.registry import load_dataset, open_split
 from harness.errors import unwritable
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
 from harness.evaluation.samples import SAMPLES_FILE, verify_samples
@@ -107,7 +107,10 @@ def sample_to_disk(trial: TrialConfig, store: CheckpointStore, seed: int, device
     folder = sample_folder(trial, store, seed)
     if check_samples(folder, store) is None:
         return folder
-    data = load_dataset(trial.data.name, "train", **trial.data.options)
+    # A baseline draws from the training tokens; a model's samples need only the tokenizer.
+    data = (load_dataset if trial.sampler.is_baseline else open_split)(
+        trial.data.name, "train", **trial.data.options
+    )
     if trial.sampler.is_baseline:
         task = trial.task()
         heldout = load_dataset(trial.data.name, "heldout", **trial.data.options)
