@@ -5,6 +5,7 @@ kept in their stored dtype on disk."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -119,7 +120,7 @@ def test_checksums_are_verified_once_per_machine_until_a_file_changes(folder, tm
     options = {**folder, "path": str(copy)}
     for _ in range(3):
         get_dataset("shards").stream("train", **options)
-    assert len(hashed) == 7  # the 7 shards, once
+    assert len(hashed) == 14  # the 7 shards and their 7 label files, once
     data = np.load(copy / "train-00003.npy")
     np.save(copy / "train-00003.npy", data[::-1])
     with pytest.raises(ShardError, match="train-00003.npy: checksum"):
@@ -136,3 +137,51 @@ def test_sampler_partitions_each_micro_batch_and_each_epoch(n, b, world, seed, k
     assert [s.batch(k).tolist() for s in samplers] == [one.batch(k)[r::world].tolist() for r in range(world)]
     stream = np.concatenate([one.batch(j) for j in range((2 * n + B - 1) // B)])
     assert sorted(stream[:n].tolist()) == sorted(stream[n : 2 * n].tolist()) == list(range(n))
+
+
+def _copy(folder, tmp_path) -> dict:
+    shutil.copytree(folder["path"], tmp_path / "copy")
+    return {**folder, "path": str(tmp_path / "copy")}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.bool_])
+def test_a_shard_of_another_dtype_than_integers_is_refused_naming_it(folder, tmp_path, dtype) -> None:
+    """A float32 shard holding 45.5 once read back as 45; its checksum matching changes nothing."""
+    options = _copy(folder, tmp_path)
+    data = np.load(f"{options['path']}/train-00001.npy").astype(dtype)
+    shard_files.rewrite_file(options["path"], "train-00001.npy", data)
+    with pytest.raises(ShardError, match=rf"train-00001.npy: dtype {np.dtype(dtype)}; expected integer ids"):
+        ShardRows(ShardOptions.parse(options), "train", verify="never")
+
+
+def test_an_id_out_of_range_in_the_last_row_is_refused_before_any_read(folder, tmp_path, monkeypatch) -> None:
+    """The once-per-machine verification scans every id a chunk of rows at a time (here 2 rows),
+    so a streamed folder whose checksums match is refused up front, not at the batch reaching
+    the row; the refusal leaves no stamp behind."""
+    options = _copy(folder, tmp_path)
+    monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shard_files, "CHUNK_BYTES", 2 * 4 * 2)  # 2 rows of 4 int16
+    data = np.load(f"{options['path']}/train-00006.npy")  # rows 96..102: 7 rows
+    data[6, 2] = VOCAB
+    shard_files.rewrite_file(options["path"], "train-00006.npy", data)
+    for _ in range(2):
+        with pytest.raises(ShardError, match=r"train-00006.npy: token ids outside \[0, 50\): 50 at row 6"):
+            get_dataset("shards").stream("train", **options)
+    data[6, 2] = -1
+    shard_files.rewrite_file(options["path"], "train-00006.npy", data)
+    with pytest.raises(ShardError, match=r"train-00006.npy: token ids outside \[0, 50\): -1 at row 6"):
+        get_dataset("shards").stream("train", **options)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_reading_holds_no_file_open_between_reads(tmp_path) -> None:
+    """A handle kept per shard ran out of descriptors (400 shards of 2 rows under ``ulimit -n
+    256`` failed after 19 batches): each read opens its shard's file and closes it again."""
+    tokens = np.arange(800 * 4).reshape(800, 4) % VOCAB
+    root = write_shards(tmp_path / "many", {"train": (tokens, None)}, grid=(2, 2), vocab_size=VOCAB,
+                        num_classes=0, shard_size=2)  # fmt: skip
+    rows = ShardRows(ShardOptions(str(root), (2, 2), VOCAB), "train", verify="never")
+    before = len(os.listdir("/proc/self/fd"))
+    index = np.random.default_rng(0).permutation(800)
+    assert torch.equal(rows.read(index), torch.from_numpy(tokens[index]))
+    assert len(os.listdir("/proc/self/fd")) == before

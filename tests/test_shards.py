@@ -12,6 +12,7 @@ import torch
 from harness.config.trial import ConfigError, build_trial
 from harness.data.registry import DATASETS, dataset_shape, get_dataset, load_dataset, real_images
 from harness.data.sources import shards
+from harness.data.sources.shard_files import rewrite_file
 from harness.data.sources.shards import ShardError, write_shards
 from harness.run.store import train_into
 from models.checkpoint import load_checkpoint
@@ -124,3 +125,76 @@ def test_a_streamed_training_is_not_taken_for_one_drawn_from_memory(folder, monk
     # a dataset held in memory keeps the hash it always had (data_order is not added)
     digits = build_trial({})
     assert "data_order" not in digits.training_part()
+
+
+def _edit_manifest(folder, edit) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("field", ["sha256", "count", "tokens"])
+def test_a_manifest_entry_lacking_a_field_is_refused_naming_it(folder, field) -> None:
+    _edit_manifest(folder, lambda m: m["splits"]["train"][2].pop(field))
+    with pytest.raises(ShardError, match=rf"manifest.json: splits.train\[2\] has no '{field}'; expected"):
+        get_dataset("shards").stream("train", **_options(folder))
+    wrong = "400" if field == "count" else 5
+    _edit_manifest(folder, lambda m: m["splits"]["train"][2].update({field: wrong}))
+    with pytest.raises(ShardError, match=rf"manifest.json: splits.train\[2\].{field} is .*; expected"):
+        load_dataset("shards", "train", **_options(folder))
+
+
+def _labels(folder, k: int) -> np.ndarray:
+    return np.load(folder / f"train-{k:05d}-labels.npy")
+
+
+LABEL_DAMAGE = {  # how a label file goes wrong -> what the refusal says
+    "missing on one shard": (
+        lambda f: _edit_manifest(f, lambda m: m["splits"]["train"][1].pop("labels")),
+        r"train-00001.npy: no labels \(-labels.npy\) beside it, but 3 of the split's 4 shards have them",
+    ),
+    "one row short": (
+        lambda f: rewrite_file(f, "train-00002-labels.npy", _labels(f, 2)[:-1]),
+        r"train-00002-labels.npy: shape \(399,\), its shard has \(400,\)",
+    ),
+    "the null class": (
+        lambda f: rewrite_file(f, "train-00003-labels.npy", np.where(np.arange(300) == 7, 10, _labels(f, 3))),
+        r"train-00003-labels.npy: labels outside \[0, 10\): 10 at row 7 \(num_classes",
+    ),
+    "floats": (
+        lambda f: rewrite_file(f, "train-00000-labels.npy", _labels(f, 0) + 0.7),
+        r"train-00000-labels.npy: dtype float64; expected integer",
+    ),
+    "changed after writing": (
+        lambda f: np.save(f / "train-00003-labels.npy", _labels(f, 3)[::-1]),
+        r"train-00003-labels.npy: checksum does not match",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(LABEL_DAMAGE))
+@pytest.mark.parametrize("how", ["stream", "load"])
+def test_damaged_labels_are_refused_before_training(folder, tmp_path, monkeypatch, damage, how) -> None:
+    """Labels went missing, unconditioned, or failed mid-training with an IndexError; now each
+    label file is checksummed with its shard and checked for count, dtype and range up front."""
+    monkeypatch.setenv("UNMASK_CACHE", str(tmp_path / "cache"))
+    get_dataset("shards").stream("train", **_options(folder))  # a stamp for the intact folder
+    change, message = LABEL_DAMAGE[damage]
+    change(folder)
+    with pytest.raises(ShardError, match=message):
+        getattr(get_dataset("shards"), how)("train", **_options(folder))
+
+
+def test_a_conditional_training_split_needs_labels_and_older_folders_still_read(tmp_path) -> None:
+    """num_classes > 0 makes the model class-conditional: its train split without labels is
+    refused (a held-out split may lack them). Label files whose checksum a folder never recorded
+    (written before the writer recorded them) are read, their contents checked."""
+    data = load_dataset("digits", "train")
+    root = write_shards(tmp_path / "unlabelled", {"train": (data.tokens.numpy(), None)}, grid=(8, 8),
+                        vocab_size=17, num_classes=10, shard_size=400)  # fmt: skip
+    with pytest.raises(ShardError, match=r"train-00000.npy: no labels .* but num_classes is 10"):
+        get_dataset("shards").stream("train", **_options(root))
+    root = write_shards(tmp_path / "older", {"train": (data.tokens.numpy(), data.labels.numpy())},
+                        grid=(8, 8), vocab_size=17, num_classes=10, shard_size=400)  # fmt: skip
+    _edit_manifest(root, lambda m: [entry.pop("files") for entry in m["splits"]["train"]])
+    assert torch.equal(get_dataset("shards").stream("train", **_options(root)).labels, data.labels)

@@ -5,7 +5,8 @@ Layout (written by the tokenize step for real data, by the tests for stand-ins):
     <path>/manifest.json
         {"format": 1, "grid": [32, 32], "vocab_size": 16384, "num_classes": 1000,
          "splits": {"train": [{"tokens": "train-00000.npy", "labels": "train-00000-labels.npy",
-                               "count": 5000, "sha256": "<of the tokens file>"}, ...],
+                               "count": 5000, "sha256": "<of the tokens file>",
+                               "files": {"train-00000-labels.npy": "<its sha256>"}}, ...],
                     "heldout": [...]},
          "reference": {"train": "reference-train.npy"},     # optional: real images, uint8 NHWC
                                                             # (clips: uint8 (N, T, H, W, C))
@@ -14,9 +15,11 @@ Layout (written by the tokenize step for real data, by the tests for stand-ins):
 Study configs name the folder and the shape they expect (``data.options: {path, grid,
 vocab_size, num_classes, segment_classes}``), so that plans and dry runs need no data; loading
 checks the manifest against them, and every shard against its count, range and checksum, before
-any work. Loading reads a split into int64 tensors; training streams it instead (``stream``,
-read by ``harness.data.shard_loader``): its tokens stay in their files, in their stored dtype,
-and only each batch's rows are read and cast.
+any work (streaming: every id scanned once per machine with the checksums); labels are checked
+for count, dtype and range, and are present on every shard or none (every one of a
+class-conditional training split). Loading reads a split into int64 tensors; training streams it
+instead (``stream``, read by ``harness.data.shard_loader``): its tokens stay in their files, in
+their stored dtype, and only each batch's rows are read and cast.
 
 ``segment_classes: K`` (> 0) reads each shard's label maps on the token grid (``-segments.npy``,
 written by ``run_study.py tokenize`` from image + label-map pairs) as a second modality: the
@@ -36,7 +39,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,12 +47,19 @@ from torch import Tensor
 
 from harness.data.sources.shard_files import FORMAT as FORMAT
 from harness.data.sources.shard_files import MANIFEST as MANIFEST
-from harness.data.sources.shard_files import NpyFile, ShardError, verify_entry, verify_once
+from harness.data.sources.shard_files import (
+    NpyFile,
+    ShardError,
+    check_entry,
+    read_labels,
+    verify_entry,
+    verify_once,
+)
 from harness.data.sources.shard_files import token_dtype as token_dtype
 from harness.data.sources.shard_files import write_shards as write_shards
 from harness.data.tokenizers.pixel import JointTokenizer
 from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset
-from harness.errors import UserError
+from harness.errors import UserError, short
 from models.modalities import Layout, Modality
 
 
@@ -115,6 +125,12 @@ def read_manifest(options: ShardOptions) -> dict[str, Any]:
                       ("num_classes", options.num_classes)):  # fmt: skip
         if manifest.get(key) != want:
             raise ShardError(f"{path}: {key} is {manifest.get(key)!r} but data.options.{key} is {want!r}")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise ShardError(f"{path}: splits is {short(splits)}; expected a mapping of split: [shard entries]")
+    for split, entries in splits.items():
+        for k, entry in enumerate(entries):
+            check_entry(path, f"splits.{split}[{k}]", entry)
     return manifest
 
 
@@ -129,8 +145,10 @@ class ShardRows:
     RSS, and with large page-cache folios each random row maps ~1.5 MB (6,400 rows of a 2.4 GB
     folder: 2.3 GB of RSS); reads leave RSS flat while the page cache still serves repeated rows.
 
-    Construction checks each shard's checksum (``verify``: "always", "once" per machine through
-    ``verify_once``, or "never") and shape; every read checks its ids against the vocabulary."""
+    Construction checks each shard's shape and dtype, and its checksum (``verify``: "always",
+    "once" per machine through ``verify_once``, which also scans every id against its range
+    first, or "never"); every read checks its ids against the vocabulary too. No file stays open
+    between reads (``NpyFile``)."""
 
     def __init__(self, options: ShardOptions, split: str, verify: Verify = "always") -> None:
         if split not in SPLITS:
@@ -139,17 +157,17 @@ class ShardRows:
         if not entries:
             raise ShardError(f"{options.path}/{MANIFEST}: no shards for split {split!r}")
         self.options, self.root, self.seq_len = options, Path(options.path), int(np.prod(options.grid))
-        if verify == "once":
-            verify_once(self.root, entries)
-        for entry in entries if verify == "always" else ():
-            verify_entry(self.root, entry)
         # shard k, in the manifest's order: rows [offsets[k], offsets[k + 1]) of the split
         self.offsets = np.cumsum([0] + [int(e["count"]) for e in entries])
         self.files = [self._files(entry) for entry in entries]
-        self._handles: dict[int, list[BinaryIO]] = {}
+        if verify == "once":  # "always" is loading, whose reads check every row
+            verify_once(self.root, entries, self._scan, key=[options.vocab_size, options.segment_classes])
+        for entry in entries if verify == "always" else ():
+            verify_entry(self.root, entry)
 
     def _files(self, entry: dict[str, Any]) -> list[NpyFile]:
-        """A shard's token file (and label-map file), their shapes checked against the manifest."""
+        """A shard's token file (and label-map file), their shapes checked against the manifest and
+        their dtypes integer."""
         shape, tokens = (entry["count"], self.seq_len), self.root / entry["tokens"]
         files = [NpyFile.open(tokens, shape, "manifest says")]
         if self.options.layout is None:
@@ -160,9 +178,6 @@ class ShardRows:
                 f" is {self.options.segment_classes} (tokenize image + label-map pairs)"
             )
         return [*files, NpyFile.open(self.root / entry["segments"], shape, "the tokens are")]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": {}}  # open files are per process
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -177,37 +192,43 @@ class ShardRows:
         for k in np.unique(shard):
             at = np.flatnonzero(shard == k)
             for m, file in enumerate(self.files[k]):
-                block = self._rows(k, m, index[at] - self.offsets[k])  # (n_k, L) in the stored dtype
-                self._check_range(block, file.path, m)
+                block = file.read_rows(index[at] - self.offsets[k])  # (n_k, L) in the stored dtype
+                if block.size and (block.min() < 0 or block.max() >= self._limit(m)):
+                    self._refuse(file.path, m, f"{block.min()}..{block.max()}")
                 parts[m][at] = block  # cast to int64 here, a batch at a time
         tokens = torch.from_numpy(parts[0])
         if self.options.layout is None:
             return tokens
         return self.options.layout.join({"image": tokens, "labels": torch.from_numpy(parts[1])})
 
-    def _rows(self, k: int, m: int, rows: np.ndarray) -> np.ndarray:
-        if k not in self._handles:
-            self._handles[k] = [open(f.path, "rb", buffering=0) for f in self.files[k]]  # noqa: SIM115
-        return self.files[k][m].read_rows(self._handles[k][m].fileno(), rows)
+    def _scan(self) -> None:
+        """Every id of every shard within its range, a chunk of rows at a time."""
+        for files in self.files:
+            for m, file in enumerate(files):
+                if found := file.first_outside(self._limit(m)):
+                    self._refuse(file.path, m, f"{found[1]} at row {found[0]}")
 
-    def _check_range(self, ids: np.ndarray, file: Path, m: int) -> None:
-        """Ids of modality m (0: the tokens, 1: the label maps) within its vocabulary."""
-        limit = (self.options.vocab_size, self.options.segment_classes)[m]
-        if not ids.size or (ids.min() >= 0 and ids.max() < limit):
-            return
+    def _limit(self, m: int) -> int:
+        """The ids of modality m (0: the tokens, 1: the label maps) lie in [0, limit)."""
+        return (self.options.vocab_size, self.options.segment_classes)[m]
+
+    def _refuse(self, file: Path, m: int, found: str) -> None:
+        limit = self._limit(m)
         if m == 0:
-            raise ShardError(f"{file}: token ids outside [0, {limit})")
+            raise ShardError(f"{file}: token ids outside [0, {limit}): {found} (the manifest's vocab_size)")
         raise ShardError(
-            f"{file}: label ids {ids.min()}..{ids.max()} outside [0, {limit}) (data.options.segment_classes;"
+            f"{file}: label ids {found} outside [0, {limit}) (data.options.segment_classes;"
             " a void id such as 255 needs segment_classes 256 or a remap before tokenizing)"
         )
 
 
 def split_labels(options: ShardOptions, split: str) -> Tensor | None:
-    """The class of every sample of a split (N,) long, in shard order; None unless every shard has them."""
+    """The class of every sample of a split (N,) long, in shard order; None when no shard has
+    them (refused for a class-conditional model's train split; see ``read_labels``)."""
     entries = read_manifest(options)["splits"].get(split) or []
-    labels = [np.load(Path(options.path) / e["labels"]).astype(np.int64) for e in entries if e.get("labels")]
-    return torch.from_numpy(np.concatenate(labels)) if labels and len(labels) == len(entries) else None
+    conditional = options.num_classes > 0 and split == "train"  # what a conditional model trains on
+    labels = read_labels(Path(options.path), split, entries, options.num_classes, required=conditional)
+    return None if labels is None else torch.from_numpy(labels)
 
 
 def load_split(options: ShardOptions, split: str, verify: bool = True) -> tuple[Tensor, Tensor | None]:
