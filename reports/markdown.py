@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.run.strict_json import strict_loads
+
 GROUP_KEYS = ("model.timestep", "sampler.name", "train.corruption")
 NFE = "nfe"
 SECONDS_PER_SAMPLE = "seconds_per_sample"
@@ -56,7 +58,7 @@ def load_records(study_dir: Path) -> list[dict]:
         if path.name.startswith("."):
             continue  # an atomic write in progress
         try:
-            record = json.loads(path.read_text())
+            record = strict_loads(path.read_text())  # a NaN or an infinity is never a result
             if not isinstance(record, dict) or not isinstance(record.get("status"), str):
                 raise ValueError("not a JSON object with a status")
         except (OSError, ValueError) as err:

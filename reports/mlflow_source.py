@@ -9,6 +9,7 @@ The layout is in ``harness.tracking.schema``.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pandas as pd
 import yaml
 from mlflow import MlflowClient
 
+from harness.run.strict_json import nonfinite_fields
 from harness.tracking.schema import (
     CI_HIGH,
     CI_LOW,
@@ -117,14 +119,28 @@ def study_table(tracking_uri: str, study_name: str) -> StudyTable:
         }
         params = {key: parse_param(value) for key, value in run.data.params.items()}
         metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith(CURVE_PREFIX)}
+        protocols = read_protocols(tags)
+        if broken := _not_results(metrics, protocols):  # a store written by hand or by old code
+            row.update(status="failed", error=f"not a result: {', '.join(broken[:3])}")
+            metrics, protocols = {}, {}
         config_keys.update(params)
         metric_keys.update(k for k in metrics if not k.endswith((CI_LOW, CI_HIGH)))
         row.update(params)
         row.update(metrics)
-        row["protocol"] = read_protocols(tags)
+        row["protocol"] = protocols
         rows.append(row)
     rows = one_per_cell(rows, lambda row: {k: row.get(k) for k in config_keys})
     return StudyTable(pd.DataFrame(rows), sorted(config_keys), sorted(metric_keys))
+
+
+def _not_results(metrics: dict[str, float], protocols: dict[str, Any]) -> list[str]:
+    """``name = value`` of each metric, interval bound or per-seed value that is not a finite
+    number. MLflow keeps an infinity as +-1.797e308 (the largest float) and a NaN as NaN; the
+    harness never logs either, so a run holding one is broken, and none of its numbers is a
+    result."""
+    largest = sys.float_info.max
+    infinite = [f"{k} = {v}" for k, v in metrics.items() if not math.isfinite(v) or abs(v) >= largest]
+    return infinite + nonfinite_fields(protocols, "protocol")
 
 
 def nested(flat: dict[str, Any]) -> dict[str, Any]:

@@ -14,35 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.cache import QUARANTINE, atomic_write_text, quarantine
+from harness.run.strict_json import nonfinite_fields as nonfinite_fields
+from harness.run.strict_json import strict_loads as strict_loads
 
 STATUSES = ("finished", "failed")
-
-
-def strict_loads(text: str) -> Any:
-    """``json.loads`` that refuses NaN, Infinity and -Infinity (which Python's json accepts)."""
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} in JSON: a non-finite number is never a result")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def nonfinite_fields(value: Any, path: str = "") -> list[str]:
-    """``path = value`` for every NaN or infinite float in a JSON-like value (dicts, lists, tuples)."""
-    if isinstance(value, float):
-        return [] if math.isfinite(value) else [f"{path} = {value}"]
-    if isinstance(value, dict):
-        prefix = f"{path}." if path else ""
-        return [bad for k, v in value.items() for bad in nonfinite_fields(v, f"{prefix}{k}")]
-    if isinstance(value, list | tuple):
-        return [bad for i, v in enumerate(value) for bad in nonfinite_fields(v, f"{path}[{i}]")]
-    return []
 
 
 PER_SEED = "per_seed"  # in a metric's protocol dict: its value per sample seed, in sample_seeds' order
