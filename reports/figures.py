@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.tracking.schema import CI_HIGH, CI_LOW  # noqa: E402
+from reports.markdown import PROTOCOL_KEY, protocols_by_use  # noqa: E402
 
 # Numeric axes worth a curve, with their axis labels (units in words).
 NUMERIC_AXES: dict[str, str] = {
@@ -310,7 +311,8 @@ def tradeoff(
     ax.plot(front[x], front[y], color="black", lw=1, ls=":", label="Pareto front")
     caption = f"{metric_words(y)} vs {metric_words(x)}, one point per trial; dotted: the Pareto front."
     if other is not None and {x, y} <= set(other[1].columns):
-        theirs = other[1][other[1][x].notna() & other[1][y].notna()]
+        theirs = _same_protocol(other[1], rows, y)
+        theirs = theirs[theirs[x].notna() & theirs[y].notna()]
         theirs = theirs[(theirs["status"] == "finished") & (theirs[x] > 0 if x == SECONDS else True)]
         if len(theirs):
             front_b = theirs.iloc[pareto_front(theirs[x], theirs[y], x_mode, y_mode)]
@@ -326,6 +328,32 @@ def tradeoff(
     return Figure(f"{metric_words(y)} vs {metric_words(x)}", caption, _save(fig, out / f"{name}.png"))
 
 
+def protocol_keys(table: pd.DataFrame, metric: str) -> pd.Series:
+    """The protocol key each row's ``metric`` was measured under (None where none is recorded)."""
+    protocols = table["protocol"] if "protocol" in table else [None] * len(table)
+    keys = [((p if isinstance(p, dict) else {}).get(metric) or {}).get(PROTOCOL_KEY) for p in protocols]
+    return pd.Series(keys, index=table.index, dtype=object)  # None stays None, not NaN
+
+
+def under_main_protocol(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str | None]]:
+    """The rows holding ``metric`` under the study's main protocol (``protocols_by_use``), and
+    every key it was measured under: a value of another extractor, reference or sample count is
+    never ranked or drawn beside these."""
+    if metric not in table:
+        return table.iloc[:0], []
+    rows = table[table[metric].notna()]
+    keys = protocol_keys(rows, metric)
+    order = protocols_by_use(keys)
+    return (rows[keys == order[0]] if len(order) > 1 else rows), order
+
+
+def _same_protocol(theirs: pd.DataFrame, ours: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Another study's rows whose ``metric`` shares the protocol of ours (all, where neither
+    study recorded one)."""
+    keys = set(protocol_keys(ours, metric).dropna())
+    return theirs[protocol_keys(theirs, metric).isin(keys)] if keys else theirs
+
+
 def study_figures(
     table: pd.DataFrame, metric: str, out: Path, other: tuple[str, pd.DataFrame] | None = None
 ) -> list[Figure]:
@@ -333,7 +361,7 @@ def study_figures(
     quality / cost Pareto front the seconds-per-sample trade-off draws too."""
     if metric not in table:
         return []
-    table = table[(table["status"] == "finished") & table[metric].notna()]
+    table, _ = under_main_protocol(table[table["status"] == "finished"], metric)
     if table.empty:
         return []
     if NFE not in table:
@@ -345,9 +373,10 @@ def study_figures(
     figures = [curve(table, metric, axis, out, colours) for axis in axes]
     figures += [heatmap(table, metric, pair, out) for pair in itertools.combinations(axes, 2)]
     if "is_mean" in table and metric != "is_mean":
-        figures.append(tradeoff(table, "is_mean", metric, out, colours))
+        figures.append(tradeoff(under_main_protocol(table, "is_mean")[0], "is_mean", metric, out, colours))
     if "precision" in table and "recall" in table:
-        figures.append(tradeoff(table, "recall", "precision", out, colours))
+        rows = under_main_protocol(under_main_protocol(table, "precision")[0], "recall")[0]
+        figures.append(tradeoff(rows, "recall", "precision", out, colours))
     if SECONDS in table:
         figures.append(tradeoff(table, SECONDS, metric, out, colours, log_x=True, other=other))
     return [f for f in figures if f is not None]

@@ -12,7 +12,8 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,16 +113,20 @@ def protocol_key(record: dict, metric: str) -> str | None:
     return protocol.get(PROTOCOL_KEY)
 
 
+def protocols_by_use(keys: Iterable[str | None]) -> list[str | None]:
+    """The distinct protocol keys, the one most values were measured under first (ties: in key
+    order; None, a value without a recorded protocol, last). The first is the study's main
+    protocol: what its best-per-method table ranks by and its figures draw; values of two keys
+    are never ranked or drawn together."""
+    counts = Counter(keys)
+    return sorted(counts, key=lambda k: (k is None, -counts[k], k or ""))
+
+
 def metric_columns(records: list[dict], metric: str) -> list[MetricColumn]:
     """The metric's columns: one per protocol key (most trials first), or one when all agree."""
-    counts: dict[str | None, int] = {}
-    for record in records:
-        if metric in record["metrics"]:
-            key = protocol_key(record, metric)
-            counts[key] = counts.get(key, 0) + 1
-    if len(counts) <= 1:
-        return [MetricColumn(metric, next(iter(counts), None), split=False)]
-    order = sorted(counts, key=lambda k: (k is None, -counts[k], k or ""))
+    order = protocols_by_use(protocol_key(r, metric) for r in records if metric in r["metrics"])
+    if len(order) <= 1:
+        return [MetricColumn(metric, next(iter(order), None), split=False)]
     return [MetricColumn(metric, key, split=True) for key in order]
 
 

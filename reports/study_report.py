@@ -29,6 +29,7 @@ from reports.figures import (
     direction,
     metric_words,
     study_figures,
+    under_main_protocol,
     with_methods,
 )
 from reports.findings import paper_section
@@ -62,8 +63,8 @@ class Report:
 
 
 def _best_per_method(table: pd.DataFrame, by_hash: dict[str, dict], metric: str, mode: str) -> list[dict]:
-    """The best finished trial of each method, best first."""
-    finished = table[(table["status"] == "finished") & table[metric].notna()]
+    """The best finished trial of each method under the study's main protocol, best first."""
+    finished, _ = under_main_protocol(table[table["status"] == "finished"], metric)
     if finished.empty:
         return []
     finished, _ = with_methods(finished)
@@ -72,7 +73,7 @@ def _best_per_method(table: pd.DataFrame, by_hash: dict[str, dict], metric: str,
     return [{**by_hash[h], "method": m} for h, m in zip(best["trial_hash"], best["method"], strict=True)]
 
 
-def _best_section(best: list[dict], metric: str, axes: list[str]) -> list[str]:
+def _best_section(best: list[dict], metric: str, axes: list[str], protocols: list[str | None]) -> list[str]:
     if not best:
         return []
     column = metric_columns(best, metric)[0]
@@ -87,6 +88,11 @@ def _best_section(best: list[dict], metric: str, axes: list[str]) -> list[str]:
         row += [format_value(record["metrics"].get(k)) for k in (NFE, SECONDS)]
         rows.append(row)
     note = "Each method's best trial over every other setting; ± is the 95% CI half-width over sample seeds."
+    if len(protocols) > 1:  # values of other protocols are not comparable with these: not ranked
+        note += (
+            f" Ranked under protocol `{protocols[0]}`, the one most trials were measured under;"
+            f" {len(protocols) - 1} other protocol(s) in the table of all trials."
+        )
     return ["## Best configuration per method", "", note, "", *markdown_table(headers, rows), ""]
 
 
@@ -188,7 +194,8 @@ def render_markdown(
         if compare_front:  # another study's trials, for its Pareto front (empty if it has none)
             other = (compare_front, study_table(tracking_uri, compare_front).table)
         figures = study_figures(table, metric, study_dir / FILES, other)
-        lines += _best_section(best, metric, keys) + ceiling_section(ordered)
+        protocols = under_main_protocol(table[table["status"] == "finished"], metric)[1]
+        lines += _best_section(best, metric, keys, protocols) + ceiling_section(ordered)
         lines += paper_section(table, metric, reference) if reference else []
         lines += _figures_section(figures, study_dir)
         lines += _samples_section(best, tracking_uri, study_dir)
