@@ -163,13 +163,21 @@ def format_value(value: Any) -> str:
 
 
 def metric_cell(record: dict, column: MetricColumn) -> str:
-    """The value, with ± the half-width of its interval when the record has one."""
+    """The value with its interval when the record has one: ± the half-width when the interval is
+    centred on the value (within a tenth of the half-width), else both bounds (a bootstrap
+    interval need not be: ± would claim bounds it does not have)."""
     if not column.holds(record):
         return _MISSING
-    text = format_value(record["metrics"][column.metric])
+    value = record["metrics"][column.metric]
+    text = format_value(value)
     bounds = record["intervals"].get(column.metric)
     if bounds and len(bounds) == 2 and all(_is_number(b) for b in bounds):
-        text += f" ± {(bounds[1] - bounds[0]) / 2:.2g}"
+        low, high = bounds
+        half = (high - low) / 2
+        if _is_number(value) and abs((low + high) / 2 - value) <= 0.1 * half:
+            text += f" ± {half:.2g}"
+        else:
+            text += f" [{format_value(low)}, {format_value(high)}]"
     return text
 
 

@@ -87,7 +87,8 @@ def _best_section(best: list[dict], metric: str, axes: list[str], protocols: lis
         row += ["—" if baseline else format_value(flat.get(a)) for a in axes]
         row += [format_value(record["metrics"].get(k)) for k in (NFE, SECONDS)]
         rows.append(row)
-    note = "Each method's best trial over every other setting; ± is the 95% CI half-width over sample seeds."
+    note = "Each method's best trial over every other setting; ± is the 95% CI half-width over sample seeds"
+    note += " ([low, high]: the interval's bounds, where it is not centred on the value)."
     if len(protocols) > 1:  # values of other protocols are not comparable with these: not ranked
         note += (
             f" Ranked under protocol `{protocols[0]}`, the one most trials were measured under;"

@@ -55,3 +55,21 @@ def test_best_per_method_never_ranks_a_value_of_another_protocol(tmp_path) -> No
     assert [row.split("|")[1].strip() for row in rows] == ["Euler sampler", "MaskGIT sampler"]
     assert "20" in rows[0] and "25" in rows[1] and "10" not in rows[1].split("|")[3]
     assert "Ranked under protocol `fid/N1000`" in best
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    value=st.integers(-1000, 1000), below=st.integers(0, 100), above=st.integers(0, 100)
+)  # whole numbers: the bounds exact, the boundary case decided the same way here and there
+def test_a_cell_shows_plus_minus_only_for_an_interval_centred_on_its_value(value, below, above) -> None:
+    """± h claims [value - h, value + h]: shown only when that is the interval (to a tenth of h)."""
+    from reports.markdown import MetricColumn, metric_cell
+
+    record = {
+        "metrics": {"fid": value},
+        "intervals": {"fid": [value - below, value + above]},
+        "protocols": {},
+    }
+    cell = metric_cell(record, MetricColumn("fid", None, split=False))
+    centred = abs(above - below) / 2 <= 0.1 * (above + below) / 2
+    assert ("±" in cell) == centred and ("[" in cell) == (not centred)
