@@ -342,9 +342,9 @@ def under_main_protocol(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame,
     if metric not in table:
         return table.iloc[:0], []
     rows = table[table[metric].notna()]
-    keys = protocol_keys(rows, metric)
-    order = protocols_by_use(keys)
-    return (rows[keys == order[0]] if len(order) > 1 else rows), order
+    protocols = rows["protocol"] if "protocol" in rows else [None] * len(rows)
+    order = protocols_by_use((p or {}).get(metric) if isinstance(p, dict) else None for p in protocols)
+    return (rows[protocol_keys(rows, metric) == order[0]] if len(order) > 1 else rows), order
 
 
 def _same_protocol(theirs: pd.DataFrame, ours: pd.DataFrame, metric: str) -> pd.DataFrame:

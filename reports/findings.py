@@ -13,24 +13,27 @@ value) and ``findings``, each a claim of one kind, checked on the study's finish
 - ``gap_shrinks``: the advantage of ``key = better`` over the other value is positive at the
   smallest ``axis`` value and larger there than at the largest;
 - ``improves_along`` / ``worsens_along``: among trials matching ``where``, the metric at the
-  largest ``axis`` value is better / worse than at the smallest (worse: than the best on the
-  axis), by more than the CIs.
+  largest ``axis`` value is better than at the smallest / worse than the best of the other
+  values, by more than the interval of the difference (undetermined within it).
+
+Only results are compared: finite model rows of the study's main protocol key (the rule is in
+``reports.comparable``; a finding's detail names the key when the rows carried several).
 
 Each point of a curve is the best trial at that value over the study's other settings.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
-from scipy.special import stdtrit  # Student's t quantile (scipy.stats.t.ppf's own; 0.5 s less to import)
 
-from harness.tracking.schema import CI_HIGH, CI_LOW, PER_SEED
+from reports.comparable import comparable, same, select
+from reports.difference import Difference, difference
 from reports.figures import best_rows, direction, with_methods
+
+__all__ = ["Check", "Difference", "check", "difference", "nearest_value", "paper_section"]
 
 HOLDS, FAILS, UNDETERMINED = "holds", "does not hold", "undetermined"
 
@@ -53,71 +56,6 @@ class Check:
         return {HOLDS: True, FAILS: False}.get(self.verdict)
 
 
-@dataclass(frozen=True)
-class Difference:
-    """a - b in the metric, with the half-width of its 95% interval; ``paired``: from per-seed
-    differences over the sample seeds both share (else the two intervals combined)."""
-
-    value: float
-    half: float
-    paired: bool
-    n: int = 0  # paired: how many seeds the differences came from
-
-    def seeds_to_reach(self, distance: float) -> int | None:
-        """Paired seeds that would shrink the half-width to ``distance`` at the measured spread
-        (the half-width falls as 1 / sqrt(n)); None when unpaired or the distance is zero."""
-        if not self.paired or self.n < 2 or distance <= 0:
-            return None
-        return max(self.n + 1, math.ceil(self.n * (self.half / distance) ** 2))
-
-    def decided(self) -> int:
-        """+1: a above b beyond the interval; -1: below; 0: within it."""
-        return 0 if abs(self.value) <= self.half else (1 if self.value > 0 else -1)
-
-    def text(self, fmt) -> str:
-        how = "paired over sample seeds" if self.paired else "CIs combined"
-        return f"{fmt(self.value)} ± {fmt(self.half)} ({how})"
-
-
-def _half_width(row: pd.Series, metric: str) -> float:
-    low, high = row.get(f"{metric}{CI_LOW}"), row.get(f"{metric}{CI_HIGH}")
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return 0.0
-    return float(high - low) / 2
-
-
-def _per_seed(row: pd.Series, metric: str) -> dict[int, float]:
-    """The row's values of the metric per sample seed, where its protocol recorded them."""
-    protocol = row.get("protocol")
-    entry = protocol.get(metric, {}) if isinstance(protocol, dict) else {}
-    seeds, values = entry.get("sample_seeds") or [], entry.get(PER_SEED) or []
-    return dict(zip(seeds, values, strict=False)) if len(seeds) == len(values) else {}
-
-
-def difference(ra: pd.Series, rb: pd.Series, metric: str) -> Difference:
-    """ra - rb: paired over their shared sample seeds when both recorded 2 or more (the seed's
-    noise cancels), else the unpaired difference with the root-sum-square of the half-widths."""
-    a, b = _per_seed(ra, metric), _per_seed(rb, metric)
-    shared = sorted(set(a) & set(b))
-    if len(shared) >= 2:
-        diffs = [a[s] - b[s] for s in shared]
-        mean = statistics.fmean(diffs)
-        sd = statistics.stdev(diffs)
-        half = stdtrit(len(diffs) - 1, 0.975) * sd / math.sqrt(len(diffs))
-        return Difference(mean, half, True, len(diffs))
-    return Difference(
-        float(ra[metric] - rb[metric]), math.hypot(_half_width(ra, metric), _half_width(rb, metric)), False
-    )
-
-
-def _select(table: pd.DataFrame, where: dict[str, Any]) -> pd.DataFrame:
-    for key, value in where.items():
-        if key not in table:
-            return table[:0]
-        table = table[table[key].astype(str) == str(value)]
-    return table
-
-
 def _along(table: pd.DataFrame, axis: str, metric: str, mode: str) -> pd.DataFrame:
     """The best row per value of axis (over the other settings), sorted by axis."""
     if axis not in table or table[axis].nunique() < 2:
@@ -128,7 +66,7 @@ def _along(table: pd.DataFrame, axis: str, metric: str, mode: str) -> pd.DataFra
 def _worse(a: pd.Series, b: pd.Series, metric: str, mode: str) -> Difference:
     """How much worse a is than b (positive: worse), in the metric's direction."""
     d = difference(a, b, metric)
-    return d if mode == "min" else Difference(-d.value, d.half, d.paired, d.n)
+    return d if mode == "min" else d.negated()
 
 
 def _relative(d: Difference, base: float) -> str:
@@ -144,116 +82,150 @@ def _hashes(*rows: pd.Series) -> tuple[str, ...]:
 
 
 MARGIN = 0.05  # at_least_as_good: how much worse (relative) still counts as as good
+KINDS = ("at_least_as_good", "interior_optimum", "gap_shrinks", "improves_along", "worsens_along")
+
+
+def fmt(v: float) -> str:
+    return f"{v:.4g}"
 
 
 def check(table: pd.DataFrame, metric: str, finding: dict[str, Any]) -> Check:
-    mode = direction(table, metric)
+    """The finding checked on the table's results of the metric: finite model rows of the study's
+    main protocol key (``reports.comparable``), restricted to ``where``."""
     kind, text = finding["kind"], finding.get("text", finding["kind"])
-    rows = _select(table[table[metric].notna()], finding.get("where", {}))
-    fmt = lambda v: f"{v:.4g}"  # noqa: E731
-    if kind == "at_least_as_good":
-        key = finding["key"]
-        a = best_rows(_select(rows, {key: finding["a"]}), [key], metric, mode)
-        b = best_rows(_select(rows, {key: finding["b"]}), [key], metric, mode)
-        if a.empty or b.empty:
-            return Check(text, UNDETERMINED, f"needs trials with {key} = {finding['a']} and {finding['b']}")
-        ra, rb = a.iloc[0], b.iloc[0]
-        worse = _worse(ra, rb, metric, mode)  # positive: a is worse
-        margin = finding.get("margin", MARGIN) * abs(float(rb[metric]))
-        detail = f"best {finding['a']} {fmt(ra[metric])} vs best {finding['b']} {fmt(rb[metric])}"
-        detail += f"; {finding['a']} - {finding['b']} = {worse.text(fmt)}, {_relative(worse, rb[metric])}"
-        detail += f" (margin {fmt(margin)})"
-        if worse.value + worse.half <= margin:
-            return Check(text, HOLDS, detail)
-        if worse.value - worse.half > margin:
-            return Check(text, FAILS, detail)
-        need = worse.seeds_to_reach(abs(margin - worse.value))
-        detail += f"; {MORE_SEEDS}" + (
-            f" (about {need} paired seeds at the measured spread: a - b lies "
-            f"{fmt(abs(margin - worse.value))} from the margin)"
-            if need
-            else ""
-        )
-        return Check(text, UNDETERMINED, detail, _hashes(ra, rb))
-    if kind == "interior_optimum":
-        axis = finding["axis"]
-        rows, _ = with_methods(rows)
-        parts, verdicts, wanting = [], [], []
-        for method, group in rows.groupby("method"):
-            curve = _along(group, axis, metric, mode)
-            if len(curve) < 3:
-                continue
-            best = curve.loc[curve[metric].idxmin() if mode == "min" else curve[metric].idxmax()]
-            where = f"{method}: best at {axis} = {best[axis]:g} ({fmt(best[metric])})"
-            ends = (curve.iloc[0], curve.iloc[-1])
-            if best[axis] in (ends[0][axis], ends[1][axis]):
-                verdicts.append(UNDETERMINED)
-                parts.append(f"{where}, the grid's edge: extend the grid past {axis} = {best[axis]:g}")
-                continue
-            rises = [_worse(end, best, metric, mode) for end in ends]
-            if all(r.decided() == 1 for r in rises):
-                verdicts.append(HOLDS)
-                parts.append(where)
-            else:
-                verdicts.append(UNDETERMINED)
-                parts.append(f"{where}, an edge within its CI ({MORE_SEEDS})")
-                wanting += _hashes(best, *ends)
-        if not verdicts:
-            return Check(text, UNDETERMINED, f"needs 3 or more values of {axis}")
-        if all(v == HOLDS for v in verdicts):
-            return Check(text, HOLDS, "; ".join(parts))
-        return Check(text, UNDETERMINED, "; ".join(parts), tuple(dict.fromkeys(wanting)))
-    if kind == "gap_shrinks":
-        axis, key, better = finding["axis"], finding["key"], finding["better"]
-        good = _along(_select(rows, {key: better}), axis, metric, mode).set_index(axis)
-        other_rows = rows[rows[key].astype(str) != str(better)] if key in rows else rows[:0]
-        other = _along(other_rows, axis, metric, mode).set_index(axis)
-        shared = sorted(set(good.index) & set(other.index))
-        if len(shared) < 2:
-            return Check(text, UNDETERMINED, f"needs both values of {key} at 2 or more values of {axis}")
-        low, high = (_worse(other.loc[v], good.loc[v], metric, mode) for v in (shared[0], shared[-1]))
-        detail = f"advantage {low.text(fmt)} at {axis} = {shared[0]:g}, {high.text(fmt)} at {shared[-1]:g}"
-        shrink = Difference(low.value - high.value, math.hypot(low.half, high.half), False)
-        exact_no = lambda d: d.half == 0 and d.value <= 0  # noqa: E731 (no CI: a tie decides)
-        if low.decided() == -1 or shrink.decided() == -1 or exact_no(low) or exact_no(shrink):
-            return Check(text, FAILS, detail)
-        if low.decided() == 1 and shrink.decided() == 1:
-            return Check(text, HOLDS, detail)
-        ends = [t.loc[v] for t in (good, other) for v in (shared[0], shared[-1])]
-        return Check(text, UNDETERMINED, f"{detail}; {MORE_SEEDS}", _hashes(*ends))
-    if kind in ("improves_along", "worsens_along"):
-        axis = finding["axis"]
-        curve = _along(rows, axis, metric, mode)
-        if len(curve) < 2:
-            return Check(text, UNDETERMINED, f"needs 2 or more values of {axis}")
-        first, last = curve.iloc[0], curve.iloc[-1]
-        at = lambda row: f"{fmt(row[metric])} at {axis} = {row[axis]:g}"  # noqa: E731
-        if kind == "improves_along":
-            change = _worse(first, last, metric, mode)  # positive: the last is better
-            detail = f"{at(first)} -> {at(last)}"
-        else:
-            best = curve.loc[curve[metric].idxmin() if mode == "min" else curve[metric].idxmax()]
-            change = _worse(last, best, metric, mode)  # positive: the last is worse than the best
-            detail = f"best {at(best)}; {at(last)}"
-            if best[axis] == last[axis]:
-                return Check(text, FAILS, detail)
-        detail += f"; change {change.text(fmt)}"
-        verdict = {1: HOLDS, -1: FAILS, 0: UNDETERMINED}[change.decided()]
-        if verdict != UNDETERMINED:
-            return Check(text, verdict, detail)
-        compared = (first, last) if kind == "improves_along" else (last, best)
-        return Check(text, verdict, f"{detail}; {MORE_SEEDS}", _hashes(*compared))
-    raise ValueError(
-        f"finding kind {kind!r}: expected at_least_as_good, interior_optimum, gap_shrinks, "
-        "improves_along or worsens_along"
+    if kind not in KINDS:
+        raise ValueError(f"finding kind {kind!r}: expected {', '.join(KINDS[:-1])} or {KINDS[-1]}")
+    if metric not in table:
+        return Check(text, UNDETERMINED, f"no trial measured {metric} (did every trial fail?)")
+    mode = direction(table, metric)
+    rows, note = comparable(table, metric)
+    rows = select(rows, finding.get("where", {}))
+    found = _CHECKS[kind](rows, metric, mode, finding, text)
+    return replace(found, detail=f"{found.detail}; {note}") if note else found
+
+
+def _at_least_as_good(rows: pd.DataFrame, metric: str, mode: str, finding: dict, text: str) -> Check:
+    key = finding["key"]
+    a = best_rows(select(rows, {key: finding["a"]}), [key], metric, mode)
+    b = best_rows(select(rows, {key: finding["b"]}), [key], metric, mode)
+    if a.empty or b.empty:
+        return Check(text, UNDETERMINED, f"needs trials with {key} = {finding['a']} and {finding['b']}")
+    ra, rb = a.iloc[0], b.iloc[0]
+    worse = _worse(ra, rb, metric, mode)  # positive: a is worse
+    margin = finding.get("margin", MARGIN) * abs(float(rb[metric]))
+    detail = f"best {finding['a']} {fmt(ra[metric])} vs best {finding['b']} {fmt(rb[metric])}"
+    detail += f"; {finding['a']} - {finding['b']} = {worse.text(fmt)}, {_relative(worse, rb[metric])}"
+    detail += f" (margin {fmt(margin)})"
+    if worse.high <= margin:
+        return Check(text, HOLDS, detail)
+    if worse.low > margin:
+        return Check(text, FAILS, detail)
+    need = worse.seeds_to_reach(abs(margin - worse.value))
+    detail += f"; {MORE_SEEDS}" + (
+        f" (about {need} paired seeds at the measured spread: a - b lies "
+        f"{fmt(abs(margin - worse.value))} from the margin)"
+        if need
+        else ""
     )
+    return Check(text, UNDETERMINED, detail, _hashes(ra, rb))
+
+
+def _best(curve: pd.DataFrame, metric: str, mode: str) -> pd.Series:
+    return curve.loc[curve[metric].idxmin() if mode == "min" else curve[metric].idxmax()]
+
+
+def _interior_optimum(rows: pd.DataFrame, metric: str, mode: str, finding: dict, text: str) -> Check:
+    axis = finding["axis"]
+    rows, _ = with_methods(rows)
+    parts, verdicts, wanting = [], [], []
+    for method, group in rows.groupby("method"):
+        curve = _along(group, axis, metric, mode)
+        if len(curve) < 3:
+            continue
+        best = _best(curve, metric, mode)
+        where = f"{method}: best at {axis} = {best[axis]:g} ({fmt(best[metric])})"
+        ends = (curve.iloc[0], curve.iloc[-1])
+        if best[axis] in (ends[0][axis], ends[1][axis]):
+            verdicts.append(UNDETERMINED)
+            parts.append(f"{where}, the grid's edge: extend the grid past {axis} = {best[axis]:g}")
+            continue
+        rises = [_worse(end, best, metric, mode) for end in ends]
+        if all(r.decided() == 1 for r in rises):
+            verdicts.append(HOLDS)
+            parts.append(where)
+        else:
+            verdicts.append(UNDETERMINED)
+            parts.append(f"{where}, an edge within its CI ({MORE_SEEDS})")
+            wanting += _hashes(best, *ends)
+    if not verdicts:
+        return Check(text, UNDETERMINED, f"needs 3 or more values of {axis}")
+    if all(v == HOLDS for v in verdicts):
+        return Check(text, HOLDS, "; ".join(parts))
+    return Check(text, UNDETERMINED, "; ".join(parts), tuple(dict.fromkeys(wanting)))
+
+
+def _gap_shrinks(rows: pd.DataFrame, metric: str, mode: str, finding: dict, text: str) -> Check:
+    axis, key, better = finding["axis"], finding["key"], finding["better"]
+    good = _along(select(rows, {key: better}), axis, metric, mode).set_index(axis)
+    other_rows = rows[[not same(v, better) for v in rows[key]]] if key in rows else rows[:0]
+    other = _along(other_rows, axis, metric, mode).set_index(axis)
+    shared = sorted(set(good.index) & set(other.index))
+    if len(shared) < 2:
+        return Check(text, UNDETERMINED, f"needs both values of {key} at 2 or more values of {axis}")
+    low, high = (_worse(other.loc[v], good.loc[v], metric, mode) for v in (shared[0], shared[-1]))
+    detail = f"advantage {low.text(fmt)} at {axis} = {shared[0]:g}, {high.text(fmt)} at {shared[-1]:g}"
+    shrink = low.minus(high)
+    exact_no = lambda d: d.low == d.high and d.value <= 0  # noqa: E731 (no CI: a tie decides)
+    if low.decided() == -1 or shrink.decided() == -1 or exact_no(low) or exact_no(shrink):
+        return Check(text, FAILS, detail)
+    if low.decided() == 1 and shrink.decided() == 1:
+        return Check(text, HOLDS, detail)
+    ends = [t.loc[v] for t in (good, other) for v in (shared[0], shared[-1])]
+    return Check(text, UNDETERMINED, f"{detail}; {MORE_SEEDS}", _hashes(*ends))
+
+
+def _along_axis(rows: pd.DataFrame, metric: str, mode: str, finding: dict, text: str) -> Check:
+    """improves_along: the last point better than the first; worsens_along: the last worse than
+    the best of the others. Either way decided only beyond the interval of the difference."""
+    axis = finding["axis"]
+    curve = _along(rows, axis, metric, mode)
+    if len(curve) < 2:
+        return Check(text, UNDETERMINED, f"needs 2 or more values of {axis}")
+    first, last = curve.iloc[0], curve.iloc[-1]
+    at = lambda row: f"{fmt(row[metric])} at {axis} = {row[axis]:g}"  # noqa: E731
+    if finding["kind"] == "improves_along":
+        compared = (first, last)
+        change = _worse(first, last, metric, mode)  # positive: the last is better
+        detail = f"{at(first)} -> {at(last)}"
+    else:
+        best = _best(curve.iloc[:-1], metric, mode)
+        compared = (last, best)
+        change = _worse(last, best, metric, mode)  # positive: the last is worse than the best
+        detail = f"best of the others {at(best)}; {at(last)}"
+    detail += f"; change {change.text(fmt)}"
+    verdict = {1: HOLDS, -1: FAILS, 0: UNDETERMINED}[change.decided()]
+    if verdict != UNDETERMINED:
+        return Check(text, verdict, detail)
+    return Check(text, verdict, f"{detail}; {MORE_SEEDS}", _hashes(*compared))
+
+
+_CHECKS = {
+    "at_least_as_good": _at_least_as_good,
+    "interior_optimum": _interior_optimum,
+    "gap_shrinks": _gap_shrinks,
+    "improves_along": _along_axis,
+    "worsens_along": _along_axis,
+}
 
 
 def nearest_value(table: pd.DataFrame, settings: dict[str, Any], metric: str) -> tuple[dict, float | None]:
     """Our best trial at the settings nearest the paper's (numeric keys: the nearest grid value;
-    others: equal), as (the settings used, the metric value)."""
+    others: equal), as (the settings used, the metric value); among the comparable rows only
+    (finite model rows of the main protocol key, ``reports.comparable``)."""
+    if metric not in table:
+        return {}, None
     mode = direction(table, metric)
-    rows = table[table[metric].notna()]
+    rows, _ = comparable(table, metric)
     used: dict[str, Any] = {}
     for key, value in settings.items():
         if key not in rows or rows.empty:
@@ -263,13 +235,15 @@ def nearest_value(table: pd.DataFrame, settings: dict[str, Any], metric: str) ->
             isinstance(value, int | float)
             and not isinstance(value, bool)
             and pd.api.types.is_numeric_dtype(column)
+            and column.notna().any()
         ):
-            target = column.iloc[(column - value).abs().argsort().iloc[0]]
+            grid = column.dropna()
+            target = grid.iloc[(grid - value).abs().argsort().iloc[0]]
             target = target.item() if hasattr(target, "item") else target  # numpy -> Python
         else:
             target = value
         used[key] = target
-        rows = rows[column.astype(str) == str(target)]
+        rows = select(rows, {key: target})
     if rows.empty:
         return used, None
     value = rows[metric].min() if mode == "min" else rows[metric].max()

@@ -113,18 +113,26 @@ def protocol_key(record: dict, metric: str) -> str | None:
     return protocol.get(PROTOCOL_KEY)
 
 
-def protocols_by_use(keys: Iterable[str | None]) -> list[str | None]:
-    """The distinct protocol keys, the one most values were measured under first (ties: in key
-    order; None, a value without a recorded protocol, last). The first is the study's main
-    protocol: what its best-per-method table ranks by and its figures draw; values of two keys
-    are never ranked or drawn together."""
-    counts = Counter(keys)
-    return sorted(counts, key=lambda k: (k is None, -counts[k], k or ""))
+def protocols_by_use(protocols: Iterable[dict | None]) -> list[str | None]:
+    """The distinct keys of a metric's protocols (one per value), the one most values were
+    measured under first; a tie goes to the larger ``num_samples``, then to the key's name; None
+    (a value without a recorded protocol) comes last. The first is the study's main protocol:
+    what its best-per-method table ranks by, its figures draw and its findings compare; values of
+    two keys are never ranked, drawn or compared together."""
+    counts: Counter = Counter()
+    samples: dict[str | None, float] = {}
+    for protocol in protocols:
+        protocol = protocol if isinstance(protocol, dict) else {}
+        key, n = protocol.get(PROTOCOL_KEY), protocol.get("num_samples")
+        counts[key] += 1
+        if _is_number(n) and math.isfinite(n):
+            samples[key] = max(samples.get(key, -math.inf), n)
+    return sorted(counts, key=lambda k: (k is None, -counts[k], -samples.get(k, -math.inf), k or ""))
 
 
 def metric_columns(records: list[dict], metric: str) -> list[MetricColumn]:
-    """The metric's columns: one per protocol key (most trials first), or one when all agree."""
-    order = protocols_by_use(protocol_key(r, metric) for r in records if metric in r["metrics"])
+    """The metric's columns: one per protocol key (the main protocol first), or one when all agree."""
+    order = protocols_by_use(r["protocols"].get(metric) for r in records if metric in r["metrics"])
     if len(order) <= 1:
         return [MetricColumn(metric, next(iter(order), None), split=False)]
     return [MetricColumn(metric, key, split=True) for key in order]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import UserError
+from reports.comparable import comparable, select
 from reports.figures import best_rows, direction
 from reports.findings import FAILS, HOLDS, UNDETERMINED, Check, Difference, check, difference
 from reports.markdown import atomic_write, markdown_table
@@ -47,6 +48,7 @@ class Gap:
     diff: Difference
     a: float
     b: float
+    mode: str = "min"  # the metric's direction: 'min' (lower is better) or 'max'
 
 
 def block_markers(block_id: str) -> tuple[str, str]:
@@ -62,22 +64,25 @@ def check_study(
 
 
 def gaps(table: pd.DataFrame, metric: str) -> list[Gap]:
-    """The a - b gap at each value of ``train.steps`` per combination of the gap groups present."""
-    if GAP_KEY not in table or STEPS not in table or table[STEPS].nunique() < 2:
+    """The a - b gap at each value of ``train.steps`` per combination of the gap groups present,
+    among the comparable rows (finite model rows of the main protocol key, ``reports.comparable``)."""
+    if GAP_KEY not in table or STEPS not in table or metric not in table or table[STEPS].nunique() < 2:
         return []
-    finished = table[(table["status"] == "finished") & table[metric].notna()] if "status" in table else table
+    finished = table[table["status"] == "finished"] if "status" in table else table
     mode = direction(finished, metric)
+    finished, _ = comparable(finished, metric)
     groups = [g for g in GAP_GROUPS if g in finished]
     out = []
     for key, rows in finished.groupby([*groups, STEPS], dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        a = best_rows(rows[rows[GAP_KEY].astype(str) == GAP_A], [GAP_KEY], metric, mode)
-        b = best_rows(rows[rows[GAP_KEY].astype(str) == GAP_B], [GAP_KEY], metric, mode)
+        a = best_rows(select(rows, {GAP_KEY: GAP_A}), [GAP_KEY], metric, mode)
+        b = best_rows(select(rows, {GAP_KEY: GAP_B}), [GAP_KEY], metric, mode)
         if a.empty or b.empty:
             continue
         ra, rb = a.iloc[0], b.iloc[0]
         group = tuple(zip(groups, key[:-1], strict=True))
-        out.append(Gap(group, int(key[-1]), difference(ra, rb, metric), float(ra[metric]), float(rb[metric])))
+        diff = difference(ra, rb, metric)
+        out.append(Gap(group, int(key[-1]), diff, float(ra[metric]), float(rb[metric]), mode))
     return sorted(out, key=lambda g: (tuple(map(str, g.group)), g.steps))
 
 
@@ -110,8 +115,8 @@ def gap_lines(found: list[Gap], metric: str) -> list[str]:
         [group_label(group)] + [_gap_cell(cells.get(s)) for s in steps] for group, cells in by_group.items()
     ]
     return [
-        f"ITM - ETM {metric} along training (negative: ITM better; best of each over the other",
-        "settings, paired over sample seeds):",
+        f"ITM - ETM {metric} along training (the better one named where the interval decides; best of",
+        "each over the other settings, paired over sample seeds):",
         "",
         *markdown_table(["", *(f"{s:,} steps" for s in steps)], rows),
         "",
@@ -143,10 +148,13 @@ def trend(found: list[Gap]) -> list[str]:
 
 
 def _gap_cell(g: Gap | None) -> str:
+    """``a - b ± half`` to 3 significant digits, and the winner when the interval decides it (in
+    the metric's direction: a negative gap is ITM better for FID, ETM better for precision)."""
     if g is None:
         return "—"
-    mark = {-1: " (ITM better)", 1: " (ETM better)", 0: ""}[g.diff.decided()]
-    return f"{g.diff.value:+.1f} ± {g.diff.half:.1f}{mark}"
+    sign = g.diff.decided() * (1 if g.mode == "min" else -1)  # +1: b (ETM) better
+    mark = {-1: " (ITM better)", 1: " (ETM better)", 0: ""}[sign]
+    return f"{g.diff.value:+.3g} ± {g.diff.half:.3g}{mark}"
 
 
 def draw_gap(found: list[Gap], metric: str, path: Path) -> Path | None:

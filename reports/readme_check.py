@@ -119,6 +119,12 @@ def measure(figure: Figure, records: list[dict], datasets: list[dict] | None, wh
             " add keys to select, or pick: min | max"
         )
     values = [read(record, figure, where) for record in found]
+    keys = sorted({str(r.get("protocols", {}).get(figure.metric, {}).get("key")) for r in found})
+    if len(keys) > 1:  # pick: min | max across protocols would compare numbers that do not compare
+        raise UserError(
+            f"{where}: the {len(found)} trials select {figure.select} matches differ in the"
+            f" {figure.metric} protocol key ({', '.join(keys)}): add keys to select so one protocol remains"
+        )
     chosen = (min if figure.pick == "min" else max)(values, key=lambda m: m.value)
     if figure.ci is not None and chosen.ci is None:
         raise UserError(f"{where}: the README quotes an interval; trial {chosen.trial[:10]} has none")

@@ -264,3 +264,25 @@ def test_the_spec_selects_by_config_keys_that_exist() -> None:
         for figure in block.figures.values():
             for key in [*figure.select, *figure.expect]:
                 check_key(key)
+
+
+def test_pick_refuses_trials_of_different_protocol_keys() -> None:
+    """pick: min over FID-100 and FID-1000 would compare numbers that do not compare."""
+    from reports.readme_check import measure
+    from reports.readme_numbers import Figure
+
+    records = [
+        {
+            "trial_hash": c * 16,
+            "status": "finished",
+            "config": {"s": i},
+            "metrics": {"fid": 10.0 * (i + 1)},
+            "intervals": {},
+            "protocols": {"fid": {"key": key}},
+        }
+        for i, (c, key) in enumerate([("a", "fid/N100"), ("b", "fid/N1000")])
+    ]
+    with pytest.raises(UserError, match="differ in the fid protocol key \\(fid/N100, fid/N1000\\)"):
+        measure(Figure(metric="fid", pick="min", quoted=20.0), records, None, "x")
+    records[1]["protocols"]["fid"]["key"] = "fid/N100"
+    assert measure(Figure(metric="fid", pick="min", quoted=20.0), records, None, "x").value == 10.0

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.errors import UserError
-from reports.paper_findings import check_study, gaps, rewrite_block, trend, write_findings
+from reports.paper_findings import check_study, gap_lines, gaps, rewrite_block, trend, write_findings
 
 SEEDS = [0, 1, 2]
 
@@ -55,7 +55,7 @@ def test_the_gap_is_paired_over_seeds_per_steps_and_group() -> None:
     assert first.paired and first.value == pytest.approx(10.0) and first.half == pytest.approx(0.0)
     assert first.decided() == 1  # ETM better beyond the paired interval (unpaired CIs would overlap)
     assert second.value == pytest.approx(0.0) and second.decided() == 0
-    assert "+10.0 ± 0.0 (ETM better) at 1,000 steps" in trend(found)[0]
+    assert "+10 ± 0 (ETM better) at 1,000 steps" in trend(found)[0]
 
 
 def test_no_gap_without_both_values_or_two_steps() -> None:
@@ -84,7 +84,7 @@ def test_findings_table_counts_verdicts_and_says_why_with_the_gap(tmp_path: Path
     text = path.read_text()
     assert "2 findings of the paper checked on our runs (0 holds, 1 does not hold, 1 undetermined)" in body
     assert "What training does to the ITM - ETM gap" in body and "cfg_scale 2" in body
-    assert "| size tiny, cfg_scale 1 | +10.0 ± 0.0 (ETM better) | +0.0 ± " in body
+    assert "| size tiny, cfg_scale 1 | +10 ± 0 (ETM better) | +0 ± " in body
     assert (tmp_path / "out" / "gap.png").stat().st_size > 0 and "gap.png" in text and "gap.png" not in body
 
 
@@ -125,3 +125,46 @@ def test_a_gap_curve_needs_no_group_column() -> None:
     found = gaps(table, "fid")
     assert [(g.group, g.steps) for g in found] == [((), 1000), ((), 4000)]
     assert found[0].diff.value == pytest.approx(10.0)
+
+
+def _precision(timestep: str, steps: int, value: float, key: str = "precision/N1000") -> dict:
+    protocol = {"precision": {"direction": "max", "key": key, "num_samples": 1000}}
+    row = {"status": "finished", "nfe": 16.0, "model.timestep": timestep, "train.steps": steps}
+    return {
+        **row,
+        "precision": value,
+        "precision_ci_low": value - 0.001,
+        "precision_ci_high": value + 0.001,
+        "protocol": protocol,
+    }
+
+
+def test_the_gap_names_the_winner_by_the_metrics_direction_in_three_digits() -> None:
+    """Precision: ITM 0.5 vs ETM 0.7 is ETM better; a gap of -0.02 is not printed as -0.0 ± 0.0."""
+    rows = [_precision("implicit", 100, 0.50), _precision("explicit", 100, 0.70)]
+    rows += [_precision("implicit", 1000, 0.60), _precision("explicit", 1000, 0.62)]
+    text = "\n".join(gap_lines(gaps(pd.DataFrame(rows), "precision"), "precision"))
+    assert "| all | -0.2 ± 0.00141 (ETM better) | -0.02 ± 0.00141 (ETM better) |" in text
+
+
+def test_the_gap_compares_rows_of_the_main_protocol_key_only() -> None:
+    rows = [_precision("implicit", 100, 0.50), _precision("explicit", 100, 0.70)]
+    rows += [_precision("implicit", 1000, 0.60), _precision("explicit", 1000, 0.62)]
+    rows.append(_precision("implicit", 1000, 0.99, key="precision/N100"))  # another protocol
+    found = gaps(pd.DataFrame(rows), "precision")
+    assert [(g.steps, g.a, g.b) for g in found] == [(100, 0.5, 0.7), (1000, 0.6, 0.62)]
+
+
+def test_a_study_whose_every_trial_failed_has_no_gap_and_undetermined_findings() -> None:
+    table = pd.DataFrame(
+        [
+            {"status": "failed", "model.timestep": "implicit", "train.steps": s, "protocol": {}}
+            for s in (100, 1000)
+        ]
+    )
+    assert gaps(table, "fid") == []
+    reference = {"findings": [{"kind": "improves_along", "axis": "train.steps"}]}
+    studied = check_study("s", "r", table, "fid", reference)
+    assert [c.verdict for c in studied.checks] == [
+        "undetermined"
+    ] and "no trial measured fid" in studied.checks[0].detail
