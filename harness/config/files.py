@@ -50,15 +50,29 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_document(node)
 
 
+def _named(path: Path) -> str:
+    """The path quoted, whole up to 500 characters (a longer one, no real file's, is cut)."""
+    text = str(path)
+    return repr(text if len(text) <= 500 else f"{text[:300]}...{text[-100:]}")
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from a file, safely: its size and its expanded tree bounded, UTF-8 only."""
-    if not path.is_file():
-        raise ConfigError(f"file {str(path)!r} does not exist")
-    size = path.stat().st_size
+    try:
+        exists, size = path.is_file(), None
+        if exists:
+            size = path.stat().st_size
+            if size <= MAX_FILE_BYTES:
+                raw = path.read_bytes()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte in it, no permission
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"file {_named(path)} cannot be read: {reason}") from None
+    if not exists:
+        raise ConfigError(f"file {_named(path)} does not exist")
     if size > MAX_FILE_BYTES:
         raise ConfigError(f"{path}: {size:,} bytes; a study or base file is at most {MAX_FILE_BYTES:,}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     try:
@@ -101,13 +115,18 @@ def read_reference(folder: Path, ref: str) -> dict[str, Any]:
 def read_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A base config; one that names its own ``base`` (relative to itself) is deep-merged over it,
     so a family of studies can share a partial base (``search_spaces/paper/mini/base.yaml``)."""
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (OSError, ValueError) as err:  # a NUL byte in the name, a loop of links
+        raise ConfigError(f"base file {_named(path)} cannot be read: {err}") from None
     if path in seen:
         raise ConfigError(f"base files form a cycle: {' -> '.join(map(str, (*seen, path)))}")
     data = read_yaml(path)
     parent = data.pop("base", None)
     if parent is None:
         return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: base is {short(parent)}; expected the path of a base file, as text")
     return _deep_merge(read_base(path.parent / parent, (*seen, path)), data)
 
 

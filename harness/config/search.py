@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from harness.config.section import StrictModel
 from harness.config.trial import ConfigError
 from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
@@ -14,7 +15,7 @@ from harness.evaluation import METRICS
 STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class ExtendRule(BaseModel):
+class ExtendRule(StrictModel):
     """How ``run_study.py extend`` grows a numeric grid axis past an edge optimum: by ``step``
     (added) or ``factor`` (multiplied), never below ``min`` or above ``max`` (the stated bound;
     a direction without one is not extended)."""
@@ -95,3 +96,33 @@ def check_objectives(
         )
     if scheduler != "fifo":
         raise ConfigError(f"scheduler {scheduler!r} stops trials on one metric; search.objectives needs fifo")
+
+
+SECTIONS = ("data", "model", "train", "sampler", "eval")
+
+
+def check_settable(spec: Any) -> None:
+    """Keys a study may not set where it sets trial keys, each of which would be ignored or do
+    something else than it reads: ``seed`` (the study's ``seeds`` list sets it, last), ``recipe``
+    outside a variant (it would relabel the trial and change nothing), and a whole section as a
+    mapping (``train: {steps: 20}`` replaces every other train setting of the base)."""
+    layers = {"overrides": spec.overrides, "space": spec.space}
+    layers.update({f"variants.{name}": pins for name, pins in spec.variants.items()})
+    layers.update({f"refine[{i}].overrides": r.overrides for i, r in enumerate(spec.refine)})
+    for where, layer in layers.items():
+        for key, value in layer.items():
+            if key == "seed":
+                raise ConfigError(
+                    f"{where}.seed: the trials' seeds are the study's seeds list; set seeds: [...]"
+                )
+            if key == "recipe" and not where.startswith("variants."):
+                raise ConfigError(
+                    f"{where}.recipe: a recipe is a variant's (variants: {{name: {{recipe: maskgit}}}});"
+                    " here it would only relabel the trials"
+                )
+            if key in SECTIONS and isinstance(value, dict):
+                first = next(iter(value), "steps")
+                raise ConfigError(
+                    f"{where}.{key}: a mapping would replace the whole {key} section of the base; set its"
+                    f" keys one by one ({key}.{str(first)[:40]}: ...)"
+                )

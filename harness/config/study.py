@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.config.files import read_base, read_reference, read_yaml
 from harness.config.recipes import RECIPES
-from harness.config.search import ExtendRule, check_extend, check_objectives, direction_of
+from harness.config.search import ExtendRule, check_extend, check_objectives, check_settable, direction_of
+from harness.config.section import StrictModel
 from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, get_dotted, set_dotted
 from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
@@ -41,30 +42,33 @@ from harness.evaluation import METRICS
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 # A study name is a folder under the runs root: a plain name, never a path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# What else a runs root holds: a study of one of these names would take its place.
+RESERVED_NAMES = ("checkpoints", "mlartifacts", "mlflow.db", "mlflow.db.lock", "quarantine")
 STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class SearchSpec(BaseModel):
+class SearchSpec(StrictModel):
     model_config = STRICT
     algorithm: Literal["grid", "random", "optuna"] = "grid"
     num_trials: int = Field(default=8, ge=1, le=10**9)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # what Optuna's and numpy's generators take
     # The most trials a study may plan (grid cells x variants x seeds, or num_trials): a typo
-    # such as num_trials: 1e9 is refused with its count instead of running validation for hours.
-    max_trials: int = Field(default=5000, ge=1)
+    # such as num_trials: 1e9 is refused with its count instead of running validation for hours;
+    # raising it has a ceiling too (a million trials is no study one driver plans).
+    max_trials: int = Field(default=5000, ge=1, le=1_000_000)
     # Optuna's multi-objective TPE over these metrics (e.g. [fid, seconds_per_sample]): it looks
     # for the quality / cost Pareto front; the study's metric, one of them, ranks the report.
     objectives: list[str] = Field(default_factory=list)
 
 
-class SchedulerSpec(BaseModel):
+class SchedulerSpec(StrictModel):
     model_config = STRICT
     name: Literal["fifo", "asha"] = "fifo"
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1)
 
 
-class Resources(BaseModel):
+class Resources(StrictModel):
     """Per trial; with ``workers`` > 1 each training runs data parallel on that many Ray Train
     workers of ``cpu`` and ``gpu`` each (harness.ray.distributed), the same steps as one process."""
 
@@ -74,7 +78,7 @@ class Resources(BaseModel):
     workers: int = Field(default=1, ge=1, le=4096)
 
 
-class Refinement(BaseModel):
+class Refinement(StrictModel):
     """Overrides for the cells whose resolved config matches ``where`` (e.g. more sample seeds for
     the two trials a finding compares; ``run_study.py extend --seeds`` writes these)."""
 
@@ -86,7 +90,7 @@ class Refinement(BaseModel):
         return all(get_dotted(config, key) == value for key, value in self.where.items())
 
 
-class StudySpec(BaseModel):
+class StudySpec(StrictModel):
     """A validated study file."""
 
     model_config = STRICT
@@ -110,6 +114,15 @@ class StudySpec(BaseModel):
     compare_front: str | None = Field(default=None, pattern=NAME_PATTERN)  # its front in the report
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
     reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_NAMES:
+            raise ValueError(
+                f"{name!r} is a name the runs root keeps for itself; expected none of {RESERVED_NAMES}"
+            )
+        return name
 
 
 def _field_hint(loc: tuple) -> str:
@@ -235,10 +248,10 @@ def resolve(spec: StudySpec, assignment: dict[str, Any], variant: str | None, se
     pins = dict(spec.variants.get(variant, {})) if variant else {}
     recipe = pins.pop("recipe", None)
     if recipe is not None:  # under the study's overrides and space: a sweep still sweeps the recipe
-        if recipe not in RECIPES:
+        if not isinstance(recipe, str) or recipe not in RECIPES:
             raise ConfigError(
-                f"variants.{variant}.recipe: unknown {recipe!r}; expected one of {sorted(RECIPES)}"
-                f"{did_you_mean(recipe, RECIPES)}"
+                f"variants.{variant}.recipe: unknown {short(recipe)}; expected one of {sorted(RECIPES)}"
+                f"{did_you_mean(recipe, RECIPES) if isinstance(recipe, str) else ''}"
             )
         for key, value in RECIPES[recipe].overrides.items():
             set_dotted(d, key, value)
@@ -285,6 +298,7 @@ def validate_study(spec: StudySpec) -> None:
         *(k for r in spec.refine for k in [*r.where, *r.overrides] if k != "recipe"),
     ]:
         check_key(key)
+    check_settable(spec)
     if spec.search.algorithm == "grid":
         bad = [k for k, v in spec.space.items() if _axis_values(k, v)[0] not in ("grid", "choice")]
         if bad:

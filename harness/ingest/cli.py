@@ -57,8 +57,8 @@ def tokenizer_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     size = args.image_size
     if args.pixel_levels is not None:
-        if args.pixel_levels < 2:
-            raise UserError(f"--pixel-levels: {args.pixel_levels}; expected >= 2")
+        if not 2 <= args.pixel_levels <= 256:  # grey levels of 8-bit images
+            raise UserError(f"--pixel-levels: {args.pixel_levels}; expected 2 to 256 (levels of 8-bit grey)")
         spec: dict[str, Any] = {"kind": "pixel", "levels": args.pixel_levels, "image_size": size}
     else:
         path = args.tokenizer.resolve()

@@ -148,6 +148,12 @@ CASES: list[Case] = [
     Case("evaluate-no-weights", INCEPTION, ("weights",), {"samples/samples.npz": DIGITS_SAMPLES}),
     # ---- tokenize ----
     Case("tokenize-missing-folder", TOKENIZE, ("@TMP@/images",)),
+    Case(
+        "tokenize-pixel-levels-beyond-8-bit",
+        ("tokenize", "@TMP@/images", "@TMP@/out", "--pixel-levels", "100000000000", "--no-progress"),
+        ("--pixel-levels", "100000000000"),
+        {"images": images()},
+    ),
     Case("tokenize-empty-folder", TOKENIZE, ("@TMP@/images",), {"images": empty_folder}),
     Case(
         "tokenize-out-is-a-file",
