@@ -84,7 +84,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-FINDING_KINDS = ("at_least_as_good", "interior_optimum", "gap_shrinks", "improves_along", "worsens_along")
+# Each kind of finding and the fields it reads (reports.findings).
+FINDING_FIELDS = {
+    "at_least_as_good": ("key", "a", "b"),
+    "interior_optimum": ("axis",),
+    "gap_shrinks": ("axis", "key", "better"),
+    "improves_along": ("axis",),
+    "worsens_along": ("axis",),
+}
+FINDING_KINDS = tuple(FINDING_FIELDS)
 
 
 def read_reference(folder: Path, ref: str) -> dict[str, Any]:
@@ -92,8 +100,11 @@ def read_reference(folder: Path, ref: str) -> dict[str, Any]:
     file, _, entry = ref.partition("#")
     data = read_yaml(folder / file)
     if entry not in data:
+        entries = [e[:60] for e in sorted(map(str, data))]
+        listed = entries if len(entries) <= 20 else [*entries[:20], f"... {len(entries) - 20} more"]
         raise ConfigError(
-            f"paper_reference {ref!r}: no entry {entry!r} in {file}; expected one of {sorted(map(str, data))}"
+            f"paper_reference {short(ref)}: no entry {short(entry)} in {short(file)};"
+            f" expected one of {listed}"
         )
     reference = data[entry]
     if not isinstance(reference, dict):
@@ -106,8 +117,15 @@ def read_reference(folder: Path, ref: str) -> dict[str, Any]:
             raise ConfigError(f"paper_reference {ref!r}: a finding: expected a mapping; got {short(finding)}")
         if finding.get("kind") not in FINDING_KINDS:
             raise ConfigError(
-                f"paper_reference {ref!r}: finding kind {finding.get('kind')!r};"
+                f"paper_reference {ref!r}: finding kind {short(finding.get('kind'))};"
                 f" expected one of {FINDING_KINDS}"
+            )
+        missing = [f for f in FINDING_FIELDS[finding["kind"]] if f not in finding]
+        if missing or not isinstance(finding.get("where", {}), dict):
+            what = f"lacks {missing}" if missing else f"where is {short(finding['where'])}, not a mapping"
+            raise ConfigError(
+                f"paper_reference {ref!r}: a {finding['kind']} finding {what}; expected its fields"
+                f" {list(FINDING_FIELDS[finding['kind']])} (and optionally where: {{key: value}})"
             )
     return reference
 

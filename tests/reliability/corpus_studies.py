@@ -216,6 +216,20 @@ STUDY_CASES: list[Case] = [
         files={"ref.yaml": "entry: {findings: [{kind: best}]}\n"},
     ),
     validate(
+        "paper-reference-finding-without-its-axis",
+        study() + REFERENCE,
+        "interior_optimum",
+        "['axis']",
+        files={"ref.yaml": "entry: {findings: [{kind: interior_optimum}]}\n"},
+    ),
+    validate(
+        "paper-reference-finding-without-its-sides",
+        study() + REFERENCE,
+        "at_least_as_good",
+        "['key', 'a', 'b']",
+        files={"ref.yaml": "entry: {findings: [{kind: at_least_as_good}]}\n"},
+    ),
+    validate(
         "paper-reference-entry-a-number",
         study() + REFERENCE,
         "paper_reference",
