@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-from harness.errors import did_you_mean
+from harness.errors import did_you_mean, short
 
 
 def known(name: str, registry, field: str) -> str:
@@ -18,7 +18,8 @@ def known(name: str, registry, field: str) -> str:
     and the choices."""
     if name not in registry:
         choices = sorted(registry)
-        raise ValueError(f"unknown {field} {name!r}; expected one of {choices}{did_you_mean(name, choices)}")
+        hint = did_you_mean(name, choices) if isinstance(name, str) and len(name) <= 200 else ""
+        raise ValueError(f"unknown {field} {short(name)}; expected one of {choices}{hint}")
     return name
 
 

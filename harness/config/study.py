@@ -133,6 +133,8 @@ def _field_hint(loc: tuple) -> str:
         if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
             return ""
         model = info.annotation
+    if len(str(loc[-1])) > 200:  # a typo is short; a huge key gets no suggestion
+        return ""
     return did_you_mean(loc[-1], [f for f in model.model_fields if f != "base_config"])
 
 
@@ -144,7 +146,7 @@ def load_study(path: str | Path) -> StudySpec:
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
         lines = [
-            f"  {'.'.join(map(str, e['loc']))} = {short(e.get('input'))}: {e['msg']}"
+            f"  {'.'.join(str(part)[:100] for part in e['loc'])} = {short(e.get('input'))}: {e['msg'][:300]}"
             + (_field_hint(e["loc"]) if e["type"] == "extra_forbidden" else "")
             for e in err.errors()
         ]
@@ -167,14 +169,18 @@ def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
         ((kind, params),) = value.items()
         if kind not in DISTRIBUTIONS:
             raise ConfigError(
-                f"space.{key}: unknown distribution {kind!r}; expected one of {list(DISTRIBUTIONS)}"
+                f"space.{str(key)[:100]}: unknown distribution {short(kind)};"
+                f" expected one of {list(DISTRIBUTIONS)}"
             )
         if not isinstance(params, list) or not params:
-            raise ConfigError(f"space.{key}.{kind}: expected a non-empty list, got {params!r}")
+            raise ConfigError(
+                f"space.{str(key)[:100]}.{kind}: expected a non-empty list, got {short(params)}"
+            )
         if kind in ("uniform", "loguniform", "randint"):
             _check_bounds(f"space.{key}.{kind}", kind, params)
         return kind, params
-    raise ConfigError(f"space.{key}: expected a list (grid) or one of {list(DISTRIBUTIONS)}, got {value!r}")
+    expected = f"a list (grid) or one of {list(DISTRIBUTIONS)}"
+    raise ConfigError(f"space.{str(key)[:100]}: expected {expected}, got {short(value)}")
 
 
 def _check_bounds(where: str, kind: str, params: list[Any]) -> None:

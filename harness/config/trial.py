@@ -316,7 +316,8 @@ def check_key(key: str) -> None:
     keys = valid_keys()
     if key in keys or key.startswith(("data.options.", "train.scheduler_params.", "model.text.")):
         return
-    raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys, cutoff=0.5)}")
+    hint = did_you_mean(key, keys, cutoff=0.5) if len(key) <= 200 else ""  # a typo is short
+    raise ConfigError(f"unknown config key {short(key)}{hint}")
 
 
 def get_dotted(d: dict[str, Any], key: str) -> Any:

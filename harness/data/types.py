@@ -137,8 +137,9 @@ class Dataset:
             for key in options:
                 if key not in known:
                     raise UserError(
-                        f"data.options.{key}: not an option of dataset {self.name!r}; expected some of "
-                        f"{known}{did_you_mean(key, known)}"
+                        f"data.options.{str(key)[:100]}: not an option of dataset {self.name!r};"
+                        " expected some"
+                        f" of {known}{did_you_mean(key, known) if len(str(key)) <= 200 else ''}"
                     )
             fields = self._options.model_fields
             missing = [key for key, info in fields.items() if info.is_required() and key not in options]

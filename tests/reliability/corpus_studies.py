@@ -328,6 +328,12 @@ STUDY_CASES: list[Case] = [
     validate("base-of-a-base-not-text", "", "base.yaml", "base is 5", files=two_levels("base: 5\n")),
     validate("base-name-too-long", study(base="b" * 5000), "cannot be read"),
     validate("base-with-a-nul-byte", study(base="a\x00b.yaml"), "cannot be read"),
+    # ---- unbounded input is never echoed (a key or a value of 200,000 characters) ----
+    override("override-key-of-200k-characters", {"k" * 200_000: 1}, "unknown config key"),
+    validate("study-key-of-200k-characters", study(**{"k" * 200_000: 1}), "Extra inputs"),
+    validate("space-value-of-200k-characters", study(space={"sampler.temperature": "k" * 200_000}), "space"),
+    override("sampler-name-of-200k-characters", {"sampler.name": "k" * 200_000}, "unknown sampler"),
+    override("data-option-of-200k-characters", {"data.options": {"k" * 200_000: 1}}, "data.options.kkk"),
     # ---- resources beyond the machine (refused before MLflow or Ray start) ----
     Case(
         "run-cpu-10000",

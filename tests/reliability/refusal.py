@@ -29,6 +29,7 @@ SUBPROCESS_TIME_LIMIT = 120.0  # seconds: starting the CLI (torch, Ray, MLflow) 
 MEMORY_LIMIT = 6 << 30  # bytes of address space for a subprocess case: torch imports in ~3 GB
 TAG_ENV = "UNMASK_BAD_INPUT_CASE"  # marks every process a subprocess case starts
 CLEARED_ENV = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")  # a case must not reach a real store or cluster
+MAX_MESSAGE = 4000  # characters: a refusal names the culprit, it never echoes an unbounded input
 if str(REPO) not in sys.path:  # run_study.py is a script at the root, not a package module
     sys.path.insert(0, str(REPO))
 
@@ -202,6 +203,8 @@ def problems(case: Case, outcome: Outcome, tmp: Path, before: dict[str, tuple[in
         found.append("a traceback on stderr")
     if "error:" not in outcome.stderr:
         found.append("no 'error:' on stderr")
+    if len(outcome.stderr) > MAX_MESSAGE:
+        found.append(f"{len(outcome.stderr):,} characters on stderr: the message echoes its input")
     expect = [substitute(word, tmp) for word in case.expect]
     found += [f"stderr does not name {word!r}" for word in expect if word not in outcome.stderr]
     if (tmp / "runs").exists():
