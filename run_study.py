@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import errno
 import gc
+import math
 import os
 import sys
 import threading
@@ -42,6 +43,14 @@ from cli import EXIT_LOCKED, EXIT_TRIALS_FAILED, EXIT_UNWRITABLE  # noqa: F401 (
 
 DEFAULT_RUNS = Path("runs")
 QUICKSTART = Path(__file__).resolve().parent / "search_spaces" / "quickstart.yaml"
+
+
+def _positive_number(text: str) -> float:
+    """A finite number above 0 (argparse reports anything else as a usage error, exit 2)."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number above 0")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
             )
             p.add_argument(
                 "--gpu-tflops",
-                type=float,
+                type=_positive_number,
                 default=150.0,
                 help="sustained TFLOP/s per GPU for the GPU-hour estimate of GPU studies (default 150:"
                 " bf16 on an H100-class GPU at ~15-20%% of peak; measure yours)",

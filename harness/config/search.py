@@ -3,6 +3,7 @@ extend`` grows a numeric axis past an edge optimum) and multi-objective ``search
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -11,6 +12,8 @@ from harness.config.section import StrictModel
 from harness.config.trial import ConfigError
 from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -126,3 +129,43 @@ def check_settable(spec: Any) -> None:
                     f"{where}.{key}: a mapping would replace the whole {key} section of the base; set its"
                     f" keys one by one ({key}.{str(first)[:40]}: ...)"
                 )
+
+
+def axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
+    """(distribution, parameters) of one space entry; a bare list is a grid. A distribution's
+    bounds are numbers with low < high (randint: integers; loguniform: both positive)."""
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"space.{key}: an empty grid; expected at least one value")
+        return "grid", value
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, params),) = value.items()
+        if kind not in DISTRIBUTIONS:
+            raise ConfigError(
+                f"space.{str(key)[:100]}: unknown distribution {short(kind)};"
+                f" expected one of {list(DISTRIBUTIONS)}"
+            )
+        if not isinstance(params, list) or not params:
+            raise ConfigError(
+                f"space.{str(key)[:100]}.{kind}: expected a non-empty list, got {short(params)}"
+            )
+        if kind in ("uniform", "loguniform", "randint"):
+            check_bounds(f"space.{key}.{kind}", kind, params)
+        return kind, params
+    expected = f"a list (grid) or one of {list(DISTRIBUTIONS)}"
+    raise ConfigError(f"space.{str(key)[:100]}: expected {expected}, got {short(value)}")
+
+
+def check_bounds(where: str, kind: str, params: list[Any]) -> None:
+    numbers = len(params) == 2 and all(
+        isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p) for p in params
+    )
+    if not numbers:
+        raise ConfigError(f"{where}: expected [low, high], two finite numbers; got {short(params)}")
+    low, high = params
+    if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
+        raise ConfigError(f"{where}: expected two integers [low, high); got {short(params)}")
+    if not low < high:
+        raise ConfigError(f"{where}: expected low < high; got {short(params)}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: expected 0 < low < high (a log scale); got {short(params)}")

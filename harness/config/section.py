@@ -29,6 +29,8 @@ def _kinds(annotation: Any) -> set[type]:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         return {k for arg in typing.get_args(annotation) for k in _kinds(arg)}
+    if origin is typing.Annotated:
+        return _kinds(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return {type(choice) for choice in typing.get_args(annotation)}
     if origin in (list, tuple, set, frozenset):

@@ -33,13 +33,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.config.files import read_base, read_reference, read_yaml
 from harness.config.recipes import RECIPES
-from harness.config.search import ExtendRule, check_extend, check_objectives, check_settable, direction_of
+from harness.config.search import DISTRIBUTIONS as DISTRIBUTIONS  # re-exported: where studies are read
+from harness.config.search import (
+    ExtendRule,
+    axis_values,
+    check_extend,
+    check_objectives,
+    check_settable,
+    direction_of,
+)
 from harness.config.section import StrictModel
-from harness.config.trial import ConfigError, TrialConfig, build_trial, check_key, get_dotted, set_dotted
+from harness.config.trial import (
+    ConfigError,
+    Seed,
+    TrialConfig,
+    build_trial,
+    check_key,
+    distinct_seeds,
+    get_dotted,
+    set_dotted,
+)
 from harness.errors import did_you_mean, short
 from harness.evaluation import METRICS
 
-DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 # A study name is a folder under the runs root: a plain name, never a path.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 # What else a runs root holds: a study of one of these names would take its place.
@@ -104,7 +120,7 @@ class StudySpec(StrictModel):
     mode: Literal["min", "max"] | None = None
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
     resources: Resources = Field(default_factory=Resources)
     concurrency: int = Field(default=2, ge=1, le=100_000)
     max_failures: int = Field(default=1, ge=0)
@@ -114,6 +130,8 @@ class StudySpec(StrictModel):
     compare_front: str | None = Field(default=None, pattern=NAME_PATTERN)  # its front in the report
     base_config: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
     reference_data: dict[str, Any] = Field(default_factory=dict)  # filled in by load_study
+
+    _seeds = field_validator("seeds")(distinct_seeds)
 
     @field_validator("name")
     @classmethod
@@ -158,46 +176,6 @@ def load_study(path: str | Path) -> StudySpec:
     return spec
 
 
-def _axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
-    """(distribution, parameters) of one space entry; a bare list is a grid. A distribution's
-    bounds are numbers with low < high (randint: integers; loguniform: both positive)."""
-    if isinstance(value, list):
-        if not value:
-            raise ConfigError(f"space.{key}: an empty grid; expected at least one value")
-        return "grid", value
-    if isinstance(value, dict) and len(value) == 1:
-        ((kind, params),) = value.items()
-        if kind not in DISTRIBUTIONS:
-            raise ConfigError(
-                f"space.{str(key)[:100]}: unknown distribution {short(kind)};"
-                f" expected one of {list(DISTRIBUTIONS)}"
-            )
-        if not isinstance(params, list) or not params:
-            raise ConfigError(
-                f"space.{str(key)[:100]}.{kind}: expected a non-empty list, got {short(params)}"
-            )
-        if kind in ("uniform", "loguniform", "randint"):
-            _check_bounds(f"space.{key}.{kind}", kind, params)
-        return kind, params
-    expected = f"a list (grid) or one of {list(DISTRIBUTIONS)}"
-    raise ConfigError(f"space.{str(key)[:100]}: expected {expected}, got {short(value)}")
-
-
-def _check_bounds(where: str, kind: str, params: list[Any]) -> None:
-    numbers = len(params) == 2 and all(
-        isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p) for p in params
-    )
-    if not numbers:
-        raise ConfigError(f"{where}: expected [low, high], two finite numbers; got {short(params)}")
-    low, high = params
-    if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
-        raise ConfigError(f"{where}: expected two integers [low, high); got {short(params)}")
-    if not low < high:
-        raise ConfigError(f"{where}: expected low < high; got {short(params)}")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{where}: expected 0 < low < high (a log scale); got {short(params)}")
-
-
 @dataclass(frozen=True)
 class Axis:
     """One axis of a study's space: a grid / choice of values or a distribution over [low, high)
@@ -210,7 +188,7 @@ class Axis:
 
     @classmethod
     def of(cls, key: str, value: Any) -> Axis:
-        return cls(key, *_axis_values(key, value))
+        return cls(key, *axis_values(key, value))
 
     def probe_values(self) -> list[Any]:
         """Values that stand for the axis when validating types."""
@@ -306,7 +284,7 @@ def validate_study(spec: StudySpec) -> None:
         check_key(key)
     check_settable(spec)
     if spec.search.algorithm == "grid":
-        bad = [k for k, v in spec.space.items() if _axis_values(k, v)[0] not in ("grid", "choice")]
+        bad = [k for k, v in spec.space.items() if axis_values(k, v)[0] not in ("grid", "choice")]
         if bad:
             raise ConfigError(
                 f"search.algorithm grid needs grid/choice axes; {bad} are continuous: use random or optuna"
@@ -371,7 +349,7 @@ def objective_modes(spec: StudySpec) -> list[str]:
 def expand_grid(spec: StudySpec) -> list[TrialConfig]:
     """Every trial of a grid study: variants x space grid x seeds, duplicates removed."""
     keys = list(spec.space)
-    axes = [_axis_values(k, spec.space[k])[1] for k in keys]
+    axes = [axis_values(k, spec.space[k])[1] for k in keys]
     trials: dict[str, TrialConfig] = {}
     for variant in list(spec.variants) or [None]:
         for values in itertools.product(*axes):

@@ -165,22 +165,44 @@ class ExtraProtocol(Section):
         return f"{self.extractor}/{metric}"
 
 
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what torch's, numpy's and Optuna's generators all take
+
+
+def distinct_seeds(seeds: list[int]) -> list[int]:
+    """Seeds named twice would count one draw twice (an interval narrower than the data allow)."""
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"{short(twice)} named more than once; expected distinct seeds")
+    return seeds
+
+
 class EvalSection(Section):
     num_samples: int = Field(default=500, ge=2, le=1_000_000)  # per sample seed
     batch_size: int = Field(default=250, ge=1, le=2**20)
     metrics: list[str] = Field(default_factory=lambda: ["fid", "kid_mean", "precision", "recall", "is_mean"])
     extractor: str | None = None
-    sample_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
+    sample_seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=1000)
     extra_protocols: list[ExtraProtocol] = Field(default_factory=list)
 
     _metrics = field_validator("metrics")(_known_metrics)
     _extractor = field_validator("extractor")(_known_extractor)
+    _seeds = field_validator("sample_seeds")(distinct_seeds)
+
+    @model_validator(mode="after")
+    def _extra_counts(self) -> EvalSection:
+        for i, extra in enumerate(self.extra_protocols):
+            if extra.num_samples is not None and extra.num_samples > self.num_samples:
+                raise ValueError(
+                    f"extra_protocols.{i}.num_samples = {extra.num_samples} is more than eval.num_samples ="
+                    f" {self.num_samples}: an extra protocol scores the first samples of each seed"
+                )
+        return self
 
 
 class TrialConfig(Section):
     """One trial, resolved: every field has a value."""
 
-    seed: int = 0
+    seed: Seed = 0
     recipe: str | None = None  # the named recipe (harness.config.recipes) the trial was built from; a label
     data: DataConfig = Field(default_factory=DataConfig)
 

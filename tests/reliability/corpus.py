@@ -45,6 +45,8 @@ CASES: list[Case] = [
     Case("unknown-command", ("vaildate", STUDY), ("'vaildate'",)),
     Case("no-command", (), ("command",)),
     Case("gpu-tflops-not-a-number", ("run", STUDY, "--gpu-tflops", "abc", *RUNS), ("--gpu-tflops", "'abc'")),
+    Case("gpu-tflops-nan", ("run", STUDY, "--gpu-tflops", "nan", *RUNS), ("--gpu-tflops", "'nan'")),
+    Case("gpu-tflops-negative", ("run", STUDY, "--gpu-tflops", "-5", *RUNS), ("--gpu-tflops", "'-5'")),
     Case("dry-run-missing-study", ("run", "@TMP@/nowhere.yaml", "--dry-run", *RUNS), ("nowhere.yaml",)),
     Case("resume-unknown-study", ("resume", "never-ran", *RUNS), ("never-ran",)),
     Case("report-unknown-study", ("report", "never-ran", *RUNS), ("never-ran",)),

@@ -328,6 +328,16 @@ STUDY_CASES: list[Case] = [
     validate("base-of-a-base-not-text", "", "base.yaml", "base is 5", files=two_levels("base: 5\n")),
     validate("base-name-too-long", study(base="b" * 5000), "cannot be read"),
     validate("base-with-a-nul-byte", study(base="a\x00b.yaml"), "cannot be read"),
+    override("sample-seeds-twice", {"eval.sample_seeds": [0, 0, 0]}, "sample_seeds", "more than once"),
+    validate("seeds-twice", study(seeds=[1, 2, 1]), "seeds", "more than once"),
+    validate("seeds-beyond-64-bits", study(seeds=[2**64]), "seeds"),
+    override("sample-seed-negative", {"eval.sample_seeds": [-1]}, "sample_seeds"),
+    override(
+        "extra-protocol-more-samples-than-drawn",
+        {"eval.num_samples": 50, "eval.extra_protocols": [{"extractor": "digits-cnn", "num_samples": 100}]},
+        "extra_protocols.0.num_samples",
+        "100",
+    ),
     # ---- unbounded input is never echoed (a key or a value of 200,000 characters) ----
     override("override-key-of-200k-characters", {"k" * 200_000: 1}, "unknown config key"),
     validate("study-key-of-200k-characters", study(**{"k" * 200_000: 1}), "Extra inputs"),
