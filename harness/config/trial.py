@@ -75,6 +75,12 @@ class ModelSection(Section):
     @classmethod
     def _text(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
+            try:  # types and bounds first: TextConfig's own checks assume them
+                TextSection.model_validate(v)
+            except ValidationError as err:
+                e = err.errors()[0]
+                where = ".".join(str(part)[:100] for part in e["loc"])
+                raise ValueError(f"model.text.{where} = {short(e.get('input'))}: {e['msg']}") from None
             text = TextConfig.from_dict(v)  # unknown keys and bad values fail here, naming them
             if text.path is not None and not Path(text.path).expanduser().is_dir():
                 raise ValueError(f"model.text.path: {text.path!r} is not a folder (a local CLIP text model)")
@@ -101,6 +107,11 @@ def section_from_dataclass(
         )
         fields[f.name] = (Annotated[hints[f.name], constraints.get(f.name, Field())], default)
     return create_model(f"{cls.__name__}Fields", __base__=Section, __module__=__name__, **fields)
+
+
+# models.text.TextConfig's fields, bounded (a million layers is a typo, refused before planning)
+TEXT_BOUNDS = {"max_length": Field(ge=1, le=4096), "depth": Field(ge=1, le=48), "heads": Field(ge=1, le=64)}
+TextSection = section_from_dataclass(TextConfig, TEXT_BOUNDS, exclude=())
 
 
 # Bounds on models.trainer.TrainConfig's fields; their names, types (choices as Literal) and

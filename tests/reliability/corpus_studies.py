@@ -338,6 +338,9 @@ STUDY_CASES: list[Case] = [
         "extra_protocols.0.num_samples",
         "100",
     ),
+    override("text-max-length-text", {"model.text": {"encoder": "learned", "max_length": "x"}}, "max_length"),
+    override("text-vocabulary-a-number", {"model.text": {"encoder": "learned", "vocabulary": 5}}, "vocabul"),
+    override("text-depth-a-million", {"model.text": {"encoder": "learned", "depth": 10**6}}, "depth", "48"),
     # ---- unbounded input is never echoed (a key or a value of 200,000 characters) ----
     override("override-key-of-200k-characters", {"k" * 200_000: 1}, "unknown config key"),
     validate("study-key-of-200k-characters", study(**{"k" * 200_000: 1}), "Extra inputs"),
