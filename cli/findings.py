@@ -13,7 +13,7 @@ def report_folder(args) -> int:
     from harness.errors import UserError
     from harness.tracking.tracker import resolve_tracking_uri
     from reports.mlflow_source import study_table
-    from reports.paper_findings import check_study, rewrite_block, write_findings
+    from reports.paper_findings import block_markers, check_study, rewrite_block, write_findings
 
     folder = Path(args.study)
     specs = [load_study(f) for f in sorted(folder.glob("*.yaml")) if is_study_file(f)]
@@ -25,6 +25,12 @@ def report_folder(args) -> int:
             f"{folder}: the studies' metrics differ ({sorted(metrics)}); one findings table needs one"
         )
     metric = metrics.pop()
+    block_id = "-".join(folder.resolve().parts[-2:])
+    if args.readme is not None:  # refused before anything is written
+        begin, end = block_markers(block_id)
+        text = args.readme.read_text() if args.readme.is_file() else ""
+        if text.count(begin) != 1 or text.count(end) != 1:
+            raise UserError(f"{args.readme}: expected one block '{begin}' ... '{end}' to rewrite")
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
     tables = {s.name: study_table(uri, s.name).table for s in specs}
     missing = [name for name, table in tables.items() if table.empty]
@@ -33,7 +39,6 @@ def report_folder(args) -> int:
         for s in specs
         if s.reference_data and not tables[s.name].empty
     ]
-    block_id = "-".join(folder.resolve().parts[-2:])
     title = f"The paper's findings on `{folder}`"
     path, body = write_findings(
         args.runs_root / f"{block_id}-findings", title, checked, list(tables.values()), metric

@@ -118,6 +118,18 @@ def test_report_of_the_mini_folder_names_the_studies_not_run(tmp_path: Path, cap
     assert "0 findings of the paper checked" in text
 
 
+def test_a_readme_without_the_block_is_refused_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    import run_study
+
+    folder = Path(__file__).resolve().parents[1] / "search_spaces" / "paper" / "mini"
+    readme = tmp_path / "README.md"
+    readme.write_text("# no findings block here\n")
+    runs = tmp_path / "runs"
+    assert run_study.main(["report", str(folder), "--runs-root", str(runs), "--readme", str(readme)]) == 2
+    assert "paper-mini" in capsys.readouterr().err
+    assert not runs.exists() and readme.read_text() == "# no findings block here\n"
+
+
 def test_a_gap_curve_needs_no_group_column() -> None:
     """A curve study that logs neither model size nor CFG still gets its gap along training."""
     table = curve_table().drop(columns=["model.size", "sampler.cfg_scale"])
