@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _evaluate(args) -> int:
     from harness.data.registry import get_dataset, real_images
-    from harness.errors import check_known
+    from harness.errors import UserError, check_known
     from harness.evaluation import EXTRACTORS, METRICS, Evaluator
     from harness.evaluation.evaluator import checked_samples
 
@@ -133,6 +133,12 @@ def _evaluate(args) -> int:
     if args.extractor is not None:
         check_known(args.extractor, EXTRACTORS, "--extractor")
     like = real_images(args.dataset, "heldout")[0][0]  # one real image: the shape samples must have
+    if args.extractor is not None:  # an image extractor on clips, or a video one on images
+        from harness.evaluation.extractors import IMAGE, INPUT_KINDS, VIDEO
+
+        kind, takes = (VIDEO if like.ndim == 4 else IMAGE), INPUT_KINDS.get(args.extractor)
+        if takes is not None and takes != kind:
+            raise UserError(f"--extractor {args.extractor}: takes {takes}s; {args.dataset} holds {kind}s")
     samples = checked_samples(args.samples, like)  # refused before an extractor is built or trained
     evaluator = Evaluator(
         args.dataset,

@@ -63,6 +63,12 @@ CASES: list[Case] = [
         (SAMPLES, "samples.npz"),
     ),
     Case(
+        "evaluate-video-extractor-on-images",
+        ("evaluate", SAMPLES, "--dataset", "digits", "--extractor", "moving-digits-cnn3d"),
+        ("--extractor", "moving-digits-cnn3d", "videos"),
+        {"samples/samples.npz": DIGITS_SAMPLES},
+    ),
+    Case(
         "evaluate-truncated-npz",
         ("evaluate", SAMPLES, "--dataset", "digits"),
         ("samples.npz",),
