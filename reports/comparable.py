@@ -81,7 +81,7 @@ def comparable(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
     key, count = main_key(rows, metric)
     if count <= 1:
         return rows, ""
-    kept = rows[[protocol_key(row, metric) == key for _, row in rows.iterrows()]]
+    kept = keep(rows, [protocol_key(row, metric) == key for _, row in rows.iterrows()])
     note = f"protocol key {key}: {len(kept)} of {len(rows)} trials ({count - 1} other key(s) left out)"
     return kept, note
 
@@ -104,10 +104,16 @@ def same(value: Any, wanted: Any) -> bool:
     return str(value) == str(wanted)
 
 
+def keep(table: pd.DataFrame, mask: list[bool]) -> pd.DataFrame:
+    """The rows where ``mask`` is true, keeping every column (``table[[]]`` would select no
+    column of an empty table, not no row)."""
+    return table.loc[np.asarray(mask, dtype=bool)]
+
+
 def select(table: pd.DataFrame, where: dict[str, Any]) -> pd.DataFrame:
     """The rows whose settings equal ``where``'s (none when a key is not a column)."""
     for key, wanted in where.items():
         if key not in table:
             return table[:0]
-        table = table[[same(v, wanted) for v in table[key]]]
+        table = keep(table, [same(v, wanted) for v in table[key]])
     return table

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.comparable import comparable, same, select
+from reports.comparable import comparable, keep, same, select
 from reports.difference import Difference, difference
 from reports.figures import best_rows, direction, with_methods
 
@@ -167,7 +167,7 @@ def _interior_optimum(rows: pd.DataFrame, metric: str, mode: str, finding: dict,
 def _gap_shrinks(rows: pd.DataFrame, metric: str, mode: str, finding: dict, text: str) -> Check:
     axis, key, better = finding["axis"], finding["key"], finding["better"]
     good = _along(select(rows, {key: better}), axis, metric, mode).set_index(axis)
-    other_rows = rows[[not same(v, better) for v in rows[key]]] if key in rows else rows[:0]
+    other_rows = keep(rows, [not same(v, better) for v in rows[key]]) if key in rows else rows[:0]
     other = _along(other_rows, axis, metric, mode).set_index(axis)
     shared = sorted(set(good.index) & set(other.index))
     if len(shared) < 2:

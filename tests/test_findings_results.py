@@ -170,3 +170,24 @@ def test_the_unpaired_interval_combines_the_sides_that_reach_towards_each_end(a,
     ra = pd.Series(_row("implicit", a, a_lo))
     rb = pd.Series(_row("explicit", b, b_lo))
     assert difference(ra, rb, "fid").half == pytest.approx(math.hypot(a_lo, b_lo), abs=1e-6)
+
+
+_EVERY_KIND = [
+    AS_GOOD,
+    {"kind": "interior_optimum", "axis": "sampler.num_steps"},
+    {"kind": "gap_shrinks", "axis": "sampler.num_steps", "key": "model.timestep", "better": "explicit"},
+    {"kind": "improves_along", "axis": "sampler.num_steps"},
+    {"kind": "worsens_along", "axis": "sampler.num_steps"},
+]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(_EVERY_KIND), st.sampled_from([{"sampler.num_steps": 3}, {"model.timestep": "none"}]))
+def test_a_where_that_matches_no_row_is_undetermined_for_every_kind(finding, where) -> None:
+    """No row left (a value no trial has): every kind says undetermined, none raises, and the
+    emptied table keeps its columns (an empty row mask is not a column selection)."""
+    table = _curve([30.0, 20.0, 25.0], 1.0)
+    table = pd.concat([table, table.assign(**{"model.timestep": "explicit"})], ignore_index=True)
+    assert list(select(table, where).columns) == list(table.columns)
+    assert list(select(select(table, where), where).columns) == list(table.columns)
+    assert check(table, "fid", {**finding, "where": where}).verdict == "undetermined"
