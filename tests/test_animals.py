@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.data.sources.animals import (
     animal_split,
@@ -163,6 +165,24 @@ def test_unknown_config_key_is_named() -> None:
         VQConfig.from_dict({"codebooksize": 8})
     with pytest.raises(ValueError, match="power of two"):
         VQConfig(grid=5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(vq._INTEGER_RANGES)), st.integers(-(2**40), 2**40), st.booleans())
+def test_each_integer_setting_is_refused_outside_its_range_by_name(name, value, as_bool) -> None:
+    """Inside its range a value is taken (grid and image_size kept a power of two apart), outside
+    it, or a boolean, it is refused naming the setting and the value."""
+    low, high = vq._INTEGER_RANGES[name]
+    if low <= value <= high and name in ("image_size", "grid"):
+        value = max(low, 2 ** (value.bit_length() - 1))  # a power of two in the range
+    others = {"image_size": {"grid": 1}, "grid": {"image_size": 1024}}  # the ratio a power of two >= 2
+    base = others.get(name, {"image_size": 64, "grid": 8})
+    given_value = True if as_bool else value
+    if low <= value <= high and not as_bool:
+        assert getattr(VQConfig.from_dict({**base, name: value}), name) == value
+    else:
+        with pytest.raises(ValueError, match=rf"tokenizer\.{name}: {given_value}"):
+            VQConfig.from_dict({**base, name: given_value})
 
 
 def test_context_entropy_sees_dependence() -> None:

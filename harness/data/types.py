@@ -9,10 +9,19 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+)
 from torch import Tensor
 
 from harness.errors import UserError, did_you_mean, short
@@ -154,6 +163,9 @@ class Dataset:
                 e = err.errors()[0]
                 where = ".".join(str(p) for p in e["loc"])
                 expected = _EXPECTED.get(e["type"], e["msg"])
+                if e["type"] in ("greater_than_equal", "less_than_equal"):
+                    bound = e["ctx"].get("ge", e["ctx"].get("le"))
+                    expected = f"expected {'at least' if 'ge' in e['ctx'] else 'at most'} {bound}"
                 raise UserError(f"data.options.{where}: {short(e.get('input'))}; {expected}") from None
         try:
             return self.shape(**options)
@@ -203,6 +215,8 @@ def _options_model(
             for p in params
             if p.kind is p.KEYWORD_ONLY
         }
+    if "seed" in fields and fields["seed"][0] is StrictInt:  # what numpy's and torch's generators take
+        fields["seed"] = (Annotated[StrictInt, Field(ge=0, le=2**32 - 1)], fields["seed"][1])
     config = ConfigDict(extra="forbid", allow_inf_nan=False)
     return create_model(f"{name.title().replace('-', '')}Options", __config__=config, **fields)
 

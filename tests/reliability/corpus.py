@@ -11,6 +11,7 @@ this module adds the bad command lines (evaluate and tokenize included) and gath
 from __future__ import annotations
 
 import numpy as np
+from corpus_data import DATA_CASES
 from corpus_kit import (
     RUNS,
     STUDY,
@@ -39,6 +40,7 @@ IMAGES = {"images": images()}
 
 CASES: list[Case] = [
     *STUDY_CASES,
+    *DATA_CASES,
     # ---- command lines ----
     Case("missing-study-file", ("validate", "@TMP@/nowhere.yaml", *RUNS), ("@TMP@/nowhere.yaml",)),
     Case("unknown-flag", ("validate", STUDY, "--bogus", *RUNS), ("--bogus",), {"study.yaml": study()}),

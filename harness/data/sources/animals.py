@@ -33,6 +33,7 @@ PACKAGE = "animal_mnist"
 INSTALL_HINT = "pip install --no-deps animal-mnist==0.4"
 DATA_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
 NUM_CLASSES = 10
+NUM_IMAGES = 9716  # after deduplication (load_animal_arrays)
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
@@ -98,6 +99,9 @@ def load_animal_arrays(deduplicate: bool = True) -> tuple[np.ndarray, np.ndarray
         _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
         keep = np.sort(first)
         images, labels = images[keep], labels[keep]
+        if len(images) != NUM_IMAGES:  # the option ranges are checked against this count
+            found = f"animal-mnist: {len(images)} unique images, expected {NUM_IMAGES}"
+            raise ValueError(f"{found}; reinstall: {INSTALL_HINT}")
     images.flags.writeable = False
     labels = labels.astype(np.int64)
     labels.flags.writeable = False
@@ -160,9 +164,19 @@ def animals(
 
 def animals_shape(*, seed: int = 0, num_heldout: int = 1000, tokenizer: dict | None = None) -> DatasetShape:
     """Grid and vocabulary from the tokenizer's config, without training it."""
-    if num_heldout < 1:
-        raise ValueError(f"data.options.num_heldout: {num_heldout}; expected at least 1")
-    config = VQConfig.from_dict(tokenizer or {})
+    if not 1 <= num_heldout < NUM_IMAGES:
+        raise ValueError(
+            f"data.options.num_heldout: {num_heldout}; expected 1..{NUM_IMAGES - 1} (of {NUM_IMAGES} images)"
+        )
+    fixed = {"image_size", "in_channels"} & set(tokenizer or {})
+    if fixed:
+        raise ValueError(
+            f"data.options.tokenizer: {sorted(fixed)} are the data's (28 x 28, one channel); leave them out"
+        )
+    try:
+        config = VQConfig.from_dict(tokenizer or {})
+    except ValueError as err:
+        raise ValueError(f"data.options.{err}") from None
     return DatasetShape((config.grid, config.grid), config.codebook_size, NUM_CLASSES)
 
 

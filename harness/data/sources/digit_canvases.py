@@ -17,6 +17,8 @@ from models.modalities import Layout, Modality
 
 LEVELS = 17
 DEFAULT_COUNTS = {"train": 4000, "heldout": 500}
+MAX_CANVAS = 128  # 32,768 tokens a canvas (image + label map)
+MAX_PIXELS = 2**26  # a split's canvases (float images, label maps and their tokens: ~1.6 GB)
 
 
 def canvas_layout(canvas: int = 16) -> Layout:
@@ -29,10 +31,14 @@ def check_options(split: str, canvas: int, num_train: int, num_heldout: int) -> 
     """The canvas datasets' options (digit-canvases, captioned-canvases), named on error."""
     if split not in SPLITS:
         raise ValueError(f"data.split: unknown {split!r}; expected one of {SPLITS}")
-    if canvas < 16 or canvas % 2:
-        raise ValueError(f"data.options.canvas: {canvas!r}; expected an even size >= 16")
-    if min(num_train, num_heldout) < 1:
-        raise ValueError(f"data.options.num_train / num_heldout must be >= 1, got {num_train}, {num_heldout}")
+    if not 16 <= canvas <= MAX_CANVAS or canvas % 2:
+        raise ValueError(f"data.options.canvas: {canvas!r}; expected an even size in [16, {MAX_CANVAS}]")
+    for name, count in (("num_train", num_train), ("num_heldout", num_heldout)):
+        if not 1 <= count <= MAX_PIXELS // canvas**2:
+            raise ValueError(
+                f"data.options.{name}: {count}; expected 1..{MAX_PIXELS // canvas**2} at canvas {canvas}"
+                f" (a split is held in memory: at most {MAX_PIXELS:,} pixels)"
+            )
 
 
 def split_canvases(split: str, canvas: int, num_train: int, num_heldout: int) -> Canvases:

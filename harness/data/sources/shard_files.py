@@ -258,3 +258,26 @@ def rewrite_file(path: Path, name: str, array: np.ndarray) -> None:
         if name in entry.get("files", {}):
             entry["files"][name] = digest
     atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2))
+
+
+# What one model can embed and attend over on one machine (a VQ-f8 grid of 256 x 256 images is
+# 32 x 32 = 1,024 tokens, ImageNet-21k has 21,841 classes, the largest VQ codebooks 2**14 codes).
+MAX_TOKENS = 2**16
+MAX_VOCAB = 2**20
+MAX_CLASSES = 100_000
+
+
+def check_sizes(options: dict[str, Any]) -> None:
+    """grid, vocab_size, num_classes and segment_classes within what a model can hold (their types
+    are checked already)."""
+    grid = tuple(options["grid"])
+    if not 1 <= len(grid) <= 3 or min(grid) < 1 or math.prod(grid) > MAX_TOKENS:
+        raise UserError(
+            f"data.options.grid: {short(list(grid))}; expected 1 to 3 sizes >= 1,"
+            f" at most {MAX_TOKENS:,} tokens in all"
+        )
+    for key, low, high in (("vocab_size", 2, MAX_VOCAB), ("num_classes", 0, MAX_CLASSES),
+                           ("segment_classes", 0, MAX_VOCAB)):  # fmt: skip
+        value = options.get(key, 0)
+        if not low <= value <= high:
+            raise UserError(f"data.options.{key}: {value}; expected an integer in [{low}, {high:,}]")

@@ -51,6 +51,7 @@ from harness.data.sources.shard_files import (
     NpyFile,
     ShardError,
     check_entry,
+    check_sizes,
     read_labels,
     verify_entry,
     verify_once,
@@ -90,6 +91,7 @@ class ShardOptions:
         captions = options.get("captions", False)
         if not isinstance(captions, bool):
             raise UserError(f"data.options.captions: {captions!r}; expected true or false")
+        check_sizes(options)
         return cls(str(options["path"]), tuple(options["grid"]), int(options["vocab_size"]),
                    int(options.get("num_classes", 0)), segment_classes, captions)  # fmt: skip
 

@@ -29,6 +29,30 @@ from torch import Tensor, nn
 
 from harness.cache import sha256_tensors
 
+# Each size bounded by what one machine can hold (a codebook of 2**16 codes, a 4,096-wide conv);
+# image_size and in_channels are the data's, set by the dataset.
+_INTEGER_RANGES = {
+    "image_size": (2, 1024),
+    "in_channels": (1, 4),
+    "grid": (1, 512),
+    "codebook_size": (2, 2**16),
+    "code_dim": (1, 4096),
+    "channels": (1, 4096),
+    "steps": (1, 10**7),
+    "batch_size": (1, 2**16),
+    "seed": (0, 2**32 - 1),
+}
+_NUMBER_RANGES = {  # (low, high, low allowed)
+    "lr": (0.0, 1.0, False),
+    "commitment": (0.0, 100.0, True),
+    "ema_decay": (0.0, 1.0, True),
+    "dead_threshold": (0.0, 1e9, True),
+}
+
+
+def _shown(value: Any) -> str:
+    return repr(value)[:40]
+
 
 @dataclass(frozen=True)
 class VQConfig:
@@ -51,13 +75,22 @@ class VQConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name, (low, high) in _INTEGER_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"tokenizer.{name}: {_shown(value)}; expected an integer in [{low}, {high}]")
+        for name, (low, high, closed) in _NUMBER_RANGES.items():
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not (low < value <= high or closed and value == low):
+                within = f"{'[' if closed else '('}{low}, {high}]"
+                raise ValueError(f"tokenizer.{name}: {_shown(value)}; expected a number in {within}")
         ratio = self.image_size / self.grid
         if ratio < 2 or ratio != int(ratio) or int(ratio) & (int(ratio) - 1):
             raise ValueError(
-                f"VQConfig: image_size / grid must be a power of two >= 2; got {self.image_size}/{self.grid}"
+                f"tokenizer.grid: {self.grid}; expected image_size / grid a power of two >= 2"
+                f" (image_size {self.image_size})"
             )
-        if self.codebook_size < 2 or self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"VQConfig: codebook_size >= 2, steps >= 1, batch_size >= 1; got {self}")
 
     @property
     def num_downsamples(self) -> int:
@@ -69,9 +102,7 @@ class VQConfig:
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - allowed)
         if unknown:
-            raise ValueError(
-                f"tokenizer options (VQConfig): unknown keys {unknown}; allowed {sorted(allowed)}"
-            )
+            raise ValueError(f"tokenizer: unknown keys {unknown}; allowed {sorted(allowed)}")
         return cls(**values)
 
 

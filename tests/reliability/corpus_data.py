@@ -1,0 +1,44 @@
+"""The bad data options of the corpus (tests/reliability/corpus.py gathers them into CASES): sizes a
+split or a model could not hold, held-out counts that leave no training image, tokenizer settings
+beyond their ranges or fixed by the data, generator seeds numpy cannot take. Each is refused at
+validation, naming the option and its value, before any data is made or read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corpus_kit import Case, override
+
+ANIMALS = {"eval.extractor": "animals-cnn"}
+SHARD_OPTIONS = {"path": "@TMP@/shards", "grid": [8, 8], "vocab_size": 16}
+
+
+def options(id: str, dataset: str, values: dict[str, Any], *expect: str) -> Case:
+    more = ANIMALS if dataset == "animals" else {}
+    return override(id, {"data.name": dataset, "data.options": values, **more}, *expect)
+
+
+def tokenizer(id: str, values: dict[str, Any], *expect: str) -> Case:
+    return options(id, "animals", {"tokenizer": values}, *expect)
+
+
+def shards(id: str, values: dict[str, Any], *expect: str) -> Case:
+    return options(id, "shards", {**SHARD_OPTIONS, **values}, *expect)
+
+
+DATA_CASES: list[Case] = [
+    options("canvas-a-hundred-thousand", "digit-canvases", {"canvas": 100_000}, "options.canvas", "100000"),
+    options("canvases-a-trillion", "digit-canvases", {"num_train": 10**12}, "options.num_train", str(10**12)),
+    options("canvases-128-too-many", "digit-canvases", {"canvas": 128, "num_heldout": 10**5}, "num_heldout"),
+    options("captioned-canvas-4096", "captioned-canvases", {"canvas": 4096}, "data.options.canvas", "4096"),
+    options("animals-heldout-all", "animals", {"num_heldout": 9716}, "data.options.num_heldout", "9716"),
+    options("animals-seed-negative", "animals", {"seed": -1}, "data.options.seed", "-1"),
+    options("digits-seed-beyond-32-bits", "digits", {"seed": 2**40}, "data.options.seed", str(2**40)),
+    tokenizer("codebook-a-billion", {"codebook_size": 10**9}, "tokenizer.codebook_size", "1000000000"),
+    tokenizer("tokenizer-lr-nan", {"lr": float("nan")}, "data.options.tokenizer.lr", "nan"),
+    tokenizer("tokenizer-image-size", {"image_size": 56}, "data.options.tokenizer", "image_size"),
+    shards("shards-vocab-a-trillion", {"vocab_size": 10**12}, "data.options.vocab_size", "1000000000000"),
+    shards("shards-grid-a-million-squared", {"grid": [10**6, 10**6]}, "data.options.grid", "1000000"),
+    shards("shards-negative-classes", {"num_classes": -3}, "data.options.num_classes", "-3"),
+]
