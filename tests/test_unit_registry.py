@@ -47,6 +47,7 @@ def test_shape_matches_the_loaded_data(name: str, options: dict) -> None:
             shape.num_classes,
         )
         N = len(data)
+        assert shape.split_size(split) == N  # what validation checks num_reference against
         assert data.tokens.shape == (N, math.prod(shape.grid)) and data.tokens.dtype == torch.long
         assert 0 <= int(data.tokens.min()) and int(data.tokens.max()) < shape.vocab_size
         if shape.num_classes:
@@ -248,3 +249,12 @@ def test_each_default_extractor_is_registered_and_an_override_wins(name: str) ->
     assert default_extractor_name(name, other) == other
     with pytest.raises((KeyError, UserError), match="digits-cnnn"):
         default_extractor_name(name, "digits-cnnn")
+
+
+@pytest.mark.parametrize("options", [{}, {"num_heldout": 500, "seed": 7}])
+def test_the_animals_split_sizes_are_those_of_its_real_images(options: dict) -> None:
+    """Known without training the tokenizer; the real images are what a reference draws from."""
+    shape = dataset_shape("animals", **options)
+    for split in SPLITS:
+        assert shape.split_size(split) == len(real_images("animals", split, **options)[0])
+    assert dataset_shape("shards", **SHARDS).split_size("train") is None  # known once its folder is read

@@ -36,6 +36,11 @@ class DatasetShape:
     num_classes: int
     modalities: tuple | None = None  # a joint dataset's models.modalities.Modality entries
     caption_vocabulary: tuple[str, ...] = ()  # the words of its captions; empty: no captions
+    split_sizes: tuple[tuple[str, int], ...] = ()  # (split, items) where known without reading data
+
+    def split_size(self, split: str) -> int | None:
+        """How many items ``split`` holds (None: known only once its data is read)."""
+        return dict(self.split_sizes).get(split)
 
 
 class Tokenizer(Protocol):

@@ -90,8 +90,14 @@ class Task:
         """Every metric asked for applies to this task's samples, and every protocol that needs a
         feature extractor has one that takes them."""
         protocols = [("eval", trial.eval.extractor, trial.eval.metrics)]
+        size = shape.split_size("train")  # the reference images: the training split's
         for i, extra in enumerate(trial.eval.extra_protocols):
             protocols.append((f"eval.extra_protocols[{i}]", extra.extractor, extra.metrics))
+            if size is not None and extra.num_reference is not None and extra.num_reference > size:
+                raise UserError(
+                    f"eval.extra_protocols[{i}].num_reference: {extra.num_reference}; expected at most"
+                    f" {size}, the reference images of dataset {trial.data.name!r} (its train split)"
+                )
         for where, extractor, metrics in protocols:
             needs_extractor = False
             for name in metrics:

@@ -11,6 +11,7 @@ from typing import Any
 from corpus_kit import Case, override
 
 ANIMALS = {"eval.extractor": "animals-cnn"}
+EXTRA = {"extractor": "digits-cnn", "num_reference": 1501}  # digits' train split holds 1,500
 SHARD_OPTIONS = {"path": "@TMP@/shards", "grid": [8, 8], "vocab_size": 16}
 
 
@@ -41,4 +42,19 @@ DATA_CASES: list[Case] = [
     shards("shards-vocab-a-trillion", {"vocab_size": 10**12}, "data.options.vocab_size", "1000000000000"),
     shards("shards-grid-a-million-squared", {"grid": [10**6, 10**6]}, "data.options.grid", "1000000"),
     shards("shards-negative-classes", {"num_classes": -3}, "data.options.num_classes", "-3"),
+    override(
+        "extra-reference-beyond-digits", {"eval.extra_protocols": [EXTRA]}, "num_reference", "1501", "1500"
+    ),
+    override(
+        "extra-reference-beyond-animals-train",
+        {
+            **ANIMALS,
+            "data.name": "animals",
+            "data.options": {"num_heldout": 9000},
+            "eval.extra_protocols": [{"extractor": "animals-cnn", "num_reference": 800}],
+        },
+        "extra_protocols[0].num_reference",
+        "800",
+        "716",
+    ),
 ]

@@ -177,7 +177,8 @@ def animals_shape(*, seed: int = 0, num_heldout: int = 1000, tokenizer: dict | N
         config = VQConfig.from_dict(tokenizer or {})
     except ValueError as err:
         raise ValueError(f"data.options.{err}") from None
-    return DatasetShape((config.grid, config.grid), config.codebook_size, NUM_CLASSES)
+    sizes = (("train", NUM_IMAGES - num_heldout), ("heldout", num_heldout))
+    return DatasetShape((config.grid, config.grid), config.codebook_size, NUM_CLASSES, split_sizes=sizes)
 
 
 def animals_images(

@@ -58,7 +58,9 @@ def captioned_canvases_shape(
     num_heldout: int = DEFAULT_COUNTS["heldout"],
 ) -> DatasetShape:
     check_options("train", canvas, num_train, num_heldout)
-    return DatasetShape((canvas, canvas), LEVELS, NUM_SCENES, caption_vocabulary=CAPTION_VOCABULARY)
+    sizes = (("train", num_train), ("heldout", num_heldout))
+    words = CAPTION_VOCABULARY
+    return DatasetShape((canvas, canvas), LEVELS, NUM_SCENES, caption_vocabulary=words, split_sizes=sizes)
 
 
 def captioned_canvas_images(split: str = "train", **options) -> tuple[Tensor, Tensor]:

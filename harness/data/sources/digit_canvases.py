@@ -68,7 +68,10 @@ def digit_canvases_shape(
 ) -> DatasetShape:
     check_options("train", canvas, num_train, num_heldout)
     layout = canvas_layout(canvas)
-    return DatasetShape((layout.seq_len,), layout.vocab_size, 0, modalities=layout.modalities)
+    sizes = (("train", num_train), ("heldout", num_heldout))
+    return DatasetShape(
+        (layout.seq_len,), layout.vocab_size, 0, modalities=layout.modalities, split_sizes=sizes
+    )
 
 
 def digit_canvas_images(split: str = "train", **options) -> tuple[Tensor, None]:

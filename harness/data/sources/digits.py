@@ -59,7 +59,11 @@ def digits_shape(*, seed: int = 0, num_heldout: int = 297) -> DatasetShape:
         raise ValueError(
             f"data.options.num_heldout: {num_heldout}; expected 1..{NUM_IMAGES - 1} (of {NUM_IMAGES} images)"
         )
-    return DatasetShape((8, 8), 17, 10)
+    return DatasetShape((8, 8), 17, 10, split_sizes=split_sizes(num_heldout))
+
+
+def split_sizes(num_heldout: int = 297) -> tuple[tuple[str, int], ...]:
+    return (("train", NUM_IMAGES - num_heldout), ("heldout", num_heldout))
 
 
 def digits_images(split: str = "train", *, seed: int = 0, num_heldout: int = 297) -> tuple[Tensor, Tensor]:

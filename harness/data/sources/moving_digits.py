@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from harness.data.sources.digits import digits
+from harness.data.sources.digits import split_sizes as digit_split_sizes
 from harness.data.tokenizers.pixel import PixelTokenizer
 from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset
 
@@ -162,7 +163,8 @@ class MovingDigitsOptions:
 def moving_digits_shape(**options: Any) -> DatasetShape:
     """Grid (T, H, W), vocabulary (levels) and classes, without building a clip."""
     opts = MovingDigitsOptions.parse(options)
-    return DatasetShape(GRID, opts.levels, opts.num_classes)
+    sizes = tuple((split, size * SPLIT_REPEATS[split]) for split, size in digit_split_sizes())
+    return DatasetShape(GRID, opts.levels, opts.num_classes, split_sizes=sizes)
 
 
 def moving_digits_clips(split: str = "train", **options: Any) -> tuple[Tensor, Tensor | None]:
