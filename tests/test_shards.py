@@ -198,3 +198,38 @@ def test_a_conditional_training_split_needs_labels_and_older_folders_still_read(
                         grid=(8, 8), vocab_size=17, num_classes=10, shard_size=400)  # fmt: skip
     _edit_manifest(root, lambda m: [entry.pop("files") for entry in m["splits"]["train"]])
     assert torch.equal(get_dataset("shards").stream("train", **_options(root)).labels, data.labels)
+
+
+def test_a_folder_tokenized_again_in_place_is_read_again_by_a_worker(tmp_path, monkeypatch) -> None:
+    """A worker keeps its evaluators (extractor, reference images and features) between trials;
+    after the folder is written again under the same options, the next trial reads its new
+    reference, and until then the kept one is reused."""
+    from harness.run import trial as trial_module
+
+    read: list[float] = []
+
+    class Recording:
+        def __init__(self, dataset: str, **kwargs) -> None:
+            read.append(float(real_images(dataset, "train", **kwargs["data_options"])[0].sum()))
+
+    monkeypatch.setattr(trial_module, "Evaluator", Recording)
+    trial_module._evaluator.cache_clear()
+    train = load_dataset("digits", "train")
+    images = (train.images()[:, 0, :, :, None].numpy() * 255).astype(np.uint8)  # NHWC
+
+    def write(reference: np.ndarray) -> None:
+        splits = {"train": (train.tokens.numpy(), train.labels.numpy())}
+        write_shards(root, splits, grid=(8, 8), vocab_size=17, num_classes=10, reference={"train": reference})
+
+    root = tmp_path / "in-place"
+    write(images)
+    trial = build_trial(
+        {"data": {"name": "shards", "options": _options(root)}, "eval": {"extractor": "digits-cnn"}}
+    )
+    for _ in range(2):
+        trial_module.trial_evaluators(trial, tmp_path / "cache")
+    assert len(read) == 1  # kept between trials
+    write(255 - images)  # the same options, other pixels
+    trial_module.trial_evaluators(trial, tmp_path / "cache")
+    assert len(read) == 2 and read[1] != read[0]
+    trial_module._evaluator.cache_clear()

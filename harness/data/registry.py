@@ -65,3 +65,10 @@ def real_images(name: str, split: str = "train", **options: Any) -> tuple[Tensor
     """The real images (or clips) of a dataset split, not tokenized, with labels or None."""
     check_known(split, SPLITS, "data split")
     return get_dataset(name).real_images(split, **options)
+
+
+def data_stamp(name: str, **options: Any) -> Any:
+    """What changes when the dataset's files are rewritten in place (None: they never are); part
+    of the key of what a worker keeps loaded between trials (reference images, their features)."""
+    stamp = get_dataset(name).stamp
+    return None if stamp is None else stamp(**options)

@@ -120,6 +120,9 @@ class Dataset:
     without either, ``shape`` checks them itself. ``stream(split, **options) -> TokenDataset``,
     for data too large to hold (shard folders): the split with its tokens left on disk (``rows``),
     which training reads a batch at a time (``harness.data.shard_loader``); None: training loads it.
+    ``stamp(**options)``, for data read from files a user may rewrite in place: a value that
+    changes when they are (sizes, modification times), so that what a worker keeps loaded
+    between trials is read again; None: the data never changes under the same options.
     """
 
     name: str
@@ -130,6 +133,7 @@ class Dataset:
     summary: str = ""
     options: type | None = None  # a dataclass of the options, for a ``shape`` that takes **options
     stream: Callable[..., TokenDataset] | None = None
+    stamp: Callable[..., Any] | None = None  # (**options) -> changes when its files are rewritten
     _options: type[BaseModel] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:

@@ -13,13 +13,14 @@ import socket
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from harness.cache import atomic_write_text
 from harness.cache import cache_dir as default_cache_dir
 from harness.config.trial import TrialConfig
-from harness.data.registry import load_dataset, open_split
+from harness.data.registry import data_stamp, load_dataset, open_split
 from harness.errors import unwritable
 from harness.evaluation import METRICS, Evaluator, load_samples, sample_dir_name, save_samples
 from harness.evaluation.samples import SAMPLES_FILE, verify_samples
@@ -139,10 +140,11 @@ def trial_evaluators(trial: TrialConfig, cache_dir: Path | None) -> list[tuple[s
     raises ValueError here, before anything is sampled."""
 
     data = (trial.data.name, json.dumps(trial.data.options, sort_keys=True))
+    stamp = data_stamp(trial.data.name, **trial.data.options)  # a folder rewritten in place: read again
 
     def build(extractor: str | None, metrics: list[str], num_reference: int | None = None) -> Evaluator:
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()  # $UNMASK_CACHE now
-        return _evaluator(*data, extractor, tuple(metrics), num_reference, folder)
+        return _evaluator(*data, extractor, tuple(metrics), num_reference, folder, stamp)
 
     image_metrics = trial.task().feature_metrics(trial)
     out = [("", None, build(trial.eval.extractor, image_metrics))] if image_metrics else []
@@ -159,6 +161,7 @@ def _evaluator(
     metrics: tuple[str, ...],
     num_reference: int | None,
     cache_dir: Path,
+    stamp: Any = None,
 ) -> Evaluator:
     """One Evaluator per protocol in this process: its extractor and reference statistics stay
     loaded for the trials after it (a long-lived Ray worker serves many)."""

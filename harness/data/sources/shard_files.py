@@ -5,6 +5,7 @@ tests use."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -281,3 +282,17 @@ def check_sizes(options: dict[str, Any]) -> None:
         value = options.get(key, 0)
         if not low <= value <= high:
             raise UserError(f"data.options.{key}: {value}; expected an integer in [{low}, {high:,}]")
+
+
+def folder_stamp(root: Path) -> tuple:
+    """Inode, size and modification time of a folder's manifest and each reference file it names: a
+    folder tokenized again in place (or a reference file replaced) gets another stamp."""
+    files = [root / MANIFEST]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        files += [root / name for name in (json.loads(files[0].read_text()).get("reference") or {}).values()]
+    stamps = []
+    for path in files:
+        with contextlib.suppress(OSError, ValueError):
+            stat = path.stat()
+            stamps.append((str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)

@@ -52,6 +52,7 @@ from harness.data.sources.shard_files import (
     ShardError,
     check_entry,
     check_sizes,
+    folder_stamp,
     read_labels,
     verify_entry,
     verify_once,
@@ -369,6 +370,10 @@ def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor |
     return x, None
 
 
+def shards_stamp(**options: Any) -> tuple:
+    return folder_stamp(Path(ShardOptions.parse(options).path))
+
+
 def shards_shape(**options: Any) -> DatasetShape:
     return ShardOptions.parse(options).shape
 
@@ -379,6 +384,7 @@ DATASET = Dataset(
     stream=stream,
     shape=shards_shape,
     real_images=shard_images,
+    stamp=shards_stamp,
     default_extractor=None,
     options=ShardOptions,
     summary="pre-tokenized data in a shard folder (run_study.py tokenize)",
