@@ -260,3 +260,22 @@ def test_a_trial_build_trial_accepts_has_a_buildable_model(d: dict) -> None:
 def test_a_valid_model_section_is_accepted_and_built(d: dict) -> None:
     config = model_config_for(build_trial(d))
     assert config.patch == (tuple(d["model"]["patch"]) if "patch" in d["model"] else None)
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5])
+@pytest.mark.parametrize("metric", ["fid", "kid_mean", "precision", "recall", "is_mean"])
+def test_a_protocol_scores_at_least_the_samples_each_metric_is_defined_on(count: int, metric: str) -> None:
+    """Precision and recall need each sample's k-th neighbour other than itself (k = 3): four
+    samples, and four reference images in an extra protocol's subset; the others two."""
+    need = METRICS[metric].min_count
+    assert need == (4 if metric in ("precision", "recall") else 2)
+    extra = {"extractor": "digits-cnn", "metrics": [metric], "num_reference": count}
+    for eval_section in (
+        {"num_samples": count, "batch_size": count, "metrics": [metric]},
+        {"metrics": ["fid"], "extra_protocols": [extra]},
+    ):
+        if count >= need:
+            build_trial({"eval": eval_section})
+        else:
+            with pytest.raises(ConfigError, match=f"{count}; expected at least {need}, the fewest {metric}"):
+                build_trial({"eval": eval_section})

@@ -62,6 +62,7 @@ class Metric:
     shared(generated, reference, options), whose result compute(result) -> float reads; within
     one ``passes`` dict it runs once per options. reference_radii: the k of the reference k-NN
     radii the metric reads, computed with the reference statistics and cached with them.
+    min_count: the fewest generated samples, and reference images, it is defined on.
     """
 
     key: str
@@ -74,6 +75,7 @@ class Metric:
     extractor_options: Callable[[Any], dict[str, Any]] | None = None
     shared: Callable[[Features, ReferenceStats, Options], Any] | None = None
     reference_radii: tuple[int, ...] = ()
+    min_count: int = 2  # a covariance, a kernel's unbiased mean
 
     def __call__(
         self,
@@ -217,6 +219,7 @@ def _prc_metric(key: str, read: Callable[[PrecisionRecall], float]) -> Metric:
         _prc_options,
         shared=_precision_recall,
         reference_radii=(PRC_NEIGHBORHOOD,),
+        min_count=PRC_NEIGHBORHOOD + 1,  # each sample's k-th neighbour other than itself
     )
 
 

@@ -98,6 +98,7 @@ class Task:
                     f"eval.extra_protocols[{i}].num_reference: {extra.num_reference}; expected at most"
                     f" {size}, the reference images of dataset {trial.data.name!r} (its train split)"
                 )
+        check_counts(trial, size)
         for where, extractor, metrics in protocols:
             needs_extractor = False
             for name in metrics:
@@ -201,3 +202,27 @@ class Task:
 def cycled(num_samples: int, count: int) -> Tensor:
     """0, 1, ..., count - 1, 0, 1, ...: the first ``num_samples`` examples of a split, cycled."""
     return torch.arange(num_samples) % count
+
+
+def check_counts(trial: Trial, reference_size: int | None) -> None:
+    """Each protocol scores at least as many samples, against at least as many reference images,
+    as each of its metrics is defined on (precision and recall: more than their k neighbours)."""
+    counts = [("eval.num_samples", trial.eval.num_samples, trial.eval.metrics)]
+    for i, extra in enumerate(trial.eval.extra_protocols):
+        where = f"eval.extra_protocols[{i}]"
+        if extra.num_samples is not None:
+            counts.append((f"{where}.num_samples", extra.num_samples, extra.metrics))
+        if extra.num_reference is not None:
+            counts.append((f"{where}.num_reference", extra.num_reference, extra.metrics))
+        if extra.num_samples is None:
+            counts.append(("eval.num_samples", trial.eval.num_samples, extra.metrics))
+    if reference_size is not None:
+        where = f"data.options: the train split of {trial.data.name!r} (the reference images)"
+        counts.append((where, reference_size, trial.eval.metrics))
+    for where, count, metrics in counts:
+        for name in metrics:
+            need = METRICS[name].min_count
+            if METRICS[name].needs != MASKS and count < need:
+                raise UserError(
+                    f"{where}: {count}; expected at least {need}, the fewest {name} is defined on"
+                )

@@ -71,6 +71,18 @@ CASES: list[Case] = [
         {"samples/samples.npz": DIGITS_SAMPLES},
     ),
     Case(
+        "evaluate-precision-of-three-samples",
+        ("evaluate", SAMPLES, "--dataset", "digits", "--metrics", "fid", "precision"),
+        ("samples: 3", "precision", "4"),
+        {"samples/samples.npz": samples_npz((3, 1, 8, 8))},
+    ),
+    Case(
+        "evaluate-default-metrics-of-three-samples",
+        ("evaluate", SAMPLES, "--dataset", "digits"),
+        ("samples: 3", "--metrics"),
+        {"samples/samples.npz": samples_npz((3, 1, 8, 8))},
+    ),
+    Case(
         "evaluate-truncated-npz",
         ("evaluate", SAMPLES, "--dataset", "digits"),
         ("samples.npz",),

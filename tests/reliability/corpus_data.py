@@ -46,6 +46,20 @@ DATA_CASES: list[Case] = [
         "extra-reference-beyond-digits", {"eval.extra_protocols": [EXTRA]}, "num_reference", "1501", "1500"
     ),
     override(
+        "precision-on-three-samples",
+        {"eval.num_samples": 3, "eval.batch_size": 3, "eval.metrics": ["fid", "precision"]},
+        "eval.num_samples",
+        "3",
+        "precision",
+    ),
+    override(
+        "extra-recall-on-three-references",
+        {"eval.extra_protocols": [{"extractor": "digits-cnn", "metrics": ["recall"], "num_reference": 3}]},
+        "extra_protocols[0].num_reference",
+        "3",
+        "recall",
+    ),
+    override(
         "extra-reference-beyond-animals-train",
         {
             **ANIMALS,
