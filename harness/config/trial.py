@@ -30,7 +30,7 @@ from harness.data.registry import DATASETS, dataset_shape
 from harness.data.types import DatasetShape
 from harness.errors import UserError, did_you_mean, short
 from harness.evaluation import EXTRACTORS, METRICS
-from harness.tasks.base import Task
+from harness.tasks.base import Task, check_guidance
 from harness.tasks.registry import task_for
 from models.backbone import SIZE_PRESETS
 from models.losses import LOSSES
@@ -247,10 +247,11 @@ class TrialConfig(Section):
         task.check(self, shape)
         if not self.sampler.is_baseline:
             try:
-                task.model_config(self, shape)
+                model = task.model_config(self, shape)
             except (ValueError, TypeError) as err:
                 message = str(err)
                 raise UserError(message if message.startswith("model") else f"model: {message}") from None
+            check_guidance(self, model)
         return self
 
     def shape(self) -> DatasetShape:

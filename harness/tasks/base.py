@@ -226,3 +226,13 @@ def check_counts(trial: Trial, reference_size: int | None) -> None:
                 raise UserError(
                     f"{where}: {count}; expected at least {need}, the fewest {name} is defined on"
                 )
+
+
+def check_guidance(trial: Trial, model: ModelConfig) -> None:
+    """Classifier-free guidance mixes the network's conditional and unconditional logits: a network
+    without a condition (no classes, no captions) has nothing to guide by."""
+    if trial.sampler.cfg_scale != 1.0 and not model.conditional:
+        raise UserError(
+            f"sampler.cfg_scale: {trial.sampler.cfg_scale}; expected 1.0 (no guidance): the model of"
+            f" dataset {trial.data.name!r} has no condition (no classes or captions) to guide by"
+        )

@@ -46,6 +46,13 @@ DATA_CASES: list[Case] = [
         "extra-reference-beyond-digits", {"eval.extra_protocols": [EXTRA]}, "num_reference", "1501", "1500"
     ),
     override(
+        "guidance-without-a-condition",
+        {"data.name": "digit-canvases", "data.options": {"num_train": 40}, "sampler.cfg_scale": 3.0},
+        "sampler.cfg_scale",
+        "3.0",
+        "no condition",
+    ),
+    override(
         "precision-on-three-samples",
         {"eval.num_samples": 3, "eval.batch_size": 3, "eval.metrics": ["fid", "precision"]},
         "eval.num_samples",
