@@ -7,6 +7,7 @@ The parser needs no heavy imports (``run_study.py`` builds it for every command)
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,18 @@ def tokenizer_from_args(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return tokenizer, spec
 
 
+def check_tokens(grid: tuple[int, ...], frames: int | None, image_size: int) -> None:
+    """A sample's tokens within what a study reads (``data.options.grid``), refused before any is made."""
+    from harness.data.sources.shard_files import MAX_TOKENS
+
+    tokens = math.prod(grid) * (frames or 1)
+    if tokens > MAX_TOKENS:
+        raise UserError(
+            f"--image-size: {image_size}; {tokens:,} tokens a sample ({'x'.join(map(str, grid))}"
+            f"{f' x {frames} frames' if frames else ''}), more than a study reads ({MAX_TOKENS:,})"
+        )
+
+
 def main(args: argparse.Namespace) -> int:
     from harness.ingest.image_sources import open_source
     from harness.ingest.tokenize_images import TokenizeOptions, tokenize
@@ -94,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"OUT {str(args.out)!r} is a file; expected a shard folder (new or to resume)")
     source = open_source(args.source, args.source_kind, args.captions)
     tokenizer, spec = tokenizer_from_args(args)
+    check_tokens(tokenizer.grid, args.frames, args.image_size)
     what = f"clips of {args.frames} frames" if args.frames else "images"
     print(f"{source.kind} {source.root}: {len(source.items)} {what}; {spec['description']}", flush=True)
     report = tokenize(source, tokenizer, spec, args.out, options, progress=not args.no_progress)

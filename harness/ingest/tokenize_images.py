@@ -41,6 +41,17 @@ from harness.ingest.image_sources import (
     segment_tokens,
 )
 
+# Each option's range: what one machine holds while a batch or a shard is made (a 2,048 px
+# side is 4 M pixels an image; a shard of 65,536 samples of 1,024 tokens, 128 MB as int16).
+LIMITS = {
+    "image_size": (1, 2048),
+    "shard_size": (1, 65_536),
+    "batch_size": (1, 4096),
+    "workers": (1, 256),
+    "frames": (0, 1024),
+    "reference": (0, 1_000_000),
+}
+
 
 @dataclass(frozen=True)
 class TokenizeOptions:
@@ -59,13 +70,12 @@ class TokenizeOptions:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise UserError(f"--split: unknown {self.split!r}; expected one of {SPLITS}")
-        for name in ("image_size", "shard_size", "batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')}: {getattr(self, name)!r}; expected >= 1")
-        if self.frames < 0:
-            raise UserError(f"--frames: {self.frames!r}; expected >= 0 (0: images)")
-        if self.reference < 0:
-            raise UserError(f"--reference: {self.reference!r}; expected >= 0 (0: no reference images)")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                what = {"frames": " (0: images)", "reference": " (0: no reference images)"}.get(name, "")
+                flag = f"--{name.replace('_', '-')}"
+                raise UserError(f"{flag}: {value!r}; expected an integer in [{low}, {high:,}]{what}")
         try:
             torch.device(self.device)
         except RuntimeError:

@@ -222,4 +222,11 @@ CASES: list[Case] = [
     Case("tokenize-max-shards-zero", (*TOKENIZE, "--max-shards", "0"), ("--max-shards",), IMAGES),
     Case("tokenize-shard-size-zero", (*TOKENIZE, "--shard-size", "0"), ("--shard-size",), IMAGES),
     Case("tokenize-batch-size-zero", (*TOKENIZE, "--batch-size", "0"), ("--batch-size",), IMAGES),
+    Case(
+        "tokenize-side-of-100000", (*TOKENIZE, "--image-size", "100000"), ("--image-size", "100000"), IMAGES
+    ),
+    Case(
+        "tokenize-grid-beyond-a-study", (*TOKENIZE, "--image-size", "300"), ("--image-size", "90,000"), IMAGES
+    ),
+    Case("tokenize-a-million-per-shard", (*TOKENIZE, "--shard-size", "1000000"), ("--shard-size",), IMAGES),
 ]
