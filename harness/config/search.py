@@ -3,6 +3,7 @@ extend`` grows a numeric axis past an edge optimum) and multi-objective ``search
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -137,6 +138,7 @@ def axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"space.{key}: an empty grid; expected at least one value")
+        check_distinct(f"space.{key}", value)
         return "grid", value
     if isinstance(value, dict) and len(value) == 1:
         ((kind, params),) = value.items()
@@ -151,9 +153,28 @@ def axis_values(key: str, value: Any) -> tuple[str, list[Any]]:
             )
         if kind in ("uniform", "loguniform", "randint"):
             check_bounds(f"space.{key}.{kind}", kind, params)
+        else:
+            check_distinct(f"space.{key}.{kind}", params)
         return kind, params
     expected = f"a list (grid) or one of {list(DISTRIBUTIONS)}"
     raise ConfigError(f"space.{str(key)[:100]}: expected {expected}, got {short(value)}")
+
+
+def check_distinct(where: str, values: list[Any]) -> None:
+    """A value named twice on an axis is one cell (4 and 4.0 too): refused, not silently merged."""
+    seen, twice = set(), []
+    for value in values:
+        if isinstance(value, bool):
+            key: Any = ("bool", value)
+        elif isinstance(value, int | float):
+            key = ("number", float(value))
+        else:
+            key = ("other", json.dumps(value, sort_keys=True, default=str))
+        if key in seen:
+            twice.append(value)
+        seen.add(key)
+    if twice:
+        raise ConfigError(f"{where}: {short(twice)} named more than once; expected distinct values")
 
 
 def check_bounds(where: str, kind: str, params: list[Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corpus_kit import Case, override
+from corpus_kit import Case, override, study, validate
 
 ANIMALS = {"eval.extractor": "animals-cnn"}
 EXTRA = {"extractor": "digits-cnn", "num_reference": 1501}  # digits' train split holds 1,500
@@ -52,6 +52,18 @@ DATA_CASES: list[Case] = [
         "3.0",
         "no condition",
     ),
+    validate(
+        "grid-value-twice", study(space={"sampler.num_steps": [4, 8, 4.0]}), "space.sampler.num_steps", "4"
+    ),
+    validate(
+        "choice-value-twice",
+        study(
+            space={"sampler.name": {"choice": ["euler", "euler"]}},
+            search={"algorithm": "random", "num_trials": 2},
+        ),
+        "space.sampler.name.choice",
+        "euler",
+    ),  # fmt: skip
     override(
         "precision-on-three-samples",
         {"eval.num_samples": 3, "eval.batch_size": 3, "eval.metrics": ["fid", "precision"]},
