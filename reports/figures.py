@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,9 +207,22 @@ def _legend_outside(ax: Any) -> None:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    return save_figure(fig, path, bbox_inches="tight")  # cropped to what is drawn, the legend too
+
+
+def save_figure(fig: Any, path: Path, **options: Any) -> Path:
+    """The figure written whole or not at all (a temporary file beside it, renamed), then closed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # cropped to what is drawn, the legend too
-    plt.close(fig)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=110, **options)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness.errors import UserError
 from reports.comparable import comparable, select
-from reports.figures import best_rows, direction
+from reports.figures import best_rows, direction, save_figure
 from reports.findings import FAILS, HOLDS, UNDETERMINED, Check, Difference, check, difference
 from reports.markdown import atomic_write, markdown_table
 
@@ -186,10 +186,7 @@ def draw_gap(found: list[Gap], metric: str, path: Path) -> Path | None:
     ax.set_ylabel(f"ITM - ETM {metric}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def rewrite_block(readme: Path, block_id: str, body: str) -> None:

@@ -309,3 +309,33 @@ def test_heatmap_writes_each_value_in_its_cell_and_leaves_a_missing_one_blank() 
     assert texts[((0.5, 0.5), "10")] == "white"  # viridis' dark end
     assert texts[((2.5, 1.5), "50")] == "black"  # its light end
     plt.close(fig)
+
+
+def test_a_figure_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A save that fails part way (here: the writer raises after the header) leaves the figure
+    that was there before, byte for byte, and no temporary file; a save that succeeds replaces it."""
+    import matplotlib.pyplot as plt
+
+    from reports.figures import save_figure
+
+    path = tmp_path / "figures" / "curve.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    fig.savefig = broken
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, path)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["curve.png"]
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, path)
+    assert path.read_bytes() != before and path.read_bytes().startswith(b"\x89PNG")
