@@ -328,7 +328,8 @@ def test_a_figure_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
 
-    def broken(*args, **kwargs):
+    def broken(f, **kwargs):
+        f.write(b"\x89PNG\r\n")  # the header, then the disk fills
         raise OSError("disk full")
 
     fig.savefig = broken
