@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ldm_reference import random_ldm_state
 from PIL import Image
 from sampler_stubs import one_thread  # noqa: F401  (autouse: tiny convolutions, loaded cores)
@@ -232,6 +234,24 @@ def test_majority_vote_per_cell_with_ties_to_the_smaller_id() -> None:
     assert segment_tokens(label_map, (2, 2)).tolist() == [3, 0, 9, 4]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 4), st.integers(1, 4), st.lists(st.integers(0, 65535), min_size=1, max_size=4), st.data()
+)
+def test_each_cell_takes_its_most_frequent_id_of_any_16_bit_value(g, f, palette, data) -> None:
+    """Against a count per cell written out: the most frequent id, ties to the smaller, for ids
+    up to 65,535 (a 16-bit label map), without a column per possible id."""
+    side = g * f
+    picks = data.draw(st.lists(st.integers(0, len(palette) - 1), min_size=side**2, max_size=side**2))
+    label_map = np.array([palette[i] for i in picks], dtype=np.int64).reshape(side, side)
+    expected = []
+    for row in range(g):
+        for col in range(g):
+            cell = label_map[row * f : (row + 1) * f, col * f : (col + 1) * f].reshape(-1).tolist()
+            expected.append(min(set(cell), key=lambda v: (-cell.count(v), v)))
+    assert segment_tokens(label_map, (g, g)).tolist() == expected
+
+
 def test_an_original_checkpoint_tokenizes_through_the_cli(noisy, tmp_path) -> None:
     cfg = OriginalVQConfig(n_embed=16, embed_dim=4, z_channels=4, ch=8, ch_mult=(1, 2), num_res_blocks=1,
                            attn_resolutions=(8,), resolution=16, norm_num_groups=4)  # fmt: skip
@@ -277,3 +297,15 @@ def test_bad_input_exits_2_with_the_reason(tmp_path, classes, capsys) -> None:
     assert "unknown tokenizer preset 'ldm-vq-f16'" in capsys.readouterr().err
     assert main([*args, "--image-size", "0"]) == 2
     assert "--image-size: 0" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, capsys) -> None:
+    """48 KB of PNG that decode to 400 M pixels: exit 2 naming the file, not a traceback (PIL's
+    DecompressionBombError is no OSError), and no shard finished."""
+    for name in ("a", "b"):
+        _png(tmp_path / "src" / name / "0.png", np.zeros((SIZE, SIZE)))
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "src" / "a" / "1.png")
+    assert _tokenize(tmp_path / "src", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "src/a/1.png" in err and "400000000 pixels" in err and "Traceback" not in err
+    assert not list((tmp_path / "out").glob("train-*.npy"))

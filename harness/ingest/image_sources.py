@@ -216,6 +216,8 @@ def read_image(path: Path, mode: str) -> Image.Image:
             return image
     except (OSError, UnidentifiedImageError) as err:
         raise SourceError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+    except Image.DecompressionBombError as err:  # a few KB that decode to gigabytes
+        raise SourceError(f"{path}: {err}") from None
 
 
 def segment_tokens(label_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -226,9 +228,10 @@ def segment_tokens(label_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"label map {label_map.shape} does not tile into a {grid} grid")
     f = S // g
     cells = label_map.reshape(g, f, g, f).transpose(0, 2, 1, 3).reshape(g * g, f * f).astype(np.int64)
-    counts = np.zeros((g * g, int(cells.max()) + 1), dtype=np.int64)  # (g*g, K)
-    np.add.at(counts, (np.repeat(np.arange(g * g), f * f), cells.reshape(-1)), 1)
-    return counts.argmax(axis=1)
+    ids, ranks = np.unique(cells, return_inverse=True)  # the ids present, in order (a 16-bit map's
+    counts = np.zeros((g * g, len(ids)), dtype=np.int64)  # id 65535 costs one column, not 65,536)
+    np.add.at(counts, (np.repeat(np.arange(g * g), f * f), ranks.reshape(-1)), 1)
+    return ids[counts.argmax(axis=1)]
 
 
 def check_frames(source: ImageSource, frames: int) -> None:
