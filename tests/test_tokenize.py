@@ -158,6 +158,18 @@ def test_label_maps_follow_the_crop_and_the_flip_onto_the_token_grid(tmp_path) -
     assert set(np.unique(segments[0])) == {1, 2, 7}
 
 
+@pytest.mark.parametrize("label_size", [(24, 16), (32, 48), (16, 23)])
+def test_a_label_map_of_another_size_than_its_image_is_refused(tmp_path, capsys, label_size) -> None:
+    """Each is cropped by its own geometry: a map of another size (transposed, scaled, a column
+    short) would put its labels on other pixels. Refused naming the map and both sizes."""
+    root = tmp_path / "seg"
+    _png(root / "images" / "a.png", np.zeros((16, 24, 3)))  # 24 wide, 16 high
+    _png(root / "labels" / "a.png", np.ones(label_size, dtype=np.uint8))
+    assert _tokenize(root, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "labels/a.png" in err and f"{label_size[1]}x{label_size[0]}" in err and "(24x16)" in err
+
+
 @pytest.fixture
 def segmented(tmp_path):
     """Tokenized image + label-map pairs, a train and a held-out split: the left half labelled 1

@@ -220,6 +220,21 @@ def read_image(path: Path, mode: str) -> Image.Image:
         raise SourceError(f"{path}: {err}") from None
 
 
+def check_same_size(image: Path, label_map: Path, size: tuple[int, int]) -> None:
+    """A label map must be its image's size: each is centre-cropped by its own geometry, so any
+    other size would put the labels on other pixels. The image's size is read from its header."""
+    try:
+        with Image.open(image) as opened:
+            theirs = opened.size
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise SourceError(f"{image}: unreadable image ({type(err).__name__}: {err})") from None
+    if theirs != size:
+        raise SourceError(
+            f"{label_map}: {size[0]}x{size[1]}; expected the size of its image {image.name}"
+            f" ({theirs[0]}x{theirs[1]})"
+        )
+
+
 def segment_tokens(label_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """A label map (S, S) on the token grid by majority vote: each cell takes the most frequent id
     of its (S/g) x (S/g) pixels, ties to the smaller id (every id counts, 255 included); (g*g,)."""

@@ -36,6 +36,7 @@ from harness.ingest.image_sources import (
     center_crop,
     center_crop_labels,
     check_frames,
+    check_same_size,
     read_clip,
     read_image,
     segment_tokens,
@@ -110,7 +111,9 @@ def _load(source: ImageSource, sample: int, options: TokenizeOptions, grid: tupl
     image = _real(item, options)
     segments = None
     if item.segments is not None:
-        labels = center_crop_labels(read_image(item.segments, "labels"), options.image_size)
+        label_map = read_image(item.segments, "labels")
+        check_same_size(item.image, item.segments, label_map.size)  # else cropped elsewhere: misaligned
+        labels = center_crop_labels(label_map, options.image_size)
         segments = segment_tokens(labels[:, ::-1] if flipped else labels, grid)
     return (np.ascontiguousarray(np.flip(image, axis=-2)) if flipped else image), segments  # W is -2
 
