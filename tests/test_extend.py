@@ -69,6 +69,17 @@ def test_an_interior_best_grows_nothing_and_integer_axes_stay_integer(write_stud
     grow, _ = edge_extensions(spec, top)
     assert grow[0].added == [16] and isinstance(grow[0].added[0], int)
     assert ExtendRule(factor=2, max=32).beyond(32, up=True) is None
+    slow = _spec(
+        write_study,
+        space={"sampler.num_steps": [2, 4]},
+        extend={"sampler.num_steps": {"factor": 1.1, "max": 5}},
+    )
+    top = [_record(i, fid, **{"sampler.num_steps": n}) for i, (n, fid) in enumerate([(2, 9), (4, 5)])]
+    assert edge_extensions(slow, top)[0][0].added == [5]  # 4 x 1.1 rounds to 4: one step instead
+    at_bound = [_record(i, fid, **{"sampler.num_steps": n}) for i, (n, fid) in enumerate([(2, 9), (5, 5)])]
+    slow = slow.model_copy(update={"space": {"sampler.num_steps": [2, 5]}})
+    grow, stopped = edge_extensions(slow, at_bound)
+    assert grow == [] and "the stated bound" in stopped[0]  # 5 + 1 is past it
     assert ExtendRule(step=0.5, min=0.1).beyond(1.0, up=True) is None  # no upper bound: not upward
 
 

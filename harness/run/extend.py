@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from harness.cache import atomic_write_text
-from harness.config.search import numeric_grid
+from harness.config.search import ExtendRule, numeric_grid
 from harness.config.study import Refinement, StudySpec, metric_mode
 from harness.config.trial import get_dotted
 from harness.run.ledger import TrialRecord
@@ -58,6 +58,21 @@ def _like(value: float, grid: list[float]) -> float | int:
     return round(value, 10)
 
 
+def _next(rule: ExtendRule, edge: float, up: bool, grid: list[float]) -> float | int | None:
+    """The value past ``edge``, or None at the bound; an integer axis whose step rounds back to
+    its edge (factor 1.1 from 4) moves by one instead of standing still."""
+    beyond = rule.beyond(edge, up)
+    if beyond is None:
+        return None
+    value = _like(beyond, grid)
+    if value == edge:
+        value = edge + (1 if up else -1)
+        bound = rule.max if up else rule.min
+        if value > bound if up else value < bound:
+            return None
+    return value
+
+
 def edge_extensions(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[Extension], list[str]]:
     """(what to add, per extended axis; the edges where the bound stops the growth)."""
     minimize = metric_mode(spec) == "min"
@@ -83,11 +98,10 @@ def edge_extensions(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[E
                 if at != edge:
                     continue
                 side = "top" if up else "bottom"
-                beyond = rule.beyond(edge, up)
-                if beyond is None:
+                value = _next(rule, edge, up, grid)
+                if value is None:
                     stopped.append(f"{axis}: {method} is best at the grid's {side}, {edge}, the stated bound")
                     continue
-                value = _like(beyond, grid)
                 if value not in grid:
                     added.setdefault(value, []).append(f"{method} best at the grid's {side}, {edge}")
         if added:
