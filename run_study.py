@@ -237,29 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return report_folder(args)
         if args.command == "report":
-            from cli.drive import log_report, write_study_report
-            from harness.runner import prepare
-            from harness.tracking.tracker import Tracker, resolve_tracking_uri
+            from cli.report import report_study
 
-            run = prepare(args.study, args.runs_root)
-            if not (run.study_dir / "ledger").is_dir():
-                raise UserError(f"study {run.spec.name!r} has not run yet: no ledger under {run.study_dir}")
-            if args.from_ledger:  # no MLflow needed: tables from the study's ledger files
-                from harness.config.study import metric_mode
-                from reports.markdown import write_markdown_report
-
-                spec = run.spec
-                title = spec.description or spec.name
-                path = write_markdown_report(run.study_dir, title, spec.metric, metric_mode(spec))
-                print(f"report: {path}")
-                return 0
-            uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
-            report = write_study_report(run, uri)
-            tracker = Tracker(uri, run.spec.name)
-            if tracker.reopen_latest_invocation():
-                log_report(tracker, report)
-            print(f"report: {report.markdown} and {report.html}")
-            return 0
+            return report_study(args)
         if args.command == "extend":
             from cli.extend import extend
 

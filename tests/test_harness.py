@@ -19,7 +19,7 @@ from harness.config.trial import ConfigError
 from harness.ray import dispatch
 from harness.run.ledger import Ledger, TrialRecord
 from harness.runner import execute, prepare
-from harness.tracking.schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
+from harness.tracking.schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name, trial_runs
 from reports.mlflow_source import study_runs
 
 # ---- validation: errors name the field and what was expected; nothing is written -----------------
@@ -367,3 +367,27 @@ def test_report_command_from_mlflow_and_from_the_ledger(grid_study, capsys) -> N
     (root / "grid" / "report.md").unlink()
     assert run_study.main(["report", str(study), "--runs-root", str(root), "--from-ledger"]) == 0
     assert "## Finished trials (best first)" in (root / "grid" / "report.md").read_text()
+
+
+def test_the_report_never_shows_fewer_trials_than_the_ledger_finished(grid_study, tmp_path, capsys) -> None:
+    """A trial's run gone from the store is logged back from the ledger before the report reads
+    it; a store with no run of the study at all (deleted, or another named) is refused (exit 2)
+    instead of rendered as a report of no trials; a store that is no database is named."""
+    from mlflow import MlflowClient
+
+    root, study, uri = grid_study["root"], grid_study["study"], grid_study["uri"]
+    finished = [r for r in Ledger(root / "grid").records() if r.status == "finished"]
+    client = MlflowClient(uri)
+    child = next(trial_runs(client, client.get_experiment_by_name(experiment_name("grid")).experiment_id))
+    client.delete_run(child.info.run_id)
+    assert run_study.main(["report", str(study), "--runs-root", str(root), "--tracking-uri", uri]) == 0
+    assert "1 trial(s) of the ledger it lacked logged" in capsys.readouterr().out
+    assert f"{len(finished)} trials finished" in (root / "grid" / "report.md").read_text()
+    before = (root / "grid" / "report.md").read_bytes()
+    elsewhere = f"sqlite:///{tmp_path / 'other.db'}"
+    assert run_study.main(["report", str(study), "--runs-root", str(root), "--tracking-uri", elsewhere]) == 2
+    assert "resume grid" in capsys.readouterr().err and (root / "grid" / "report.md").read_bytes() == before
+    (tmp_path / "broken.db").write_text("not a database")
+    broken = f"sqlite:///{tmp_path / 'broken.db'}"
+    assert run_study.main(["report", str(study), "--runs-root", str(root), "--tracking-uri", broken]) == 2
+    assert "broken.db: not a readable SQLite database" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from harness.cache import cache_dir
+from harness.errors import UserError
 from harness.run.lock import file_lock
 
 # SQLite's words for a store it cannot write, as the errno a file write would have raised.
@@ -23,6 +24,9 @@ _SQLITE_FAULTS = {
     "unable to open database file": errno.EACCES,
     "disk I/O error": errno.EIO,
 }
+
+# SQLite's words for a file that is not (or no longer) a database: no write would succeed.
+_NOT_A_STORE = ("file is not a database", "database disk image is malformed")
 
 
 def _sqlite_path(tracking_uri: str) -> Path | None:
@@ -114,6 +118,12 @@ def store_faults(tracking_uri: str) -> Iterator[None]:
         text = str(err)
         code = next((code for words, code in _SQLITE_FAULTS.items() if words in text), None)
         db_path = _sqlite_path(tracking_uri)
+        if db_path is not None and any(words in text for words in _NOT_A_STORE):
+            raise UserError(
+                f"MLflow store {db_path}: not a readable SQLite database ({text.splitlines()[0][:200]});"
+                " move it aside (a new store is made and filled from the ledgers) or name another"
+                " with --tracking-uri"
+            ) from None
         if code is None or db_path is None:
             raise
         cause = f"{os.strerror(code)} (MLflow store: {text.splitlines()[0]})"
