@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.cache import atomic_write_text, cache_dir, probe_writable
 from harness.config.study import StudySpec, load_study
-from harness.config.trial import ConfigError
+from harness.config.trial import ConfigError, TrialConfig
 from harness.data.registry import load_dataset, open_split, real_images
 from harness.evaluation import FID, Evaluator
 from harness.ray.dispatch import RayDispatcher, TrialContext
@@ -62,6 +62,20 @@ def check_resources(spec: StudySpec, available: dict[str, float]) -> None:
                 f"resources.workers = {workers} x resources.{name} = {asked} needs {asked * workers:g} "
                 f"{name.upper()}(s) at once; the cluster has {have}"
             )
+
+
+def missing_weights_files(trials: list[TrialConfig]) -> list[str]:
+    """Why each extractor the trials score with could not find its weights file on this machine
+    (a study names no file: it is found where the extractor looks), one line per extractor."""
+    from harness.evaluation.extractors import default_extractor_name, missing_weights
+
+    names = set()
+    for trial in trials:
+        if trial.task().feature_metrics(trial):
+            names.add(default_extractor_name(trial.data.name, trial.eval.extractor))
+        names |= {extra.extractor for extra in trial.eval.extra_protocols}
+    found = {name: missing_weights(name) for name in sorted(names)}
+    return [f"eval extractor {name!r}: {why}" for name, why in found.items() if why]
 
 
 def local_resources() -> dict[str, float]:

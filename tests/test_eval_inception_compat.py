@@ -54,3 +54,41 @@ def test_compat_weights_must_be_a_plain_state_dict(tmp_path) -> None:
     torch.save({"fc.weight": Path("/")}, code)  # an arbitrary class: refused by weights_only=True
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         build_extractor("inception-v3-compat", weights_path=code)
+
+
+def test_a_study_finds_the_compat_weights_where_the_extractor_looks_or_is_refused(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A study names no weights file: its trials find it at $UNMASK_INCEPTION_WEIGHTS, else the
+    default path. When neither holds it, `run` is refused before anything starts (exit 2, naming
+    the extractor, the path and the variable), where it used to train and then fail every trial."""
+    import run_study
+    from harness.config.trial import build_trial
+    from harness.evaluation import inception
+    from harness.runner import missing_weights_files
+
+    monkeypatch.setattr(inception, "COMPAT_DEFAULT", tmp_path / "absent.pth")
+    monkeypatch.delenv(inception.COMPAT_ENV, raising=False)
+    trials = [build_trial({"eval": {"extractor": "inception-v3-compat", "metrics": ["fid"]}})]
+    (line,) = missing_weights_files(trials)
+    assert "inception-v3-compat" in line and "absent.pth" in line and inception.COMPAT_ENV in line
+    extra = {"extractor": "inception-v3-compat", "num_samples": 10}
+    assert len(missing_weights_files([build_trial({"eval": {"extra_protocols": [extra]}})])) == 1
+    assert missing_weights_files([build_trial({})]) == []  # digits-cnn: trained, no file
+    named = tmp_path / "mine.pth"
+    named.write_bytes(b"weights")
+    monkeypatch.setenv(inception.COMPAT_ENV, str(named))
+    assert missing_weights_files(trials) == [] and inception.compat_weights_path() == named
+    monkeypatch.setenv(inception.COMPAT_ENV, str(tmp_path / "typo.pth"))  # named, missing: no fall back
+    assert "typo.pth" in missing_weights_files(trials)[0]
+
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "name: compat\nbase: " + str(Path(run_study.__file__).parent / "search_spaces" / "small.yaml") + "\n"
+        "overrides: {eval.extractor: inception-v3-compat, eval.metrics: [fid]}\n"
+        "space: {sampler.temperature: [1.0]}\n"
+    )
+    assert run_study.main(["run", str(study), "--runs-root", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "eval extractor 'inception-v3-compat'" in err and "typo.pth" in err
+    assert not (tmp_path / "runs").exists()

@@ -8,6 +8,7 @@ samples to its input size, and all three go into every metric's protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +67,30 @@ EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor")
 INPUT_KINDS: dict[str, str] = {}
 
 
-def register_extractor(name: str, input_kind: str):
-    """EXTRACTORS.register(name), recording the extractor's input kind."""
+# name -> () -> the weights file it would load when none is named (WeightsNotFoundError if it is
+# not there), for the extractors that read a file the user supplies: checked before a study runs.
+WEIGHTS: dict[str, Callable[[], Path]] = {}
+
+
+def register_extractor(name: str, input_kind: str, weights: Callable[[], Path] | None = None):
+    """EXTRACTORS.register(name), recording the extractor's input kind and, for one that loads a
+    file the user supplies, how that file is found."""
     INPUT_KINDS[name] = input_kind
+    if weights is not None:
+        WEIGHTS[name] = weights
     return EXTRACTORS.register(name)
+
+
+def missing_weights(name: str) -> str | None:
+    """Why extractor ``name`` could not find its weights file here, or None (found, or none needed)."""
+    find = WEIGHTS.get(name)
+    if find is None:
+        return None
+    try:
+        find()
+    except WeightsNotFoundError as err:
+        return str(err)
+    return None
 
 
 def default_extractor_name(dataset: str, override: str | None = None) -> str:

@@ -193,7 +193,7 @@ def i3d_weights_path(weights_path: str | Path | None = None) -> Path:
     return path
 
 
-@register_extractor("i3d", VIDEO)
+@register_extractor("i3d", VIDEO, weights=i3d_weights_path)
 def i3d(*, weights_path: str | Path | None = None, cache_dir: str | Path | None = None) -> I3DExtractor:
     """The Kinetics-400 I3D from :func:`i3d_weights_path`; never downloaded."""
     return I3DExtractor(i3d_weights_path(weights_path))

