@@ -210,6 +210,25 @@ class ClipTextEncoder(nn.Module):
         return self.project_tokens(tokens), self.project_pooled(out.pooler_output.float())
 
 
+CLIP_FILES = {
+    "config": ("config.json",),
+    "weights": ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"),
+    "tokenizer": ("tokenizer.json", "vocab.json"),
+}
+
+
+def clip_folder_problem(path: str) -> str | None:
+    """What a local CLIP text model folder lacks (its config, weights, tokenizer), or None; read
+    from the file names alone, so that a study is refused before it trains, not when it loads."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return f"model.text.path: {str(path)!r} is not a folder (a local CLIP text model)"
+    for what, names in CLIP_FILES.items():
+        if not any((folder / name).is_file() for name in names):
+            return f"model.text.path: {str(folder)!r} has no {what} file; expected one of {list(names)}"
+    return None
+
+
 def _load(cls: type, path: str):
     """``cls.from_pretrained(path)`` from local files only; errors name the path."""
     folder = Path(path).expanduser()

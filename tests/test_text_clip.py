@@ -94,3 +94,27 @@ def test_clip_missing_or_invalid_folder_fails_naming_the_path(tmp_path: Path) ->
     too_long = TextConfig(encoder="clip", path=str(write_tiny_clip(tmp_path / "clip")), max_length=17)
     with pytest.raises(ValueError, match="model.text.max_length: 17 exceeds the CLIP model's 16"):
         DiscreteDiT(ModelConfig(vocab_size=5, grid=(4, 4), text=too_long))
+
+
+@pytest.mark.parametrize(
+    ("removed", "what"),
+    [((), None), (("config.json",), "config"), (("model.safetensors",), "weights"),
+     (("tokenizer.json", "vocab.json"), "tokenizer")],
+)  # fmt: skip
+def test_a_clip_folder_without_its_files_is_refused_at_validation(tmp_path: Path, removed, what) -> None:
+    """An empty or half-copied folder used to pass validation and fail when training loaded it."""
+    from harness.config.trial import ConfigError, build_trial
+
+    path = write_tiny_clip(tmp_path / "clip")
+    for name in removed:
+        (path / name).unlink()
+    trial = {
+        "data": {"name": "captioned-canvases", "options": {"num_train": 40}},
+        "model": {"text": {"encoder": "clip", "path": str(path)}},
+        "eval": {"metrics": ["fid"]},
+    }
+    if what is None:
+        assert build_trial(trial).model.text["path"] == str(path)
+    else:
+        with pytest.raises(ConfigError, match=f"model.text.path: .* has no {what} file"):
+            build_trial(trial)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_type_hints
 
 from pydantic import (
@@ -35,7 +34,7 @@ from harness.tasks.registry import task_for
 from models.backbone import SIZE_PRESETS
 from models.losses import LOSSES
 from models.schedulers import SCHEDULERS
-from models.text import TextConfig
+from models.text import TextConfig, clip_folder_problem
 from models.trainer import TrainConfig
 
 
@@ -82,8 +81,9 @@ class ModelSection(Section):
                 where = ".".join(str(part)[:100] for part in e["loc"])
                 raise ValueError(f"model.text.{where} = {short(e.get('input'))}: {e['msg']}") from None
             text = TextConfig.from_dict(v)  # unknown keys and bad values fail here, naming them
-            if text.path is not None and not Path(text.path).expanduser().is_dir():
-                raise ValueError(f"model.text.path: {text.path!r} is not a folder (a local CLIP text model)")
+            problem = clip_folder_problem(text.path) if text.path is not None else None
+            if problem:
+                raise ValueError(problem)
         return v
 
 
