@@ -197,16 +197,16 @@ def _run(args) -> int:
         f"study {run.spec.name!r}: {run.plan.describe(measured_flops_per_second(), gpu_tflops)}", flush=True
     )
     if args.dry_run:
-        from harness.runner import missing_weights_files
+        from harness.runner import missing_files
 
-        for line in missing_weights_files(run.plan.trials):
+        for line in missing_files(run.plan.trials):
             print(f"note: {line}")
         return 0
     if not (args.address or os.environ.get("RAY_ADDRESS")):  # refused before MLflow or Ray start
-        from harness.runner import check_resources, local_resources, missing_weights_files
+        from harness.runner import check_resources, local_resources, missing_files
 
         check_resources(run.spec, local_resources())
-        missing = missing_weights_files(run.plan.trials)  # not on a cluster: its workers may hold them
+        missing = missing_files(run.plan.trials)  # not on a cluster: its workers may hold them
         if missing:
             raise UserError("; ".join(missing))
     with StudyLock(run.study_dir, run.spec.name):  # validated; nothing of the study written yet

@@ -12,6 +12,7 @@ from harness.cache import atomic_write_text, cache_dir, probe_writable
 from harness.config.study import StudySpec, load_study
 from harness.config.trial import ConfigError, TrialConfig
 from harness.data.registry import load_dataset, open_split, real_images
+from harness.errors import UserError
 from harness.evaluation import FID, Evaluator
 from harness.ray.dispatch import RayDispatcher, TrialContext
 from harness.run.extend import STUDY_FILE, write_study
@@ -64,18 +65,31 @@ def check_resources(spec: StudySpec, available: dict[str, float]) -> None:
             )
 
 
-def missing_weights_files(trials: list[TrialConfig]) -> list[str]:
-    """Why each extractor the trials score with could not find its weights file on this machine
-    (a study names no file: it is found where the extractor looks), one line per extractor."""
+def missing_files(trials: list[TrialConfig]) -> list[str]:
+    """What the trials would read and this machine lacks, one line each: each extractor's weights
+    file (a study names none: it is found where the extractor looks) and each dataset's files
+    (validation reads none), checked before a study starts here."""
+    from harness.data.registry import get_dataset
     from harness.evaluation.extractors import default_extractor_name, missing_weights
 
-    names = set()
+    names, data = set(), {}
     for trial in trials:
-        if trial.task().feature_metrics(trial):
+        scored = bool(trial.task().feature_metrics(trial))
+        if scored:
             names.add(default_extractor_name(trial.data.name, trial.eval.extractor))
         names |= {extra.extractor for extra in trial.eval.extra_protocols}
+        key = (trial.data.name, json.dumps(trial.data.options, sort_keys=True))
+        data[key] = data.get(key, False) or scored or bool(trial.eval.extra_protocols)
     found = {name: missing_weights(name) for name in sorted(names)}
-    return [f"eval extractor {name!r}: {why}" for name, why in found.items() if why]
+    lines = [f"eval extractor {name!r}: {why}" for name, why in found.items() if why]
+    for (name, options), needs_reference in sorted(data.items()):
+        check = get_dataset(name).check_files
+        try:
+            if check is not None:
+                check(needs_reference, **json.loads(options))
+        except UserError as err:
+            lines.append(f"data {name!r}: {err}")
+    return lines
 
 
 def local_resources() -> dict[str, float]:

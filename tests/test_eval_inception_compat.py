@@ -65,7 +65,7 @@ def test_a_study_finds_the_compat_weights_where_the_extractor_looks_or_is_refuse
     import run_study
     from harness.config.trial import build_trial
     from harness.evaluation import inception
-    from harness.runner import missing_weights_files
+    from harness.runner import missing_files as missing_weights_files
 
     monkeypatch.setattr(inception, "COMPAT_DEFAULT", tmp_path / "absent.pth")
     monkeypatch.delenv(inception.COMPAT_ENV, raising=False)

@@ -233,3 +233,34 @@ def test_a_folder_tokenized_again_in_place_is_read_again_by_a_worker(tmp_path, m
     trial_module.trial_evaluators(trial, tmp_path / "cache")
     assert len(read) == 2 and read[1] != read[0]
     trial_module._evaluator.cache_clear()
+
+
+def test_a_folder_a_study_could_not_read_is_found_before_it_starts(folder, tmp_path) -> None:
+    """Validation reads no file; before a study starts on this machine each dataset's files are
+    checked: no folder, a manifest that is no JSON object, no training shards, and no training
+    reference images for a trial scored against them are each named (one line per dataset)."""
+    from harness.runner import missing_files
+
+    def problems(options: dict, metrics: tuple[str, ...] = ("fid",)) -> list[str]:
+        trial = build_trial(
+            {
+                "data": {"name": "shards", "options": options},
+                "eval": {"extractor": "digits-cnn", "metrics": list(metrics)},
+            }
+        )
+        return missing_files([trial])
+
+    (line,) = problems(_options(folder))  # the fixture keeps held-out reference images only
+    assert line.startswith("data 'shards'") and "no reference images of split 'train'" in line
+    shards.shards_check(False, **_options(folder))  # unscored: the shards alone suffice
+    assert "no manifest.json" in problems(_options(tmp_path / "nowhere"))[0]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for text, words in (("{not json", "unreadable"), ("[1, 2]", "expected a JSON object")):
+        (broken / "manifest.json").write_text(text)
+        assert words in problems(_options(broken))[0]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["splits"].pop("train")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="no shards of split 'train'"):
+        shards.shards_check(False, **_options(folder))

@@ -123,6 +123,8 @@ class Dataset:
     ``stamp(**options)``, for data read from files a user may rewrite in place: a value that
     changes when they are (sizes, modification times), so that what a worker keeps loaded
     between trials is read again; None: the data never changes under the same options.
+    ``check_files(needs_reference, **options)``: raises UserError for files a study could not read
+    (checked once before a study starts on this machine; validation reads no file).
     """
 
     name: str
@@ -134,6 +136,7 @@ class Dataset:
     options: type | None = None  # a dataclass of the options, for a ``shape`` that takes **options
     stream: Callable[..., TokenDataset] | None = None
     stamp: Callable[..., Any] | None = None  # (**options) -> changes when its files are rewritten
+    check_files: Callable[..., None] | None = None  # (needs_reference, **options): refuses bad files
     _options: type[BaseModel] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:

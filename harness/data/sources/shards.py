@@ -59,6 +59,7 @@ from harness.data.sources.shard_files import (
 )
 from harness.data.sources.shard_files import token_dtype as token_dtype
 from harness.data.sources.shard_files import write_shards as write_shards
+from harness.data.sources.shard_tokenizer import ShardTokenizer
 from harness.data.tokenizers.pixel import JointTokenizer
 from harness.data.types import SPLITS, Dataset, DatasetShape, TokenDataset
 from harness.errors import UserError, short
@@ -121,7 +122,12 @@ def read_manifest(options: ShardOptions) -> dict[str, Any]:
         raise ShardError(
             f"data.options.path {options.path!r}: no {MANIFEST} (tokenize the dataset into this folder first)"
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+        raise ShardError(f"{path}: unreadable ({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{path}: {short(manifest)}; expected a JSON object")
     if manifest.get("format") != FORMAT:
         raise ShardError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
     for key, want in (("grid", list(options.grid)), ("vocab_size", options.vocab_size),
@@ -272,61 +278,6 @@ def _caption_vocabulary(options: ShardOptions, stamp: int | None) -> tuple[str, 
     return tuple(sorted({word for text in split_captions(options, "train") for word in text.split()}))
 
 
-class ShardTokenizer:
-    """Grid and vocabulary of pre-tokenized data; decodes through the tokenizer the manifest names
-    (``harness.data.tokenizers.pretrained_vq.build_tokenizer``:
-    ``{"kind": "diffusers-vq" | "original-vq" | "pixel",
-    "path": ..., "image_size": ...}``, a relative path relative to the folder). Clips: shards on a
-    (T, h, w) grid of a tokenizer with an (h, w) grid go through it frame by frame, as clips
-    (N, C, T, H, W) in [0, 1] (the layout of ``PixelTokenizer`` with a 3-d grid)."""
-
-    def __init__(self, options: ShardOptions, manifest: dict[str, Any]) -> None:
-        self.grid, self.vocab_size, self.manifest = options.grid, options.vocab_size, manifest
-        self.root = Path(options.path)
-        self._decoder: Any = None
-
-    def _tokenizer(self) -> Any:
-        if self._decoder is None:
-            from harness.data.tokenizers.pretrained_vq import TOKENIZER_KINDS, build_tokenizer
-
-            spec = self.manifest.get("tokenizer") or {}
-            if spec.get("kind") not in TOKENIZER_KINDS:
-                raise ShardError(
-                    f"{self.root / MANIFEST}: tokenizer {spec or 'none'}; decoding needs one of kind"
-                    f" {TOKENIZER_KINDS} with its path and image_size"
-                )
-            self._decoder = build_tokenizer(spec, self.root)
-            grids = [tuple(self.grid)] + ([tuple(self.grid[1:])] if len(self.grid) == 3 else [])
-            if tuple(self._decoder.grid) not in grids or self._decoder.vocab_size != self.vocab_size:
-                raise ShardError(
-                    f"{self.root / MANIFEST}: its tokenizer makes {self._decoder.grid} grids of"
-                    f" {self._decoder.vocab_size} codes, the shards hold {self.grid} / {self.vocab_size}"
-                )
-        return self._decoder
-
-    @property
-    def frames(self) -> int:
-        """T when the shards hold clips (T, h, w) of a per-frame tokenizer (h, w); 0 otherwise."""
-        per_frame = tuple(self._tokenizer().grid) != tuple(self.grid)
-        return int(self.grid[0]) if per_frame else 0
-
-    def encode(self, images: Tensor) -> Tensor:
-        """images (N, C, H, W), or clips (N, C, T, H, W) -> tokens (N, [T] h w)."""
-        T = self.frames
-        if not T:
-            return self._tokenizer().encode(images)
-        frames = images.transpose(1, 2).flatten(0, 1)  # (N T, C, H, W)
-        return self._tokenizer().encode(frames).reshape(images.shape[0], -1)  # (N, T h w)
-
-    def decode(self, tokens: Tensor) -> Tensor:
-        """tokens (N, [T] h w) -> images (N, C, H, W), or clips (N, C, T, H, W), in [0, 1]."""
-        T = self.frames
-        if not T:
-            return self._tokenizer().decode(tokens)
-        x = self._tokenizer().decode(tokens.reshape(tokens.shape[0] * T, -1))  # (N T, C, H, W)
-        return x.reshape(tokens.shape[0], T, *x.shape[1:]).transpose(1, 2).contiguous()  # (N, C, T, H, W)
-
-
 def shards(split: str = "train", **options: Any) -> TokenDataset:
     parsed = ShardOptions.parse(options)
     return _dataset(parsed, split, *load_split(parsed, split))
@@ -370,6 +321,21 @@ def shard_images(split: str = "train", **options: Any) -> tuple[Tensor, Tensor |
     return x, None
 
 
+def shards_check(needs_reference: bool = False, **options: Any) -> None:
+    """Before a study starts on this machine: the folder's manifest matches the options and lists
+    training shards, and, for a trial scored by feature metrics, the training split's reference
+    images (what FID and the others score against)."""
+    parsed = ShardOptions.parse(options)
+    manifest, where = read_manifest(parsed), Path(parsed.path) / MANIFEST
+    if not manifest["splits"].get("train"):
+        raise ShardError(f"{where}: no shards of split 'train' (tokenize --split train into this folder)")
+    if needs_reference and not (manifest.get("reference") or {}).get("train"):
+        raise ShardError(
+            f"{where}: no reference images of split 'train' (tokenize --reference N); the trial's"
+            " metrics score against them"
+        )
+
+
 def shards_stamp(**options: Any) -> tuple:
     return folder_stamp(Path(ShardOptions.parse(options).path))
 
@@ -385,6 +351,7 @@ DATASET = Dataset(
     shape=shards_shape,
     real_images=shard_images,
     stamp=shards_stamp,
+    check_files=shards_check,
     default_extractor=None,
     options=ShardOptions,
     summary="pre-tokenized data in a shard folder (run_study.py tokenize)",
