@@ -14,7 +14,7 @@ from models.samplers import COUNT_RULES, RANDOMIZATIONS, SAMPLERS, UNMASK_SCHEDU
 
 class EulerOptions(Section):
     argmax_fill: bool = False
-    remask_scale: float = Field(default=0.0, ge=0)
+    remask_scale: float = Field(default=0.0, ge=0, le=1e6)
     reference_grid: bool = False
 
 
@@ -22,7 +22,7 @@ class MaskGITOptions(Section):
     schedule: str = "cosine"
     counts: str = "floor"
     randomization: str = "linear"
-    gumbel_scale: float = Field(default=4.5, ge=0)
+    gumbel_scale: float = Field(default=4.5, ge=0, le=1e6)  # beyond, float32 noise overflows
     reference_time: bool = False
 
     _schedule = field_validator("schedule")(lambda v: known(v, UNMASK_SCHEDULES, "MaskGIT schedule"))

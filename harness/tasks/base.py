@@ -66,6 +66,7 @@ class Task:
     def check(self, trial: Trial, shape: DatasetShape) -> None:
         """Raises UserError for a trial this task would fail on after training."""
         self.check_patch(trial, shape)
+        check_top_k(trial, shape)
         if trial.sampler.condition_on is not None:
             raise UserError(
                 f"sampler.condition_on: {trial.sampler.condition_on!r} is not a modality of dataset "
@@ -235,4 +236,15 @@ def check_guidance(trial: Trial, model: ModelConfig) -> None:
         raise UserError(
             f"sampler.cfg_scale: {trial.sampler.cfg_scale}; expected 1.0 (no guidance): the model of"
             f" dataset {trial.data.name!r} has no condition (no classes or captions) to guide by"
+        )
+
+
+def check_top_k(trial: Trial, shape: DatasetShape) -> None:
+    """top_k at or above the vocabulary keeps every token: a setting that does nothing (a sweep
+    over it would compare equal draws), refused naming the vocabulary."""
+    k = trial.sampler.top_k
+    if k is not None and k >= shape.vocab_size:
+        raise UserError(
+            f"sampler.top_k: {k}; expected fewer than the {shape.vocab_size} tokens of dataset"
+            f" {trial.data.name!r} (top_k >= the vocabulary keeps every token: leave it out)"
         )

@@ -64,6 +64,8 @@ DATA_CASES: list[Case] = [
         "space.sampler.name.choice",
         "euler",
     ),  # fmt: skip
+    override("top-k-beyond-the-vocabulary", {"sampler.top_k": 100}, "sampler.top_k", "100", "17"),
+    override("gumbel-scale-overflowing", {"sampler.maskgit.gumbel_scale": 1e300}, "gumbel_scale"),
     override(
         "precision-on-three-samples",
         {"eval.num_samples": 3, "eval.batch_size": 3, "eval.metrics": ["fid", "precision"]},
