@@ -67,6 +67,7 @@ class Task:
         """Raises UserError for a trial this task would fail on after training."""
         self.check_patch(trial, shape)
         check_top_k(trial, shape)
+        check_step_counts(trial, math.prod(shape.grid))
         if trial.sampler.condition_on is not None:
             raise UserError(
                 f"sampler.condition_on: {trial.sampler.condition_on!r} is not a modality of dataset "
@@ -247,4 +248,17 @@ def check_top_k(trial: Trial, shape: DatasetShape) -> None:
         raise UserError(
             f"sampler.top_k: {k}; expected fewer than the {shape.vocab_size} tokens of dataset"
             f" {trial.data.name!r} (top_k >= the vocabulary keeps every token: leave it out)"
+        )
+
+
+def check_step_counts(trial: Trial, tokens: int) -> None:
+    """A sampler that commits a count of tokens per step (MaskGIT, Halton) commits at least one a
+    step: at most as many steps as tokens it generates (its count rules refuse more, after training)."""
+    from models.samplers import SAMPLERS
+
+    name, steps = trial.sampler.name, trial.sampler.num_steps
+    if name in SAMPLERS and hasattr(SAMPLERS[name], "counts") and steps > tokens:
+        raise UserError(
+            f"sampler.num_steps: {steps}; expected at most {tokens} for the {name} sampler, which commits"
+            f" at least one of the {tokens} generated tokens a step"
         )

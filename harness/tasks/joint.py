@@ -11,6 +11,7 @@ modalities (``DatasetShape.modalities``), whatever its name.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from harness.data.types import DatasetShape
 from harness.errors import UserError
 from harness.evaluation import MetricResult, SampleSet, miou_result
 from harness.evaluation.uncertainty import t_interval
-from harness.tasks.base import GenerationInputs, Scores, Task, Trial, cycled
+from harness.tasks.base import GenerationInputs, Scores, Task, Trial, check_step_counts, cycled
 from models.backbone import ModelConfig
 from models.modalities import GivenModalities, Layout
 
@@ -65,6 +66,8 @@ class Joint(Task):
             )
         for modality in shape.modalities:
             self.check_patch(trial, DatasetShape(modality.grid, modality.vocab_size, 0))
+        generated = [m for m in shape.modalities if m.name != given]
+        check_step_counts(trial, sum(math.prod(m.grid) for m in generated))
         self.check_metrics(trial, shape)
 
     def check_mask_metric(self, trial: Trial, where: str, name: str) -> None:

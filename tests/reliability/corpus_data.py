@@ -67,6 +67,25 @@ DATA_CASES: list[Case] = [
     override("top-k-beyond-the-vocabulary", {"sampler.top_k": 100}, "sampler.top_k", "100", "17"),
     override("gumbel-scale-overflowing", {"sampler.maskgit.gumbel_scale": 1e300}, "gumbel_scale"),
     override(
+        "maskgit-more-steps-than-tokens",
+        {"sampler.name": "maskgit", "sampler.num_steps": 65},
+        "num_steps",
+        "64",
+    ),
+    override(
+        "halton-segmentation-more-steps-than-labels",
+        {
+            "data.name": "digit-canvases",
+            "data.options": {"num_train": 40},
+            "sampler.name": "halton",
+            "sampler.condition_on": "image",
+            "sampler.num_steps": 257,
+            "eval.metrics": ["miou"],
+        },
+        "num_steps",
+        "256",
+    ),  # fmt: skip
+    override(
         "precision-on-three-samples",
         {"eval.num_samples": 3, "eval.batch_size": 3, "eval.metrics": ["fid", "precision"]},
         "eval.num_samples",
