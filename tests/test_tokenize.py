@@ -321,3 +321,14 @@ def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert "src/a/1.png" in err and "400000000 pixels" in err and "Traceback" not in err
     assert not list((tmp_path / "out").glob("train-*.npy"))
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path, capsys) -> None:
+    """Its first read would block forever (the command hung): refused by name, exit 2."""
+    import os
+
+    for name in ("a", "b"):
+        _png(tmp_path / "src" / name / "0.png", np.zeros((SIZE, SIZE)))
+    os.mkfifo(tmp_path / "src" / "a" / "1.png")
+    assert _tokenize(tmp_path / "src", tmp_path / "out") == 2
+    assert "src/a/1.png: not a regular file" in capsys.readouterr().err

@@ -65,9 +65,15 @@ class ImageSource:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    """The image files of a folder, sorted; a name with an image suffix that is no regular file (a
+    FIFO, which would block the first read forever, a device, a dangling link) is refused."""
+    named = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    odd = [p for p in named if not p.is_file() and not p.is_dir()]
+    if odd:
+        raise SourceError(
+            f"{odd[0]}: not a regular file (a FIFO, device, socket or dangling link); expected an image"
+        )
+    return sorted(p for p in named if p.is_file())
 
 
 def _folders_in(folder: Path) -> list[str]:
