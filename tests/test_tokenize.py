@@ -332,3 +332,8 @@ def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path, capsys) -> Non
     os.mkfifo(tmp_path / "src" / "a" / "1.png")
     assert _tokenize(tmp_path / "src", tmp_path / "out") == 2
     assert "src/a/1.png: not a regular file" in capsys.readouterr().err
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    os.mkfifo(coco / "annotations" / "captions_train.json")  # blocked json.loads the same way
+    assert _tokenize(coco, tmp_path / "out-coco") == 2
+    assert "captions_train.json: no captions file" in capsys.readouterr().err

@@ -122,6 +122,8 @@ def _captions_file(root: Path, captions: Path | None) -> Path:
 @SOURCES.register("coco")
 def coco(root: Path, captions: Path | None = None) -> ImageSource:
     path = _captions_file(root, captions)
+    if not path.is_file():  # missing, or a FIFO whose read would block forever
+        raise SourceError(f"{path}: no captions file (expected a COCO captions JSON)")
     try:
         data = json.loads(path.read_text())
         files = {int(im["id"]): im["file_name"] for im in data["images"]}
