@@ -9,6 +9,7 @@ def report_folder(args) -> int:
     """The findings of every study in a folder of study files that names a paper reference, checked
     on its runs, in one table (and the ITM - ETM gap along training, from any study of the folder
     that varies train.steps): ``<runs-root>/<folder>-findings/findings.md``."""
+    from cli.report import sync_ledger
     from harness.config.study import load_study
     from harness.errors import UserError
     from harness.tracking.tracker import resolve_tracking_uri
@@ -32,6 +33,10 @@ def report_folder(args) -> int:
         if text.count(begin) != 1 or text.count(end) != 1:
             raise UserError(f"{args.readme}: expected one block '{begin}' ... '{end}' to rewrite")
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
+    for spec in specs:  # a store that lacks a finished trial would leave it out of the findings
+        ledger = args.runs_root / spec.name / "ledger"
+        if ledger.is_dir():
+            sync_ledger(uri, spec.name, ledger.parent)
     tables = {s.name: study_table(uri, s.name).table for s in specs}
     missing = [name for name, table in tables.items() if table.empty]
     checked = [
@@ -57,7 +62,13 @@ def report_folder(args) -> int:
 
 
 def is_study_file(path: Path) -> bool:
-    import yaml
+    """A YAML mapping with a name (a base or a reference has none); a file that is no YAML (or no
+    regular file) is refused naming it, as a study file would be."""
+    from harness.config.files import read_yaml
 
-    data = yaml.safe_load(path.read_text())
-    return isinstance(data, dict) and "name" in data
+    try:
+        return "name" in read_yaml(path)
+    except Exception as err:
+        if "expected a mapping at the top level" in str(err):
+            return False  # a list, a scalar: no study
+        raise

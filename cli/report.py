@@ -10,14 +10,15 @@ or another store named) is refused, naming what to do, rather than rendered as a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.errors import UserError
 
 
 def report_study(args) -> int:
     from cli.drive import log_report, write_study_report
-    from harness.run.ledger import Ledger
     from harness.runner import prepare
-    from harness.tracking.tracker import Tracker, resolve_tracking_uri
+    from harness.tracking.tracker import resolve_tracking_uri
 
     run = prepare(args.study, args.runs_root)
     if not (run.study_dir / "ledger").is_dir():
@@ -32,20 +33,30 @@ def report_study(args) -> int:
         print(f"report: {path}")
         return 0
     uri = resolve_tracking_uri(args.tracking_uri, args.runs_root.resolve())
-    tracker = Tracker(uri, run.spec.name)
-    records = Ledger(run.study_dir).records()
-    if tracker.reopen_latest_invocation():
-        added = tracker.sync(records)
-        if added:
-            print(f"MLflow store: {added} trial(s) of the ledger it lacked logged")
-    elif records:
-        raise UserError(
-            f"MLflow store {uri} holds no run of study {run.spec.name!r}, whose ledger has"
-            f" {len(records)} trial(s) (a store moved or deleted, or another one named): run"
-            f" `run_study.py resume {run.spec.name}` to log them, or `report --from-ledger`"
-        )
+    tracker = sync_ledger(uri, run.spec.name, run.study_dir)
     report = write_study_report(run, uri)
     if tracker.parent_run_id is not None:
         log_report(tracker, report)
     print(f"report: {report.markdown} and {report.html}")
     return 0
+
+
+def sync_ledger(uri: str, name: str, study_dir: Path):
+    """The study's tracker, its latest invocation reopened and every ledger record the store lacks
+    logged into it; a store with no invocation of a study whose ledger has records is refused."""
+    from harness.run.ledger import Ledger
+    from harness.tracking.tracker import Tracker
+
+    tracker = Tracker(uri, name)
+    records = Ledger(study_dir).records()
+    if tracker.reopen_latest_invocation():
+        added = tracker.sync(records)
+        if added:
+            print(f"MLflow store: logged {added} trial(s) of study {name!r} from its ledger")
+    elif records:
+        raise UserError(
+            f"MLflow store {uri} holds no run of study {name!r}, whose ledger has {len(records)}"
+            f" trial(s) (a store moved or deleted, or another one named): run `run_study.py resume"
+            f" {name}` to log them, or `report --from-ledger`"
+        )
+    return tracker

@@ -381,7 +381,7 @@ def test_the_report_never_shows_fewer_trials_than_the_ledger_finished(grid_study
     child = next(trial_runs(client, client.get_experiment_by_name(experiment_name("grid")).experiment_id))
     client.delete_run(child.info.run_id)
     assert run_study.main(["report", str(study), "--runs-root", str(root), "--tracking-uri", uri]) == 0
-    assert "1 trial(s) of the ledger it lacked logged" in capsys.readouterr().out
+    assert "logged 1 trial(s) of study 'grid' from its ledger" in capsys.readouterr().out
     assert f"{len(finished)} trials finished" in (root / "grid" / "report.md").read_text()
     before = (root / "grid" / "report.md").read_bytes()
     elsewhere = f"sqlite:///{tmp_path / 'other.db'}"

@@ -104,6 +104,12 @@ def test_report_of_a_folder_without_studies_exits_2(tmp_path: Path, capsys) -> N
     (tmp_path / "studies" / "base.yaml").write_text("model: {size: tiny}\n")  # a base, not a study
     assert run_study.main(["report", str(tmp_path / "studies"), "--runs-root", str(tmp_path / "runs")]) == 2
     assert "no study files" in capsys.readouterr().err
+    (tmp_path / "studies" / "list.yaml").write_text("- 1\n- 2\n")  # no mapping: no study, skipped
+    assert run_study.main(["report", str(tmp_path / "studies"), "--runs-root", str(tmp_path / "runs")]) == 2
+    assert "no study files" in capsys.readouterr().err
+    (tmp_path / "studies" / "broken.yaml").write_text("name: [unclosed\n")  # was a traceback (exit 1)
+    assert run_study.main(["report", str(tmp_path / "studies"), "--runs-root", str(tmp_path / "runs")]) == 2
+    assert "broken.yaml: not valid YAML" in capsys.readouterr().err
 
 
 def test_report_of_the_mini_folder_names_the_studies_not_run(tmp_path: Path, capsys) -> None:
