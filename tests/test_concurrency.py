@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 import run_study
 from harness.run.ledger import Ledger
 from harness.run.lock import STUDY_LOCK_FILE, StudyLock
+from harness.runner import prepare
 from harness.tracking.schema import TAG_ROLE, TAG_TRIAL_HASH, experiment_name
 from harness.tracking.tracker import Tracker, store_faults
 
@@ -170,14 +171,9 @@ def test_a_stale_parent_is_killed_and_a_rerun_adds_no_child_run(finished, capsys
 
 def test_a_study_with_a_failed_trial_exits_3_naming_its_ledger_file(finished, capsys) -> None:
     root, uri = finished["root"], finished["uri"]
-    # MaskGIT cannot unmask 64 tokens in 100 steps: a valid config, a runtime error in the sampler.
-    study = study_file(
-        root.parent,
-        "partly",
-        overrides={"sampler.name": "maskgit"},
-        space={"sampler.num_steps": [2, 100]},
-        max_failures=0,
-    )
+    # lr = 1e30 diverges at its second step: a valid config whose training fails at run time.
+    lr = prepare(finished["study"], root).plan.trainings[0].train.lr
+    study = study_file(root.parent, "partly", space={"train.lr": [lr, 1e30]}, max_failures=0)
     capsys.readouterr()
     assert cli("run", study, root, uri) == run_study.EXIT_TRIALS_FAILED
     out, err = capsys.readouterr()

@@ -282,31 +282,34 @@ def test_cached_heldout_ce_appears_atomically(grid_study, monkeypatch) -> None:
 
 def test_a_failing_trial_is_recorded_retried_and_does_not_stop_the_study(grid_study, capsys) -> None:
     root, uri = grid_study["root"], grid_study["uri"]
-    # MaskGIT cannot unmask 64 tokens in 100 steps: a valid config, a runtime error in the sampler.
+    # lr = 1e30 diverges at its second step: a valid config whose training fails at run time (what
+    # validation can see, such as MaskGIT steps beyond the tokens, it refuses before anything runs).
+    lr = prepare(grid_study["study"], root).plan.trainings[0].train.lr
     study = study_file(
         root.parent,
         "failing",
-        overrides={"sampler.name": "maskgit"},
-        space={"sampler.num_steps": [2, 100]},
+        overrides={"model.timestep": "implicit", "sampler.num_steps": 2, "sampler.temperature": 1.0},
+        space={"train.lr": [lr, 1e30]},
         max_failures=1,
         concurrency=2,
     )
     assert run_study.main(["validate", str(study), "--runs-root", str(root)]) == 0
-    assert prepare(study, root).plan.pending_trainings == []  # samples the grid's implicit checkpoint
+    pending = prepare(study, root).plan.pending_trainings
+    assert [t.train.lr for t in pending] == [1e30]  # the other samples the grid's implicit checkpoint
     capsys.readouterr()
     assert cli_run(study, root, uri) == 3  # the study ran; a trial failed
     assert "1/2 trials finished" in capsys.readouterr().out
-    records = {r.config["sampler"]["num_steps"]: r for r in Ledger(root / "failing").records()}
-    assert set(records) == {2, 100}
-    ok, bad = records[2], records[100]
+    records = {r.config["train"]["lr"]: r for r in Ledger(root / "failing").records()}
+    assert set(records) == {lr, 1e30}
+    ok, bad = records[lr], records[1e30]
     assert ok.status == "finished" and ok.attempts == 1 and ok.error is None
     assert bad.status == "failed" and bad.metrics == {}
     assert bad.attempts == 2  # the first try and one retry (max_failures: 1)
-    assert "num_steps must be in [1, 64]" in bad.error and "Traceback" in bad.error
+    assert "training diverged at step" in bad.error and "Traceback" in bad.error
     runs = study_runs(uri, "failing").set_index(f"tags.{TAG_TRIAL_HASH}")
     assert runs.loc[bad.trial_hash, "status"] == "FAILED"
     assert runs.loc[bad.trial_hash, "tags.unmask.attempts"] == "2"
-    assert "num_steps must be in" in runs.loc[bad.trial_hash, "tags.unmask.error"]
+    assert "training diverged at step" in runs.loc[bad.trial_hash, "tags.unmask.error"]
     assert runs.loc[ok.trial_hash, "status"] == "FINISHED"
 
 
