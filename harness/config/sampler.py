@@ -41,7 +41,7 @@ class HaltonOptions(Section):
 class SamplerSection(Section):
     name: str = "euler"
     num_steps: int = Field(default=16, ge=1, le=100_000)
-    temperature: float = Field(default=1.0, gt=0, le=1e6)
+    temperature: float = Field(default=1.0, ge=1e-30, le=1e6)  # below, logits / T overflow float32
     top_k: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
     cfg_scale: float = Field(default=1.0, ge=-1e6, le=1e6)

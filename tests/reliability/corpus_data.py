@@ -65,6 +65,7 @@ DATA_CASES: list[Case] = [
         "euler",
     ),  # fmt: skip
     override("top-k-beyond-the-vocabulary", {"sampler.top_k": 100}, "sampler.top_k", "100", "17"),
+    override("temperature-denormal", {"sampler.temperature": 1e-45}, "sampler.temperature", "1e-45"),
     override("gumbel-scale-overflowing", {"sampler.maskgit.gumbel_scale": 1e300}, "gumbel_scale"),
     override(
         "maskgit-more-steps-than-tokens",
