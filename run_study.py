@@ -121,31 +121,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_metrics(dataset: str, extractor: str | None) -> list[str]:
-    """The metrics ``evaluate`` may compute by default, known before the extractor is built: every
-    one on the extractor's input kind but those of masks or conditions (IS only where it has logits)."""
-    from harness.evaluation import METRICS
-    from harness.evaluation.extractors import INPUT_KINDS, default_extractor_name
-    from harness.evaluation.metrics import LABELS, MASKS
-
-    kind = INPUT_KINDS.get(default_extractor_name(dataset, extractor))
-    usable = lambda m: m.needs not in (MASKS, LABELS) and (kind is None or kind in m.kinds)  # noqa: E731
-    return [name for name in METRICS.names() if usable(METRICS[name])]
-
-
-def _check_count(count: int, metrics: list[str]) -> None:
-    """Samples enough for each metric, refused before an extractor is built (or trained)."""
-    from harness.errors import UserError
-    from harness.evaluation import METRICS
-
-    for name in metrics:
-        if count < METRICS[name].min_count:
-            raise UserError(
-                f"samples: {count}; {name} is defined on at least {METRICS[name].min_count}"
-                " (name the metrics to compute with --metrics)"
-            )
-
-
 def _evaluate(args) -> int:
     from harness.data.registry import get_dataset, real_images
     from harness.errors import UserError, check_known
@@ -165,7 +140,15 @@ def _evaluate(args) -> int:
         if takes is not None and takes != kind:
             raise UserError(f"--extractor {args.extractor}: takes {takes}s; {args.dataset} holds {kind}s")
     samples = checked_samples(args.samples, like)  # refused before an extractor is built or trained
-    _check_count(len(samples.images), args.metrics or _default_metrics(args.dataset, args.extractor))
+    from harness.evaluation.extractors import INPUT_KINDS, default_extractor_name
+    from harness.evaluation.metrics import check_count, metrics_for
+
+    # the defaults known before the extractor is built (or trained): IS kept until its logits are
+    default = metrics_for(INPUT_KINDS.get(default_extractor_name(args.dataset, args.extractor)), None)
+    try:
+        check_count("samples", len(samples.images), args.metrics or default)
+    except UserError as err:
+        raise UserError(f"{err} (name the metrics to compute with --metrics)") from None
     evaluator = Evaluator(
         args.dataset,
         extractor=args.extractor,

@@ -25,7 +25,7 @@ from harness.evaluation.extractors import (
     default_extractor_name,
     extract_features,
 )
-from harness.evaluation.metrics import LABELS, LOGITS, MASKS, METRICS, Metric
+from harness.evaluation.metrics import LABELS, LOGITS, MASKS, METRICS, Metric, metrics_for
 from harness.evaluation.protocol import MetricResult, Protocol
 from harness.evaluation.reference import ReferenceSet, ReferenceStats, dataset_reference, reference_stats
 from harness.evaluation.samples import SampleSet, load_samples, samples_file
@@ -37,13 +37,7 @@ DTYPE = "features float32; statistics float64"
 def default_metrics(extractor: FeatureExtractor) -> list[str]:
     """Every registered metric that applies to this extractor (IS only when it has logits; not
     those that need the samples' conditions, which only conditional samples have)."""
-    return [
-        name
-        for name in METRICS.names()
-        if METRICS[name].needs not in (MASKS, LABELS)
-        and extractor.input_kind in METRICS[name].kinds
-        and (METRICS[name].needs != LOGITS or extractor.num_logits is not None)
-    ]
+    return metrics_for(extractor.input_kind, extractor.num_logits is not None)
 
 
 def _check_metric(metric: Metric, extractor: FeatureExtractor) -> Metric:

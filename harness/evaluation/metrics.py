@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.errors import UserError
 from harness.evaluation.extractors import IMAGE, VIDEO, Features
 from harness.evaluation.frechet import DEFAULT_EPS, frechet_distance, gaussian_stats
 from harness.evaluation.neighbors import PrecisionRecall, knn_radii, precision_recall
@@ -246,3 +247,24 @@ register(
         _classifier_ceiling,
     )
 )
+
+
+def metrics_for(kind: str | None, has_logits: bool | None) -> list[str]:
+    """Every metric an extractor of input ``kind`` scores by default: not those of masks or of the
+    samples' conditions, IS only with logits (``has_logits`` None: not known yet, kept; ``kind``
+    None: any kind)."""
+    return [
+        name
+        for name, m in ((name, METRICS[name]) for name in METRICS.names())
+        if m.needs not in (MASKS, LABELS)
+        and (kind is None or kind in m.kinds)
+        and (m.needs != LOGITS or has_logits is not False)
+    ]
+
+
+def check_count(where: str, count: int, names: list[str]) -> None:
+    """UserError unless ``count`` samples (or reference images) are enough for each metric."""
+    for name in names:
+        need = METRICS[name].min_count
+        if METRICS[name].needs != MASKS and count < need:
+            raise UserError(f"{where}: {count}; expected at least {need}, the fewest {name} is defined on")

@@ -22,7 +22,7 @@ from harness.data.types import DatasetShape, TokenDataset
 from harness.errors import UserError
 from harness.evaluation import METRICS, SampleSet
 from harness.evaluation.extractors import IMAGE, INPUT_KINDS
-from harness.evaluation.metrics import LABELS, MASKS
+from harness.evaluation.metrics import LABELS, MASKS, check_count
 from models.backbone import ModelConfig
 
 
@@ -222,12 +222,7 @@ def check_counts(trial: Trial, reference_size: int | None) -> None:
         where = f"data.options: the train split of {trial.data.name!r} (the reference images)"
         counts.append((where, reference_size, trial.eval.metrics))
     for where, count, metrics in counts:
-        for name in metrics:
-            need = METRICS[name].min_count
-            if METRICS[name].needs != MASKS and count < need:
-                raise UserError(
-                    f"{where}: {count}; expected at least {need}, the fewest {name} is defined on"
-                )
+        check_count(where, count, metrics)
 
 
 def check_guidance(trial: Trial, model: ModelConfig) -> None:
