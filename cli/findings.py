@@ -64,11 +64,7 @@ def report_folder(args) -> int:
 def is_study_file(path: Path) -> bool:
     """A YAML mapping with a name (a base or a reference has none); a file that is no YAML (or no
     regular file) is refused naming it, as a study file would be."""
-    from harness.config.files import read_yaml
+    from harness.config.files import load_yaml
 
-    try:
-        return "name" in read_yaml(path)
-    except Exception as err:
-        if "expected a mapping at the top level" in str(err):
-            return False  # a list, a scalar: no study
-        raise
+    data = load_yaml(path)
+    return isinstance(data, dict) and "name" in data

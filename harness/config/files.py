@@ -58,6 +58,14 @@ def _named(path: Path) -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from a file, safely: its size and its expanded tree bounded, UTF-8 only."""
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(path: Path) -> Any:
+    """Whatever YAML document a file holds, read as :func:`read_yaml` reads it."""
     try:
         exists, size = path.is_file(), None
         if exists:
@@ -79,8 +87,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
     except (yaml.YAMLError, RecursionError) as err:
         raise ConfigError(f"{path}: not valid YAML: {str(err)[:300]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
